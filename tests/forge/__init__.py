@@ -1,0 +1,1 @@
+"""Forge of synthetic Windows memory images."""

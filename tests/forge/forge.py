@@ -1,0 +1,160 @@
+"""The forge's story API: pick a kernel, load drivers, plant callbacks, write the image.
+
+    forge = ImageForge.for_profile("win10")
+    driver = forge.add_driver("acme.sys", functions={"AcmePowerCallback": 0x1400})
+    power = forge.create_callback("PowerState")
+    forge.register(power, driver.address_of("AcmePowerCallback"), context=0x1234)
+    image = forge.build()
+    image.write(Path("out"))          # memory.raw, memory.dmp, symbols/, truth.json
+
+Anomalies are planted with the same calls (``in_callback_list=False``, ``backlink=...``,
+``linked=False``...) or, for corruption of the lists themselves, with :meth:`after_linking`.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+from . import dump, truth
+from .callbacks import CallbackObject, CallbackPlanter, Registration
+from .layout import FORGE_SYMBOLS, KernelLayout
+from .machine import Machine
+from .memory import canonical
+from .modules import KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
+from .objects import ObjectManager
+
+SYSTEM_ROOT = "\\SystemRoot\\system32"
+
+
+class ImageForge:
+    """Builds one Windows kernel memory image, step by step."""
+
+    def __init__(self, layout: KernelLayout) -> None:
+        self.layout = layout
+        self.machine = Machine(layout)
+        self.loader = ModuleLoader(self.machine)
+        symbols = layout.symbols(FORGE_SYMBOLS)
+        self.kernel = self.loader.load(
+            kernel_image(layout), f"{SYSTEM_ROOT}\\ntoskrnl.exe",
+            functions={name: rva for name, rva in symbols.items() if name in KERNEL_CODE_SYMBOLS},
+            symbols=layout.symbols(),
+        )
+        self.machine.write_low_stub(self.kernel.base + symbols.get("KiSystemStartup", self.kernel.image.entry_point_rva))
+        self.hal = self.add_driver("hal.dll", path=f"{SYSTEM_ROOT}\\hal.dll", functions={"HalpPowerStub": 0x1200}, exported=("HalpPowerStub",))
+        self.objects = ObjectManager(self.machine, self.kernel.base)
+        self.callbacks = CallbackPlanter(self.machine, self.objects, self.kernel.base)
+        # Objects whose registrants are fixed, as the plugin's expected-registrant data says.
+        self.expected_registrants: Dict[str, List[str]] = {}
+        self._after_linking: List[Callable[["ImageForge"], None]] = []
+        self._built = False
+
+    @classmethod
+    def for_profile(cls, profile: str) -> "ImageForge":
+        """A built-in profile name (``win10``, ``win7``) or the path of a real kernel ISF."""
+        return cls(KernelLayout.resolve(profile))
+
+    # -- modules -------------------------------------------------------------------------
+
+    def add_driver(
+        self,
+        name: str,
+        functions: Optional[Dict[str, int]] = None,
+        exported: Iterable[str] = (),
+        path: Optional[str] = None,
+        in_module_list: bool = True,
+        text_size: int = 0x8000,
+    ) -> LoadedModule:
+        """Map a driver image; ``in_module_list=False`` hides it from PsLoadedModuleList."""
+        functions = functions or {}
+        image = driver_image(name, text_size=text_size, functions=functions, exported=tuple(exported))
+        return self.loader.load(image, path or f"{SYSTEM_ROOT}\\drivers\\{name}", functions, in_module_list=in_module_list)
+
+    def allocate_code_outside_modules(self, size: int = 0x200, tag: bytes = b"Hook") -> int:
+        """Executable code in non-paged pool, as a rootkit's shellcode: in no module at all."""
+        block = self.machine.nonpaged.allocate(size, tag)
+        self.machine.space.write(block.body, b"\x48\x83\xec\x28\x90\x90\x48\x83\xc4\x28\xc3")
+        return block.body
+
+    @property
+    def unmapped_address(self) -> int:
+        return self.machine.plan.unmapped
+
+    # -- callbacks -----------------------------------------------------------------------
+
+    def create_callback(self, name: Optional[str], **options) -> CallbackObject:
+        """``ExCreateCallback``; see :meth:`CallbackPlanter.create` for the options."""
+        return self.callbacks.create(name, **options)
+
+    def register(self, callback: Optional[CallbackObject], routine: int, **options) -> Registration:
+        """``ExRegisterCallback``; see :meth:`CallbackPlanter.register` for the options."""
+        return self.callbacks.register(callback, routine, **options)
+
+    def point_global(self, global_name: str, callback: Optional[CallbackObject]) -> None:
+        """Make ``nt!<global_name>`` point at ``callback`` whatever its name."""
+        self.callbacks.point_global(global_name, callback)
+
+    def after_linking(self, mutation: Callable[["ImageForge"], None]) -> None:
+        """Run ``mutation`` once every list is written: the place for raw corruption."""
+        self._after_linking.append(mutation)
+
+    # -- output --------------------------------------------------------------------------
+
+    def build(self) -> "ForgedImage":
+        if self._built:
+            raise RuntimeError("an ImageForge builds one image")
+        self._built = True
+        self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
+        self.objects.set_type_count("Callback", len(self.callbacks.callback_objects))
+        self.callbacks.link()
+        for mutation in self._after_linking:
+            mutation(self)
+        return ForgedImage(self, truth.ground_truth(self))
+
+
+@dataclass
+class ForgedImage:
+    forge: ImageForge
+    truth: dict
+
+    RAW_NAME = "memory.raw"
+    DUMP_NAME = "memory.dmp"
+    TRUTH_NAME = "truth.json"
+    SYMBOLS_DIR = "symbols"
+
+    def write_raw(self, path: Path) -> Path:
+        dump.write_raw(self.forge.machine.physical, path)
+        return path
+
+    def write_crash_dump(self, path: Path) -> Path:
+        forge = self.forge
+        symbol = forge.layout.symbol
+        dump.write_crash_dump(
+            forge.machine.physical, path, forge.machine.plan.dtb, forge.layout.build or 0,
+            canonical(forge.kernel.base + symbol("PsLoadedModuleList")),
+            canonical(forge.kernel.base + symbol("PsActiveProcessHead")) if forge.layout.has_symbol("PsActiveProcessHead") else 0,
+            canonical(forge.kernel.base + symbol("KdDebuggerDataBlock")) if forge.layout.has_symbol("KdDebuggerDataBlock") else 0,
+        )
+        return path
+
+    def write_symbols(self, directory: Path) -> Path:
+        """The kernel's symbol table where ``vol -s DIR`` looks for it."""
+        layout = self.forge.layout
+        target = directory / "windows" / layout.pdb_name / f"{layout.guid}-{layout.age}.json.xz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if layout.source_path is not None and layout.source_path.suffix == ".xz":
+            target.write_bytes(layout.source_path.read_bytes())
+        else:
+            target.write_bytes(layout.isf_bytes())
+        return directory
+
+    def write(self, out_dir: Path, raw: bool = True, crash_dump: bool = True) -> Dict[str, Path]:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"symbols": self.write_symbols(out_dir / self.SYMBOLS_DIR), "truth": out_dir / self.TRUTH_NAME}
+        paths["truth"].write_text(json.dumps(self.truth, indent=1))
+        if raw:
+            paths["raw"] = self.write_raw(out_dir / self.RAW_NAME)
+        if crash_dump:
+            paths["dump"] = self.write_crash_dump(out_dir / self.DUMP_NAME)
+        return paths

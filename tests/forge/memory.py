@@ -1,0 +1,190 @@
+"""Physical memory and x64 4-level paging for forged images.
+
+Physical memory is sparse (only pages that were handed out exist) and is laid out the way
+Volatility's Windows heuristics expect of a real machine: the page-map level 4 (the DTB) sits in
+the low physical range that the DTB scanner searches and maps itself through one
+self-referential entry, exactly as Windows does.
+"""
+
+from typing import Dict, Iterator, List, Optional, Tuple
+
+PAGE_SIZE = 0x1000
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+PTE_PRESENT = 1 << 0
+PTE_WRITABLE = 1 << 1
+PTE_ACCESSED = 1 << 5
+PTE_DIRTY = 1 << 6
+PTE_NO_EXECUTE = 1 << 63
+PFN_MASK = 0x000F_FFFF_FFFF_F000
+
+CANONICAL_HIGH = 0xFFFF_0000_0000_0000
+
+
+class ForgeMemoryError(Exception):
+    """A write to an address the forge never mapped: a bug in a scenario."""
+
+
+def canonical(address: int) -> int:
+    """Sign-extend a 48-bit virtual address, as the processor does."""
+    address &= 0xFFFF_FFFF_FFFF
+    return address | CANONICAL_HIGH if address & (1 << 47) else address
+
+
+def masked(address: int) -> int:
+    """A virtual address as Volatility renders it: the low 48 bits."""
+    return address & 0xFFFF_FFFF_FFFF
+
+
+class PhysicalMemory:
+    """Sparse physical pages with a simple bump allocator above the reserved low range."""
+
+    def __init__(self, first_free: int = 0x200000) -> None:
+        self._pages: Dict[int, bytearray] = {}
+        self._next_free = first_free
+
+    def page(self, address: int) -> bytearray:
+        number = address // PAGE_SIZE
+        page = self._pages.get(number)
+        if page is None:
+            page = self._pages[number] = bytearray(PAGE_SIZE)
+        return page
+
+    def allocate_page(self) -> int:
+        while self._next_free // PAGE_SIZE in self._pages:
+            self._next_free += PAGE_SIZE
+        address = self._next_free
+        self.page(address)
+        self._next_free += PAGE_SIZE
+        return address
+
+    def write(self, address: int, data: bytes) -> None:
+        while data:
+            offset = address % PAGE_SIZE
+            chunk = data[: PAGE_SIZE - offset]
+            self.page(address)[offset : offset + len(chunk)] = chunk
+            address += len(chunk)
+            data = data[len(chunk) :]
+
+    def read(self, address: int, length: int) -> bytes:
+        out = bytearray()
+        while length > 0:
+            offset = address % PAGE_SIZE
+            take = min(length, PAGE_SIZE - offset)
+            page = self._pages.get(address // PAGE_SIZE)
+            out += page[offset : offset + take] if page is not None else bytes(take)
+            address += take
+            length -= take
+        return bytes(out)
+
+    @property
+    def size(self) -> int:
+        """The physical address space: up to the highest page in use, rounded up to 1 MiB."""
+        highest = (max(self._pages) + 1) * PAGE_SIZE if self._pages else 0
+        return (highest + 0xFFFFF) & ~0xFFFFF
+
+    def page_numbers(self) -> List[int]:
+        return sorted(self._pages)
+
+    def runs(self) -> Iterator[Tuple[int, int]]:
+        """Maximal runs of present pages as (first page number, page count)."""
+        numbers = self.page_numbers()
+        if not numbers:
+            return
+        start = previous = numbers[0]
+        for number in numbers[1:]:
+            if number != previous + 1:
+                yield start, previous - start + 1
+                start = number
+            previous = number
+        yield start, previous - start + 1
+
+    def page_bytes(self, number: int) -> bytes:
+        page = self._pages.get(number)
+        return bytes(page) if page is not None else bytes(PAGE_SIZE)
+
+
+class AddressSpace:
+    """An x64 4-level page-table hierarchy rooted at a fixed physical page (the DTB)."""
+
+    def __init__(self, physical: PhysicalMemory, dtb: int, self_ref_index: int) -> None:
+        self.physical = physical
+        self.dtb = dtb
+        self.self_ref_index = self_ref_index
+        physical.page(dtb)
+        self._write_entry(dtb, self_ref_index, dtb | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY | PTE_NO_EXECUTE)
+
+    def _entry(self, table: int, index: int) -> int:
+        return int.from_bytes(self.physical.read(table + index * 8, 8), "little")
+
+    def _write_entry(self, table: int, index: int, value: int) -> None:
+        self.physical.write(table + index * 8, value.to_bytes(8, "little"))
+
+    @staticmethod
+    def _indices(address: int) -> Tuple[int, int, int, int]:
+        return ((address >> 39) & 0x1FF, (address >> 30) & 0x1FF, (address >> 21) & 0x1FF, (address >> 12) & 0x1FF)
+
+    def map_page(self, virtual: int, physical: Optional[int] = None, executable: bool = True) -> int:
+        """Map one page (allocating the frame and any missing table) and return its frame."""
+        virtual = canonical(virtual) & PAGE_MASK
+        table = self.dtb
+        indices = self._indices(virtual)
+        if indices[0] == self.self_ref_index:
+            raise ForgeMemoryError(f"{virtual:#x} lies in the page-table self-map")
+        for index in indices[:3]:
+            entry = self._entry(table, index)
+            if not entry & PTE_PRESENT:
+                new_table = self.physical.allocate_page()
+                entry = new_table | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED
+                self._write_entry(table, index, entry)
+            table = entry & PFN_MASK
+        existing = self._entry(table, indices[3])
+        if existing & PTE_PRESENT:
+            return existing & PFN_MASK
+        frame = physical if physical is not None else self.physical.allocate_page()
+        flags = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY
+        if not executable:
+            flags |= PTE_NO_EXECUTE
+        self._write_entry(table, indices[3], frame | flags)
+        return frame
+
+    def map_range(self, virtual: int, size: int, executable: bool = True) -> None:
+        start = virtual & PAGE_MASK
+        end = (virtual + size + PAGE_SIZE - 1) & PAGE_MASK
+        for page in range(start, end, PAGE_SIZE):
+            self.map_page(page, executable=executable)
+
+    def translate(self, virtual: int) -> Optional[int]:
+        table = self.dtb
+        indices = self._indices(canonical(virtual))
+        for index in indices:
+            entry = self._entry(table, index)
+            if not entry & PTE_PRESENT:
+                return None
+            table = entry & PFN_MASK
+        return table | (virtual & (PAGE_SIZE - 1))
+
+    def is_mapped(self, virtual: int) -> bool:
+        return self.translate(virtual) is not None
+
+    def write(self, virtual: int, data: bytes) -> None:
+        while data:
+            physical = self.translate(virtual)
+            if physical is None:
+                raise ForgeMemoryError(f"write to unmapped virtual address {canonical(virtual):#x}")
+            chunk = data[: PAGE_SIZE - (virtual % PAGE_SIZE)]
+            self.physical.write(physical, chunk)
+            virtual += len(chunk)
+            data = data[len(chunk) :]
+
+    def read(self, virtual: int, length: int) -> bytes:
+        out = bytearray()
+        while length > 0:
+            take = min(length, PAGE_SIZE - (virtual % PAGE_SIZE))
+            physical = self.translate(virtual)
+            if physical is None:
+                raise ForgeMemoryError(f"read of unmapped virtual address {canonical(virtual):#x}")
+            out += self.physical.read(physical, take)
+            virtual += take
+            length -= take
+        return bytes(out)

@@ -1,0 +1,160 @@
+"""Ground truth: what a correct plugin must report for a forged image.
+
+Computed from what the forge planted (never by reading memory back), in the plugin's output
+vocabulary: one expected row per reachable registration, one per object without any, with the
+columns of ``windows.callbackobjects`` and the flags of ../shared/notes/callback-objects.md.
+
+Addresses are masked to 48 bits, as Volatility renders kernel pointers. Rows that only pool
+scanning can produce carry ``requires_scan``; flags only scanning can raise are listed in
+``scan_flags`` of the row (they are part of ``Flags`` too).
+"""
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from .callbacks import CALLBACK_SIGNATURE, CallbackObject, Registration
+from .memory import masked
+
+if TYPE_CHECKING:
+    from .forge import ImageForge
+
+SCAN_ONLY_FLAGS = frozenset({"hidden_module", "orphan_registration", "freed"})
+
+
+def _routine_facts(forge: "ImageForge", routine: int) -> Dict[str, Any]:
+    owner = forge.loader.owner_of(routine)
+    flags: List[str] = []
+    if owner is None or not owner.in_module_list:
+        flags.append("outside_modules")
+        if owner is not None:
+            flags.append("hidden_module")
+        return {"Module": None, "Symbol": None, "flags": flags, "owner": owner}
+    section = owner.section_of(routine)
+    if section is None or not section.executable:
+        flags.append("non_executable")
+    return {"Module": owner.name, "Symbol": owner.symbol_for(routine), "flags": flags, "owner": owner}
+
+
+def _object_routes(forge: "ImageForge", callback: CallbackObject) -> List[str]:
+    routes = []
+    if callback.in_callback_list:
+        routes.append("list")
+    if callback.in_directory:
+        routes.append("directory")
+    if forge.callbacks.globals_pointing_at(callback):
+        routes.append("global")
+    return routes
+
+
+def _object_flags(forge: "ImageForge", callback: CallbackObject) -> List[str]:
+    flags = []
+    if callback.signature != CALLBACK_SIGNATURE:
+        flags.append("bad_signature")
+    if forge.layout.has_callback_list and not callback.in_callback_list:
+        flags.append("unlinked_object")
+    if not callback.in_directory:
+        flags.append("not_in_directory")
+    for global_name in forge.callbacks.globals_pointing_at(callback):
+        if callback.full_name != "\\Callback\\" + global_name[len("ExCb"):]:
+            flags.append("global_mismatch")
+            break
+    return flags
+
+
+def _registration_row(forge: "ImageForge", callback: Optional[CallbackObject], registration: Registration,
+                      reported: int, object_flags: List[str]) -> Dict[str, Any]:
+    facts = _routine_facts(forge, registration.routine)
+    flags = list(object_flags)
+    if registration.freed:
+        # Freed pool is full of stale blocks: nothing in it is evidence of tampering.
+        flags = ["freed"]
+    else:
+        flags += facts["flags"]
+        if callback is not None and masked(registration.backlink) != masked(callback.address):
+            flags.append("bad_backlink")
+        if callback is None:
+            flags.append("orphan_registration")
+        if callback is not None and not callback.allow_multiple and reported > 1:
+            flags.append("multiple_on_exclusive")
+        if callback is not None and callback.full_name in forge.expected_registrants:
+            if facts["Module"] not in forge.expected_registrants[callback.full_name]:
+                flags.append("unexpected_registrant")
+    return {
+        "Registration": masked(registration.address),
+        "Routine": masked(registration.routine),
+        "Context": masked(registration.context),
+        "Busy": registration.busy,
+        "UnregisterWaiting": registration.unregister_waiting,
+        "Module": facts["Module"],
+        "Symbol": facts["Symbol"],
+        "Flags": sorted(set(flags)),
+        "scan_flags": sorted(set(flags) & SCAN_ONLY_FLAGS),
+    }
+
+
+def _object_columns(forge: "ImageForge", callback: CallbackObject, routes: List[str]) -> Dict[str, Any]:
+    return {
+        "Object": masked(callback.address),
+        "Name": callback.full_name,
+        "AllowMultiple": callback.allow_multiple,
+        "FoundBy": routes,
+    }
+
+
+def expected_rows(forge: "ImageForge") -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    for callback in forge.callbacks.callback_objects:
+        routes = _object_routes(forge, callback)
+        requires_scan = not routes
+        object_flags = _object_flags(forge, callback)
+        columns = _object_columns(forge, callback, routes or ["scan"])
+        visible = [r for r in callback.registrations if r.linked and r.reachable]
+        for registration in visible:
+            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags))
+            rows.append(dict(row, requires_scan=requires_scan))
+        if not visible:
+            rows.append(dict(columns, Registration=None, Routine=None, Context=None, Busy=None,
+                             UnregisterWaiting=None, Module=None, Symbol=None,
+                             Flags=sorted(object_flags), scan_flags=[], requires_scan=requires_scan))
+        # Blocks this object once held, now unlinked (orphans) or freed: only a scan finds them.
+        for registration in callback.registrations:
+            if registration.linked:
+                continue
+            row = _registration_row(forge, None, registration, 0, [])
+            rows.append(dict(columns, **row, requires_scan=True))
+    for registration in forge.callbacks.loose_registrations:
+        owner = next((c for c in forge.callbacks.callback_objects if masked(c.address) == masked(registration.backlink)), None)
+        columns = _object_columns(forge, owner, _object_routes(forge, owner)) if owner else {
+            "Object": None, "Name": None, "AllowMultiple": None, "FoundBy": []}
+        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, []), requires_scan=True))
+    return rows
+
+
+def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
+    layout = forge.layout
+    return {
+        "profile": layout.name,
+        "build": layout.build,
+        "pdb": {"name": layout.pdb_name, "guid": layout.guid, "age": layout.age},
+        "architecture": "x64" if layout.is_64bit else "x86",
+        "dtb": forge.machine.plan.dtb,
+        "kernel_base": masked(forge.kernel.base),
+        "has_callback_list": layout.has_callback_list,
+        "modules": [
+            {
+                "name": module.name,
+                "path": module.path,
+                "base": masked(module.base),
+                "size": module.size,
+                "in_module_list": module.in_module_list,
+                "sections": [
+                    {"name": s.name, "rva": s.rva, "size": s.virtual_size, "executable": s.executable}
+                    for s in module.image.sections
+                ],
+            }
+            for module in forge.loader.modules
+        ],
+        "object_types": {name: index for name, index in forge.objects.type_indices.items()},
+        "callback_directory": sorted(c.name for c in forge.callbacks.callback_objects if c.in_directory and c.name),
+        "expected_registrants": forge.expected_registrants,
+        "rows": expected_rows(forge),
+    }
