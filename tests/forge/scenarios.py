@@ -1,0 +1,243 @@
+"""Ready-made scenarios: each plants a story into a fresh :class:`ImageForge`.
+
+- ``baseline``: the callback objects of a booted Windows 10/11 (the list of the seed article),
+  1-5 registrations each in ntoskrnl or driver code, two unnamed objects, one object without
+  registrations, one exclusive object and one freed registration block. Nothing suspicious.
+- ``rootkit``: the baseline plus every suspicious flag of the notes planted at least once.
+- ``corrupt``: the baseline plus broken lists: cycles, pointers to unmapped pages, a bad
+  signature, an absurd name length, mismatched Blinks.
+- ``scale``: 2,000 objects and 20,000 registrations, for speed.
+
+To add one: write ``def my_story(forge: ImageForge) -> None`` that plants what it needs (start
+from :func:`baseline` if the story needs a living system around it) and add it to SCENARIOS.
+"""
+
+from typing import Callable, Dict, List, Optional
+
+from .callbacks import CallbackObject
+from .forge import ImageForge
+from .modules import LoadedModule
+
+PATCHGUARD_OBJECT = "542875F90F9B47F497B64BA219CACF69"
+
+# Drivers of a booted system and their callback routines (RVA in .text); some are exported.
+DRIVERS: Dict[str, Dict[str, int]] = {
+    "ACPI.sys": {"ACPIPowerStateCallback": 0x1A40, "ACPISimulatorCallback": 0x2210},
+    "ndis.sys": {"ndisPowerStateCallback": 0x1300, "ndisBindUnbindCallback": 0x1780, "ndisProcessorAddCallback": 0x1D00},
+    "tcpip.sys": {"TcpConnectionCallback": 0x1100, "TcpTimerStarvationCallback": 0x1480, "TcpPowerCallback": 0x1900},
+    "afd.sys": {"AfdTdxCallback": 0x1240},
+    "WdFilter.sys": {"MpProcessNotificationCallback": 0x1600, "MpNriNotificationCallback": 0x1A00},
+    "mssecflt.sys": {"SecPatchGuardCallback": 0x1800, "SecPowerCallback": 0x1C00},
+    "vmci.sys": {"VMCIDetachCallback": 0x1500},
+    "lltdio.sys": {"LltdMapperCallback": 0x1200, "LltdRspndrCallback": 0x1600},
+    "intelppm.sys": {"PpmPowerStateCallback": 0x1350, "PpmProcessorAddCallback": 0x1880},
+    "dxgkrnl.sys": {"DxgkPowerStateCallback": 0x1440, "DxgkSessionCallback": 0x1990},
+}
+EXPORTED = {"ndis.sys": ("ndisPowerStateCallback",), "tcpip.sys": ("TcpConnectionCallback",), "WdFilter.sys": ("MpProcessNotificationCallback",)}
+
+# Objects: name -> (registrants, allow multiple). A registrant is "nt:Symbol" (a kernel
+# routine, skipped where the build lacks it) or "driver.sys:Routine".
+BUILTIN_OBJECTS: List[tuple] = [
+    ("EnlightenmentState", ["nt:PpmHypervisorEnlightenmentCallback", "intelppm.sys:PpmPowerStateCallback"], True),
+    ("SetSystemTime", ["nt:ExpMicrocodePowerStateCallback", "tcpip.sys:TcpTimerStarvationCallback"], True),
+    ("SetSystemState", ["ACPI.sys:ACPIPowerStateCallback"], True),
+    ("Phase1InitComplete", ["nt:SepImageVerificationCallbackWorker", "WdFilter.sys:MpNriNotificationCallback"], True),
+    ("SeImageVerificationDriverInfo", ["nt:SepImageVerificationCallbackWorker", "WdFilter.sys:MpProcessNotificationCallback"], True),
+    ("PowerState", ["nt:HvlpPowerStateCallback", "nt:EtwpPowerStateCallback", "ACPI.sys:ACPIPowerStateCallback",
+                    "ndis.sys:ndisPowerStateCallback", "intelppm.sys:PpmPowerStateCallback"], True),
+    ("SoftRestart", ["nt:HalpKsrCallbackRoutine", "nt:PipKsrCallback", "nt:PopKsrCallback", "nt:EtwpKsrCallback"], True),
+    ("BootDriver", [], True),
+    ("ProcessorAdd", ["nt:KeRegisterProcessorChangeCallback", "ndis.sys:ndisProcessorAddCallback", "intelppm.sys:PpmProcessorAddCallback"], True),
+    ("LicensingData", ["nt:ExpPowerStateTransitionCallbackForLicensing", "dxgkrnl.sys:DxgkSessionCallback"], True),
+    ("IoSessionNotifications", ["dxgkrnl.sys:DxgkSessionCallback"], True),
+    ("IoExternalDmaUnblock", ["nt:PipCslStateChangeCallback", "ACPI.sys:ACPISimulatorCallback"], True),
+    ("PowerPort", ["nt:PopUmpoMessageCallback"], False),
+    ("PowerMonitorPort", ["dxgkrnl.sys:DxgkPowerStateCallback"], True),
+    ("SleepstudyControlPort", ["intelppm.sys:PpmPowerStateCallback"], True),
+    (PATCHGUARD_OBJECT, ["mssecflt.sys:SecPatchGuardCallback"], True),
+    ("AcpiSimulator", ["ACPI.sys:ACPISimulatorCallback"], True),
+    ("VMCIDetachCB", ["vmci.sys:VMCIDetachCallback"], True),
+    ("WdProcessNotificationCallback", ["WdFilter.sys:MpProcessNotificationCallback"], True),
+    ("WdNriNotificationCallback", ["WdFilter.sys:MpNriNotificationCallback"], True),
+    ("NdisBindUnbind", ["ndis.sys:ndisBindUnbindCallback", "tcpip.sys:TcpPowerCallback"], True),
+    ("TcpConnectionCallbackTemp", ["tcpip.sys:TcpConnectionCallback"], True),
+    ("TcpTimerStarvationCallbackTemp", ["tcpip.sys:TcpTimerStarvationCallback"], True),
+    ("AfdTdxCallback", ["afd.sys:AfdTdxCallback"], True),
+    ("LLTDCallbackMapper0006008002000000", ["lltdio.sys:LltdMapperCallback"], True),
+    ("LLTDCallbackRspndr0006008002000000", ["lltdio.sys:LltdRspndrCallback"], True),
+]
+
+
+class Story:
+    """Shared helpers for scenarios: the drivers of a booted system and routine lookup."""
+
+    def __init__(self, forge: ImageForge) -> None:
+        self.forge = forge
+        self.drivers: Dict[str, LoadedModule] = {
+            name: forge.add_driver(name, functions=functions, exported=EXPORTED.get(name, ()))
+            for name, functions in DRIVERS.items()
+        }
+        self.objects: Dict[Optional[str], CallbackObject] = {}
+        self._contexts = 0
+
+    def routine(self, registrant: str) -> Optional[int]:
+        module, name = registrant.split(":", 1)
+        if module == "nt":
+            if not self.forge.layout.has_symbol(name):
+                return None
+            return self.forge.kernel.base + self.forge.layout.symbol(name)
+        return self.drivers[module].address_of(name)
+
+    def next_context(self) -> int:
+        """Contexts look like what drivers pass: pool addresses or small integers."""
+        self._contexts += 1
+        return 0 if self._contexts % 3 == 0 else self.forge.machine.plan.nonpaged_pool + 0x80000 + self._contexts * 0x40
+
+
+def baseline(forge: ImageForge) -> Story:
+    story = Story(forge)
+    forge.expected_registrants["\\Callback\\" + PATCHGUARD_OBJECT] = ["mssecflt.sys"]
+    for index, (name, registrants, allow_multiple) in enumerate(BUILTIN_OBJECTS):
+        callback = forge.create_callback(name, allow_multiple=allow_multiple, creator_info=index % 4 == 1)
+        story.objects[name] = callback
+        routines = [story.routine(r) for r in registrants]
+        routines = [r for r in routines if r is not None] or ([] if not registrants else [story.drivers["intelppm.sys"].address_of("PpmPowerStateCallback")])
+        for number, routine in enumerate(routines):
+            forge.register(callback, routine, context=story.next_context(), busy=1 if (index + number) % 7 == 3 else 0)
+    # Drivers also create unnamed objects to talk to each other.
+    for number, owner in enumerate(("ndis.sys:ndisBindUnbindCallback", "tcpip.sys:TcpConnectionCallback")):
+        unnamed = forge.create_callback(None, allow_multiple=True)
+        story.objects[f"unnamed{number}"] = unnamed
+        forge.register(unnamed, story.routine(owner), context=story.next_context())
+    # A registration that was undone: the block is free pool now, its contents stale.
+    forge.register(story.objects["PowerState"], story.drivers["vmci.sys"].address_of("VMCIDetachCallback"), freed=True)
+    return story
+
+
+def rootkit(forge: ImageForge) -> Story:
+    story = baseline(forge)
+    objects = story.objects
+    rk = forge.add_driver("rkdrv.sys", functions={"RkPowerHook": 0x1300, "RkDataStub": 0x9400}, exported=("RkPowerHook",))
+    hidden = forge.add_driver("ghost.sys", functions={"GhostTimeHook": 0x1700}, in_module_list=False)
+    shellcode = forge.allocate_code_outside_modules()
+
+    # outside_modules: a routine in anonymous pool code
+    forge.register(objects["PowerState"], shellcode, context=0)
+    # hidden_module: a routine in a driver unlinked from PsLoadedModuleList
+    forge.register(objects["SetSystemTime"], hidden.address_of("GhostTimeHook"))
+    # non_executable: a routine pointing into a driver's .data
+    forge.register(objects["SetSystemState"], rk.address_of("RkDataStub"))
+    # unlinked_object: a channel object removed from ExpCallbackListHead (8.1+ keeps that list)
+    channel = forge.create_callback("RkChannel", in_callback_list=False)
+    forge.register(channel, rk.address_of("RkPowerHook"), context=0xDEAD)
+    story.objects["RkChannel"] = channel
+    # orphan_registration: a block that claims PowerState but is on no list
+    forge.register(objects["PowerState"], rk.address_of("RkPowerHook"), linked=False)
+    # bad_backlink: linked on ProcessorAdd, claims SetSystemTime
+    forge.register(objects["ProcessorAdd"], rk.address_of("RkPowerHook"), backlink=objects["SetSystemTime"].address)
+    # multiple_on_exclusive: a second routine on the exclusive PowerPort
+    forge.register(objects["PowerPort"], rk.address_of("RkPowerHook"))
+    # bad_signature: an object whose body does not start with "Call"
+    forged = forge.create_callback("RkForged", signature=0x41414141)
+    forge.register(forged, rk.address_of("RkPowerHook"))
+    story.objects["RkForged"] = forged
+    # unexpected_registrant: rkdrv.sys on the PatchGuard object, where only mssecflt.sys belongs
+    forge.register(objects[PATCHGUARD_OBJECT], rk.address_of("RkPowerHook"))
+    # global_mismatch: nt!ExCbSetSystemState redirected to a look-alike object
+    decoy = forge.create_callback("SetSystemStat3")
+    forge.register(decoy, rk.address_of("RkPowerHook"))
+    forge.point_global("ExCbSetSystemState", decoy)
+    story.objects["SetSystemStat3"] = decoy
+    return story
+
+
+def corrupt(forge: ImageForge) -> Story:
+    story = baseline(forge)
+    drivers = story.drivers
+    routine = drivers["ndis.sys"].address_of("ndisPowerStateCallback")
+    unmapped = forge.unmapped_address
+    machine = forge.machine
+    pointer = forge.layout.pointer_size
+
+    # A registration list whose last entry points back at its first: a cycle.
+    cyclic = forge.create_callback("CorruptCycle")
+    cycle_regs = [forge.register(cyclic, routine, context=n) for n in range(3)]
+    forge.after_linking(lambda f: machine.write_pointer(cycle_regs[-1].address, cycle_regs[0].address))
+
+    # A list cut by a pointer into an unmapped page after its first entry.
+    dangling = forge.create_callback("CorruptDangling")
+    dangling_regs = [forge.register(dangling, routine, context=n) for n in range(3)]
+    for lost in dangling_regs[1:]:
+        lost.reachable = False
+    forge.after_linking(lambda f: machine.write_pointer(dangling_regs[0].address, unmapped))
+
+    # An object whose registration list head itself points nowhere.
+    headless = forge.create_callback("CorruptHeadless")
+    headless_reg = forge.register(headless, routine)
+    headless_reg.reachable = False
+    forge.after_linking(lambda f: machine.write_pointer(headless.address + f.callbacks.layout.registered_callbacks, unmapped))
+
+    # Mismatched Blinks: the walk follows Flinks; Blinks are not to be trusted.
+    blinks = forge.create_callback("CorruptBlinks")
+    blink_regs = [forge.register(blinks, routine, context=n) for n in range(2)]
+    forge.after_linking(lambda f: machine.write_pointer(blink_regs[1].address + pointer, unmapped))
+
+    # A bad signature and an absurd name length (the name cannot be trusted, the object can).
+    bad = forge.create_callback("CorruptSignature", signature=0)
+    forge.register(bad, routine)
+    story.objects["CorruptSignature"] = bad
+    long_name = forge.create_callback("CorruptName", name_length=0xFFF0)
+    forge.register(long_name, routine)
+
+    # A directory entry for an object in an unmapped page, and a hash chain that loops.
+    def break_directory(f: ImageForge) -> None:
+        directory = f.callbacks.directory
+        entry = machine.paged.allocate(f.layout.size_of("_OBJECT_DIRECTORY_ENTRY"), b"ObDi").body
+        bucket = directory.body + f.layout.offset_of("_OBJECT_DIRECTORY", "HashBuckets")
+        machine.write_struct(entry, "_OBJECT_DIRECTORY_ENTRY", {"ChainLink": machine.read_pointer(bucket), "Object": unmapped, "HashValue": 0})
+        machine.write_pointer(bucket, entry)
+        # Loop an entry that ends its chain, so that no other object drops out of the walk.
+        chain_link = f.layout.offset_of("_OBJECT_DIRECTORY_ENTRY", "ChainLink")
+        last = next(c.kernel_object.entries[0] for c in f.callbacks.callback_objects
+                    if c.in_directory and machine.read_pointer(c.kernel_object.entries[0] + chain_link) == 0)
+        machine.write_pointer(last + chain_link, last)
+
+    forge.after_linking(break_directory)
+
+    # The global object list loops back to its first object instead of the head.
+    if forge.layout.has_callback_list:
+        def loop_global_list(f: ImageForge) -> None:
+            listed = [c for c in f.callbacks.callback_objects if c.in_callback_list]
+            offset = f.callbacks.layout.callback_list
+            machine.write_pointer(listed[-1].address + offset, listed[0].address + offset)
+
+        forge.after_linking(loop_global_list)
+    return story
+
+
+def scale(forge: ImageForge, objects: int = 2000, registrations_per_object: int = 10) -> Story:
+    story = Story(forge)
+    routines = [module.address_of(name) for module in story.drivers.values() for name in module.functions]
+    for number in range(objects):
+        name = f"ScaleObject{number:05d}" if number % 2 == 0 else None
+        callback = forge.create_callback(name)
+        for index in range(registrations_per_object):
+            forge.register(callback, routines[(number + index) % len(routines)], context=index)
+    return story
+
+
+SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
+    "baseline": baseline,
+    "rootkit": rootkit,
+    "corrupt": corrupt,
+    "scale": scale,
+}
+
+
+def forge_scenario(scenario: str, profile: str):
+    """Build ``scenario`` on ``profile`` (a built-in profile name or an ISF path)."""
+    if scenario not in SCENARIOS:
+        raise KeyError(f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
+    forge = ImageForge.for_profile(profile)
+    SCENARIOS[scenario](forge)
+    return forge.build()
