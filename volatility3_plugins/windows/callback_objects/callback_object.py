@@ -1,0 +1,46 @@
+"""Reading one ``_CALLBACK_OBJECT`` body with what can be read."""
+
+import dataclasses
+from typing import Union
+
+from volatility3.framework import interfaces
+
+from volatility3.plugins.windows.callback_objects import fields, structures
+
+Absent = interfaces.renderers.BaseAbsentValue
+
+
+@dataclasses.dataclass
+class CallbackObjectBody:
+    address: int  # body address, masked to the layer's address width
+    signature: Union[int, Absent]
+    allow_multiple: Union[bool, Absent]
+    registrations_head: int  # address of RegisteredCallbacks (a LIST_ENTRY)
+
+    @property
+    def signature_ok(self) -> bool:
+        """False also when unreadable: the object then cannot be shown to be a callback."""
+        return self.signature == structures.CALLBACK_SIGNATURE
+
+
+def read_callback_object(
+    context: interfaces.context.ContextInterface,
+    layer_name: str,
+    table_name: str,
+    address: int,
+) -> CallbackObjectBody:
+    """Reads the fields of the object at ``address``. Building the object reads nothing, so
+    this never raises for unmapped memory: unreadable fields are UnreadableValue."""
+    address &= context.layers[layer_name].address_mask
+    obj = context.object(
+        structures.type_name(table_name, "_CALLBACK_OBJECT"),
+        layer_name=layer_name,
+        offset=address,
+    )
+    return CallbackObjectBody(
+        address=address,
+        signature=fields.read_member(obj, "Signature"),
+        allow_multiple=fields.read_member(obj, "AllowMultipleCallbacks", fields.to_bool),
+        registrations_head=address
+        + structures.member_offset(context, table_name, "_CALLBACK_OBJECT", "RegisteredCallbacks"),
+    )
