@@ -1,0 +1,98 @@
+"""The flag vocabulary, severity order and classification."""
+
+import pytest
+
+from volatility3.plugins.windows.callback_objects import flags
+
+CLEAN_OBJECT = dict(
+    found_by_directory=True,
+    directory_walked=True,
+    found_by_list=True,
+    list_walked=True,
+    signature_ok=True,
+    global_mismatch=False,
+    allow_multiple=True,
+    registration_count=1,
+)
+CLEAN_REG = dict(backlink_ok=True, in_module=True, executable=True, unexpected_registrant=False)
+
+
+def _obj(**changes):
+    return flags.ObjectFacts(**dict(CLEAN_OBJECT, **changes))
+
+
+def _reg(**changes):
+    return flags.RegistrationFacts(**dict(CLEAN_REG, **changes))
+
+
+def test_vocabulary_is_the_contract():
+    assert set(flags.SUSPICIOUS) == {
+        "outside_modules", "hidden_module", "non_executable", "unlinked_object",
+        "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
+        "unexpected_registrant", "global_mismatch",
+    }
+    assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory"}
+    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 12
+
+
+def test_sort_puts_suspicious_before_informational_and_dedups():
+    mixed = ["not_in_directory", "global_mismatch", "outside_modules", "not_in_directory"]
+    assert flags.sort_flags(mixed) == ["outside_modules", "global_mismatch", "not_in_directory"]
+    assert flags.format_flags([]) == ""
+    assert flags.format_flags(["freed", "bad_backlink"]) == "bad_backlink,freed"
+    ranks = [flags.SEVERITY_ORDER.index(f) for f in flags.SUSPICIOUS]
+    assert max(ranks) < min(flags.SEVERITY_ORDER.index(f) for f in flags.INFORMATIONAL)
+
+
+def test_clean_row_has_no_flags():
+    assert flags.classify(_obj(), _reg()) == []
+    assert flags.classify(_obj()) == []
+
+
+@pytest.mark.parametrize(
+    "obj_changes,reg_changes,expected",
+    [
+        ({}, {"in_module": False, "executable": None}, ["outside_modules"]),
+        ({}, {"executable": False}, ["non_executable"]),
+        ({"found_by_list": False}, {}, ["unlinked_object"]),
+        ({}, {"backlink_ok": False}, ["bad_backlink"]),
+        ({"allow_multiple": False, "registration_count": 2}, {}, ["multiple_on_exclusive"]),
+        ({"signature_ok": False}, {}, ["bad_signature"]),
+        ({}, {"unexpected_registrant": True}, ["unexpected_registrant"]),
+        ({"global_mismatch": True}, {}, ["global_mismatch"]),
+        ({"found_by_directory": False}, {}, ["not_in_directory"]),
+    ],
+)
+def test_each_flag(obj_changes, reg_changes, expected):
+    assert flags.classify(_obj(**obj_changes), _reg(**reg_changes)) == expected
+
+
+def test_unknowns_raise_nothing():
+    # Unreadable fields and routes that could not run are not evidence of tampering.
+    assert flags.classify(
+        _obj(list_walked=False, found_by_list=False, directory_walked=False,
+             found_by_directory=False, allow_multiple=None, registration_count=3),
+        _reg(backlink_ok=None, in_module=None, executable=None),
+    ) == []
+
+
+def test_exclusive_object_with_one_registration_is_clean():
+    assert flags.classify(_obj(allow_multiple=False, registration_count=1), _reg()) == []
+
+
+def test_object_flags_on_row_without_registration():
+    result = flags.classify(_obj(found_by_directory=False, found_by_list=False, signature_ok=False))
+    assert result == ["unlinked_object", "bad_signature", "not_in_directory"]
+
+
+def test_combined_sorted_by_severity():
+    result = flags.classify(
+        _obj(found_by_directory=False, global_mismatch=True, allow_multiple=False, registration_count=2),
+        _reg(in_module=False, executable=None, backlink_ok=False, unexpected_registrant=True),
+    )
+    assert result == flags.sort_flags(result)
+    assert result[0] == "outside_modules" and result[-1] == "not_in_directory"
+    assert set(result) == {
+        "outside_modules", "bad_backlink", "multiple_on_exclusive",
+        "unexpected_registrant", "global_mismatch", "not_in_directory",
+    }
