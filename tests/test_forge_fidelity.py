@@ -1,0 +1,90 @@
+"""Forged images read back through Volatility's own plugins and helpers, not only ours."""
+
+import json
+import struct
+
+import pefile
+import pytest
+
+from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params
+from tests.forge.layout import KNOWN_BUILDS, KernelLayout
+from tests.volatility_harness import kernel_context, read_directory, vol_json
+
+FORMATS = ("raw", "dump")
+
+
+def listed_modules(truth):
+    return [(m["name"], m["base"], m["size"]) for m in truth["modules"] if m["in_module_list"]]
+
+
+def check_modules(paths, fmt, cache):
+    rows = vol_json(paths[fmt], paths["symbols"], "windows.modules", cache=cache)
+    assert [(r["Name"], r["Base"], r["Size"]) for r in rows] == listed_modules(paths["truth_data"])
+
+
+def check_callback_directory(paths, fmt, cache):
+    truth = paths["truth_data"]
+    context, kernel = kernel_context(paths[fmt], paths["symbols"], cache)
+    callback_dir = read_directory(context, kernel, ["Callback"])
+    readable_names = {row["Name"] for row in truth["rows"]} - {None}  # a lying name length reads as no name
+    expected = {name for name in truth["callback_directory"] if "\\Callback\\" + name in readable_names}
+    assert set(callback_dir) == expected
+    assert set(callback_dir.values()) == {"Callback"}
+    types = read_directory(context, kernel, ["ObjectTypes"])
+    assert set(types) == set(truth["object_types"]) and set(types.values()) == {"Type"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("profile", BUILTIN_PROFILES)
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_volatility_lists_forged_modules(forged, vol_cache, scenario, profile, fmt):
+    check_modules(forged(scenario, profile), fmt, vol_cache)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("profile", BUILTIN_PROFILES)
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_volatility_object_helpers_read_callback_directory(forged, vol_cache, scenario, profile, fmt):
+    check_callback_directory(forged(scenario, profile), fmt, vol_cache)
+
+
+@pytest.mark.parametrize("isf", real_isf_params())
+def test_real_isf_baseline_matrix(forged, vol_cache, isf):
+    """Every real kernel ISF: globals at that build's offsets, read back by Volatility."""
+    paths = forged("baseline", isf)
+    layout = KernelLayout.from_isf(isf)
+    assert paths["truth_data"]["build"] == KNOWN_BUILDS[layout.guid]
+    for fmt in FORMATS:
+        check_modules(paths, fmt, vol_cache)
+        check_callback_directory(paths, fmt, vol_cache)
+
+
+def test_kernel_pe_is_a_valid_image_with_rsds(forged):
+    """pefile parses the forged kernel headers and finds the CodeView record naming the PDB."""
+    paths = forged("baseline", "win10")
+    truth = paths["truth_data"]
+    layout = KernelLayout.builtin("win10")
+    from tests.forge.forge import ImageForge
+
+    forge = ImageForge(layout)
+    image = forge.build()
+    kernel = forge.kernel
+    headers = forge.machine.space.read(kernel.base, 0x1000)
+    pe = pefile.PE(data=headers, fast_load=True)
+    assert pe.OPTIONAL_HEADER.SizeOfImage == kernel.size
+    names = {s.Name.rstrip(b"\0").decode(): s.Characteristics for s in pe.sections}
+    assert names[".text"] & pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_EXECUTE"]
+    assert not names[".data"] & pefile.SECTION_CHARACTERISTICS["IMAGE_SCN_MEM_EXECUTE"]
+    debug = pe.OPTIONAL_HEADER.DATA_DIRECTORY[6]
+    entry = forge.machine.space.read(kernel.base + debug.VirtualAddress, 28)
+    record_rva = struct.unpack_from("<I", entry, 20)[0]
+    record = forge.machine.space.read(kernel.base + record_rva, 24 + len("ntkrnlmp.pdb") + 1)
+    assert record[:4] == b"RSDS" and record[24:].rstrip(b"\0") == b"ntkrnlmp.pdb"
+    assert image.truth["pdb"]["guid"] == layout.guid and truth["pdb"]["guid"] == layout.guid
+
+
+def test_truth_is_json_and_names_every_column(forged):
+    truth = json.loads(forged("rootkit", "win10")["truth"].read_text())
+    columns = {"Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
+               "UnregisterWaiting", "Module", "Symbol", "Flags", "requires_scan", "scan_flags"}
+    assert all(set(row) == columns for row in truth["rows"])
