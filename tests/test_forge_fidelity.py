@@ -6,7 +6,7 @@ import struct
 import pefile
 import pytest
 
-from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params
+from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
 from tests.forge.layout import KNOWN_BUILDS, KernelLayout
 from tests.volatility_harness import kernel_context, read_directory, vol_json
 
@@ -51,6 +51,7 @@ def test_volatility_object_helpers_read_callback_directory(forged, vol_cache, sc
 @pytest.mark.parametrize("isf", real_isf_params())
 def test_real_isf_baseline_matrix(forged, vol_cache, isf):
     """Every real kernel ISF: globals at that build's offsets, read back by Volatility."""
+    require_real_isf(isf)
     paths = forged("baseline", isf)
     layout = KernelLayout.from_isf(isf)
     assert paths["truth_data"]["build"] == KNOWN_BUILDS[layout.guid]
