@@ -1,10 +1,10 @@
 """A bounded, cycle-safe walker for doubly linked ``LIST_ENTRY`` lists in hostile memory.
 
-Membership is decided from the list head only: an unlinked entry keeps stale pointers into the
-list, so starting from an entry proves nothing. The walker follows ``Flink`` from the head; if
-that chain breaks (unreadable or null pointer, cycle that does not close at the head, bound
-reached) it also follows ``Blink`` from the head so the entries behind the break are still
-found.
+Membership is decided by following ``Flink`` from the list head only: an unlinked entry keeps
+stale pointers into the list, and ``Blink`` pointers are not trusted (the kernel itself
+iterates forward). The walk stops at the first broken link (unreadable or null pointer, a
+cycle that does not close at the head, the bound); what lies behind a break is for pool
+scanning to find (``orphan_registration``), not for the list walk to claim.
 """
 
 import dataclasses
@@ -45,53 +45,6 @@ def read_pointer(
     return int.from_bytes(data, "little") & layer.address_mask
 
 
-def _follow(
-    context: interfaces.context.ContextInterface,
-    layer_name: str,
-    head: int,
-    pointer_size: int,
-    link_offset: int,
-    max_entries: int,
-    seen: set,
-    result: ListWalk,
-    direction: str,
-) -> List[int]:
-    """Follows one direction from the head; returns the entries found, in walk order."""
-    found: List[int] = []
-    current = head
-    while True:
-        try:
-            nxt = read_pointer(context, layer_name, current + link_offset, pointer_size)
-        except exceptions.InvalidAddressException:
-            if current == head:
-                result.head_unreadable = True
-                result.problems.append(f"list head {head:#x} unreadable")
-            else:
-                result.problems.append(f"{direction} of entry {current:#x} unreadable")
-            return found
-        if nxt == head:
-            if direction == "Flink":
-                result.complete = True
-            return found
-        if nxt == 0:
-            result.problems.append(f"null {direction} in entry {current:#x}")
-            return found
-        if nxt in seen:
-            if direction == "Flink":
-                result.problems.append(
-                    f"cycle: {direction} of {current:#x} returns to {nxt:#x}, not the head"
-                )
-            # Backwards, meeting an entry the Flink walk already found is the normal way
-            # to stop: the two walks met behind the break.
-            return found
-        if len(seen) > max_entries:  # ``seen`` holds the head too
-            result.problems.append(f"bound of {max_entries} entries reached")
-            return found
-        seen.add(nxt)
-        found.append(nxt)
-        current = nxt
-
-
 def walk_list(
     context: interfaces.context.ContextInterface,
     layer_name: str,
@@ -101,34 +54,45 @@ def walk_list(
     what: Optional[str] = None,
 ) -> ListWalk:
     """Walks the list whose LIST_ENTRY head is at ``head`` and returns the addresses of the
-    LIST_ENTRY of every entry (not of the containing records).
+    LIST_ENTRY of every entry (not of the containing records), in list order.
 
-    The head is masked to the layer's address width first. Each entry appears at most once;
-    at most ``max_entries`` entries are returned. Problems are logged at debug level with
-    ``what`` naming the list, and kept in the result.
+    An entry is returned only when its own ``Flink`` is readable: a pointer into unmapped
+    memory is a broken link, not an entry. Each entry appears once; at most ``max_entries``
+    are returned. Problems are logged at debug level (``what`` names the list) and kept in
+    the result.
     """
     layer = context.layers[layer_name]
     head &= layer.address_mask
     result = ListWalk(head=head)
-    seen: set = {head}
-    forward = _follow(
-        context, layer_name, head, pointer_size, 0, max_entries, seen, result, "Flink"
-    )
-    backward: List[int] = []
-    if not result.complete and not result.head_unreadable:
-        backward = _follow(
-            context,
-            layer_name,
-            head,
-            pointer_size,
-            pointer_size,
-            max_entries,
-            seen,
-            result,
-            "Blink",
-        )
-    # Blink order is reversed list order: put those entries back in list order.
-    result.entries = forward + list(reversed(backward))
+    seen = {head}
+    try:
+        nxt = read_pointer(context, layer_name, head, pointer_size)
+    except exceptions.InvalidAddressException:
+        result.head_unreadable = True
+        result.problems.append(f"list head {head:#x} unreadable")
+        nxt = None
+    current = head
+    while nxt is not None:
+        if nxt == head:
+            result.complete = True
+            break
+        if nxt == 0:
+            result.problems.append(f"null Flink in {current:#x}")
+            break
+        if nxt in seen:
+            result.problems.append(f"cycle: Flink of {current:#x} returns to {nxt:#x}, not the head")
+            break
+        if len(result.entries) >= max_entries:
+            result.problems.append(f"bound of {max_entries} entries reached")
+            break
+        try:
+            after = read_pointer(context, layer_name, nxt, pointer_size)
+        except exceptions.InvalidAddressException:
+            result.problems.append(f"Flink of {current:#x} points to unreadable {nxt:#x}")
+            break
+        seen.add(nxt)
+        result.entries.append(nxt)
+        current, nxt = nxt, after
     if result.problems:
         label = what or f"list at {head:#x}"
         vollog.debug(f"{label}: " + "; ".join(result.problems))
