@@ -160,3 +160,17 @@ def test_object_without_registrations_gives_one_row():
     rows = inventory.classify(record, [], attributor, expected.ExpectedRegistrants({}))
     assert len(rows) == 1 and rows[0].registration is None
     assert rows[0].flags == ["not_in_directory"]
+
+
+def test_unavailable_module_list_raises_no_outside_modules():
+    context, _layer, table, _attributor = _setup()
+    # The test "kernel" module is named after its table, which has no PsLoadedModuleList:
+    # the module list cannot be read.
+    attributor = attribution.Attributor(context, table)
+    assert not attributor.modules_available
+    record = _record(context, table, None, allow_multiple=True)
+    rows = inventory.classify(
+        record, [_reg(1, _addr(0xFFFFF80055550000), record.address)], attributor,
+        expected.ExpectedRegistrants({}),
+    )
+    assert rows[0].flags == []

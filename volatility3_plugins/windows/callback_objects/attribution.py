@@ -52,16 +52,16 @@ class Attribution:
 
 def list_loaded_modules(
     context: interfaces.context.ContextInterface, kernel_module_name: str
-) -> List[LoadedModule]:
-    """The modules of PsLoadedModuleList, bounded, skipping entries without a usable range."""
+) -> Optional[List[LoadedModule]]:
+    """The modules of PsLoadedModuleList, bounded, skipping entries without a usable range.
+    None when the list cannot be walked at all (then no routine can be called outside)."""
     kernel = context.modules[kernel_module_name]
     mask = context.layers[kernel.layer_name].address_mask
     kernel_base = kernel.offset & mask
     found: List[LoadedModule] = []
     try:
-        for mod in itertools.islice(
-            vol_modules.Modules.list_modules(context, kernel_module_name), MAX_MODULES
-        ):
+        listed = vol_modules.Modules.list_modules(context, kernel_module_name)
+        for mod in itertools.islice(listed, MAX_MODULES):
             try:
                 base = int(mod.DllBase) & mask
                 size = int(mod.SizeOfImage)
@@ -77,6 +77,12 @@ def list_loaded_modules(
             found.append(LoadedModule(base, size, name or None, base == kernel_base))
     except exceptions.InvalidAddressException as excp:
         vollog.warning(f"PsLoadedModuleList walk stopped early: {excp}")
+    except (exceptions.SymbolError, ValueError) as excp:
+        vollog.warning(f"PsLoadedModuleList unavailable ({excp}): routines not attributed")
+        return None
+    if not found:
+        vollog.warning("PsLoadedModuleList is empty: routines not attributed")
+        return None
     return found
 
 
@@ -95,7 +101,9 @@ class Attributor:
         self._layer_name = kernel.layer_name
         if loaded_modules is None:
             loaded_modules = list_loaded_modules(context, kernel_module_name)
-        self._modules = sorted(loaded_modules, key=lambda m: m.base)
+        #: False when the module list could not be read: "in no module" would then be a guess.
+        self.modules_available = loaded_modules is not None
+        self._modules = sorted(loaded_modules or [], key=lambda m: m.base)
         self._bases = [m.base for m in self._modules]
         self._images: Dict[int, Optional[pe_image.PeImage]] = {}
 

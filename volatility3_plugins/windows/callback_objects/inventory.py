@@ -178,7 +178,7 @@ def classify(
         module_name: Optional[str] = None
         if not fields.is_absent(reg.routine):
             attrib = attributor.attribute(int(reg.routine))
-            in_module = attrib.in_module
+            in_module = attrib.in_module if attributor.modules_available else None
             executable = attrib.executable
             module_name = attrib.module.name if attrib.module else None
         backlink: Optional[bool] = None
