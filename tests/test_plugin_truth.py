@@ -105,3 +105,11 @@ def test_scale_lists_every_reachable_registration(forged, vol_cache):
     paths = forged("scale", "win10")
     rows = json.loads(run_plugin(paths, "dump", vol_cache))
     assert len(rows) == len(expected_without_scan(paths["truth_data"])) == 20000
+
+
+def test_suspicious_option_keeps_only_rows_with_a_suspicious_flag(forged, vol_cache):
+    paths = forged("rootkit", "win10")
+    everything = json.loads(run_plugin(paths, "raw", vol_cache))
+    suspicious = json.loads(run_plugin(paths, "raw", vol_cache, "json", "--suspicious"))
+    expected = [row for row in everything if set(row["Flags"].split(",")) & SUSPICIOUS]
+    assert suspicious == expected and 0 < len(suspicious) < len(everything)

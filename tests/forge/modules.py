@@ -164,12 +164,15 @@ class ModuleLoader:
         return module
 
     def write_module_list(self, list_head: int) -> None:
-        """Allocate a loader entry per listed module and link them behind ``PsLoadedModuleList``."""
+        """Allocate a loader entry per module and link the listed ones behind ``PsLoadedModuleList``.
+
+        A hidden module keeps its entry in pool with stale links into the list, as after a
+        rootkit unlinks itself (DKOM): module scanning still finds it, the list walk does not.
+        """
         machine = self.machine
         layout = machine.layout
         entry_type = layout.module_entry_type
-        listed = [module for module in self.modules if module.in_module_list]
-        for module in listed:
+        for module in self.modules:
             block = machine.nonpaged.allocate(layout.size_of(entry_type), b"MmLd")
             module.entry = block.body
             _, full = machine.allocate_string(module.path, b"MmLn", paged=False)
@@ -184,9 +187,17 @@ class ModuleLoader:
             values.update(machine.unicode_string_values("FullDllName", module.path, full))
             values.update(machine.unicode_string_values("BaseDllName", module.name, base_name))
             machine.write_struct(block.body, entry_type, values)
-        links = [list_head] + [module.entry for module in listed]
+        listed = [module.entry for module in self.modules if module.in_module_list]
+        links = [list_head] + listed
         for index, address in enumerate(links):
             machine.write_list_entry(address, links[(index + 1) % len(links)], links[index - 1])
+        previous = list_head
+        for module in self.modules:
+            if module.in_module_list:
+                previous = module.entry
+            else:
+                following = machine.read_pointer(previous)
+                machine.write_list_entry(module.entry, following, previous)
 
     def owner_of(self, address: int) -> Optional[LoadedModule]:
         for module in self.modules:

@@ -68,6 +68,12 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             requirements.VersionRequirement(
                 name="handles", component=handles.Handles, version=(4, 0, 0)
             ),
+            requirements.BooleanRequirement(
+                name="suspicious",
+                description="Only show rows with at least one suspicious flag",
+                default=False,
+                optional=True,
+            ),
         ]
 
     @classmethod
@@ -166,6 +172,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         )
         attributor = attribution.Attributor(self.context, kernel_module_name)
         rules = expected.load()
+        only_suspicious = bool(self.config.get("suspicious", False))
         registration_count = flagged_rows = suspicious_rows = 0
         for record in records:
             regs = self.list_registrations(self.context, kernel_module_name, record)
@@ -173,10 +180,14 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             for row in self.classify(
                 self.context, kernel_module_name, record, regs, attributor, rules
             ):
+                is_suspicious = any(flags.is_suspicious(f) for f in row.flags)
                 if row.flags:
                     flagged_rows += 1
-                if any(flags.is_suspicious(f) for f in row.flags):
+                if is_suspicious:
                     suspicious_rows += 1
+                # Counted before filtering: the log line describes the whole image.
+                if only_suspicious and not is_suspicious:
+                    continue
                 yield 0, self.row_values(row)
         vollog.info(
             f"{len(records)} callback objects, {registration_count} registrations, "
