@@ -30,9 +30,10 @@ SYSTEM_ROOT = "\\SystemRoot\\system32"
 class ImageForge:
     """Builds one Windows kernel memory image, step by step."""
 
-    def __init__(self, layout: KernelLayout) -> None:
+    def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
+        """``memory_size`` pads physical memory with zero pages, like a machine with that much RAM."""
         self.layout = layout
-        self.machine = Machine(layout)
+        self.machine = Machine(layout, memory_size)
         self.loader = ModuleLoader(self.machine)
         symbols = layout.symbols(FORGE_SYMBOLS)
         self.kernel = self.loader.load(
@@ -50,9 +51,9 @@ class ImageForge:
         self._built = False
 
     @classmethod
-    def for_profile(cls, profile: str) -> "ImageForge":
+    def for_profile(cls, profile: str, memory_size: int = 0) -> "ImageForge":
         """A built-in profile name (``win10``, ``win7``) or the path of a real kernel ISF."""
-        return cls(KernelLayout.resolve(profile))
+        return cls(KernelLayout.resolve(profile), memory_size)
 
     # -- modules -------------------------------------------------------------------------
 

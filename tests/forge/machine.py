@@ -25,7 +25,7 @@ LOW_STUB_CR3 = 0xA0
 class AddressPlan:
     """Virtual and physical placement for one Windows generation."""
 
-    def __init__(self, layout: KernelLayout) -> None:
+    def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
         if layout.nt_version >= (10, 0):
             self.dtb = 0x1AD000
             self.self_ref_index = 0x1B2
@@ -45,12 +45,12 @@ class AddressPlan:
 class Machine:
     """Physical memory, one kernel address space, and typed writers over it."""
 
-    def __init__(self, layout: KernelLayout) -> None:
+    def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
         if not layout.is_64bit:
             raise NotImplementedError("the forge writes x64 images only (x86 is a later issue)")
         self.layout = layout
         self.plan = AddressPlan(layout)
-        self.physical = PhysicalMemory()
+        self.physical = PhysicalMemory(minimum_size=memory_size)
         self.space = AddressSpace(self.physical, self.plan.dtb, self.plan.self_ref_index)
         self.nonpaged = PoolAllocator(self.space, layout, self.plan.nonpaged_pool, POOL_TYPE_NONPAGED)
         self.paged = PoolAllocator(self.space, layout, self.plan.paged_pool, POOL_TYPE_PAGED)

@@ -39,9 +39,11 @@ def masked(address: int) -> int:
 class PhysicalMemory:
     """Sparse physical pages with a simple bump allocator above the reserved low range."""
 
-    def __init__(self, first_free: int = 0x200000) -> None:
+    def __init__(self, first_free: int = 0x200000, minimum_size: int = 0) -> None:
         self._pages: Dict[int, bytearray] = {}
         self._next_free = first_free
+        # A machine has this much RAM even where the forge wrote nothing (zero pages).
+        self.minimum_size = minimum_size
 
     def page(self, address: int) -> bytearray:
         number = address // PAGE_SIZE
@@ -81,13 +83,17 @@ class PhysicalMemory:
     def size(self) -> int:
         """The physical address space: up to the highest page in use, rounded up to 1 MiB."""
         highest = (max(self._pages) + 1) * PAGE_SIZE if self._pages else 0
-        return (highest + 0xFFFFF) & ~0xFFFFF
+        return max((highest + 0xFFFFF) & ~0xFFFFF, self.minimum_size)
 
     def page_numbers(self) -> List[int]:
         return sorted(self._pages)
 
     def runs(self) -> Iterator[Tuple[int, int]]:
-        """Maximal runs of present pages as (first page number, page count)."""
+        """Runs of physical pages as (first page number, page count): all of RAM when a
+        minimum size was given, else the maximal runs of pages the forge wrote."""
+        if self.minimum_size:
+            yield 0, self.size // PAGE_SIZE
+            return
         numbers = self.page_numbers()
         if not numbers:
             return

@@ -234,10 +234,10 @@ SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
 }
 
 
-def forge_scenario(scenario: str, profile: str):
+def forge_scenario(scenario: str, profile: str, memory_size: int = 0):
     """Build ``scenario`` on ``profile`` (a built-in profile name or an ISF path)."""
     if scenario not in SCENARIOS:
         raise KeyError(f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
-    forge = ImageForge.for_profile(profile)
+    forge = ImageForge.for_profile(profile, memory_size)
     SCENARIOS[scenario](forge)
     return forge.build()
