@@ -1,0 +1,54 @@
+"""The project as a user gets it: pip install, the console command, the README's demo command."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.volatility_harness import REPO
+from volatility3_plugins import PLUGIN_DIRECTORY, _with_plugin_directory
+
+
+def test_plugin_directory_is_added_once_and_merged_with_the_users():
+    assert _with_plugin_directory(["-f", "x", "windows.info"]) == ["-p", PLUGIN_DIRECTORY, "-f", "x", "windows.info"]
+    assert _with_plugin_directory(["-p", "mine", "-f", "x"]) == ["-p", f"mine;{PLUGIN_DIRECTORY}", "-f", "x"]
+    assert _with_plugin_directory(["--plugin-dirs=mine"]) == [f"--plugin-dirs=mine;{PLUGIN_DIRECTORY}"]
+
+
+def test_installed_package_runs_without_the_checkout(forged, vol_cache, tmp_path):
+    """pip install puts the plugin, its ISF and its data where the installed plugin finds them."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(target), str(REPO)], check=True, capture_output=True)
+    installed = target / "volatility3_plugins"
+    assert sorted(p.name for p in (installed / "symbols" / "windows").glob("*.json")) == [
+        "callbackobjects-x64-win7.json", "callbackobjects-x64.json", "callbackobjects-x86-win7.json", "callbackobjects-x86.json"]
+    assert (installed / "windows" / "callback_objects" / "expected_registrants.json").is_file()
+    assert (target / "bin" / "vol-callbackobjects").is_file()
+
+    paths = forged("rootkit", "win10")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    command = [sys.executable, "-c", "from volatility3_plugins import main; main()", "-q", "--offline",
+               "--cache-path", str(vol_cache), "-s", str(paths["symbols"]), "-f", str(paths["raw"]),
+               "windows.callbackobjects", "--suspicious"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "outside_modules" in result.stdout and "global_mismatch" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to clone the checkout")
+def test_readme_demo_command_from_a_clean_clone(tmp_path):
+    """./scripts/demo in a fresh clone: new venv, install, forge, run; a flagged outside_modules row."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    readme = (clone / "README.md").read_text()
+    assert "./scripts/demo" in readme and "./scripts/test" in readme
+    result = subprocess.run(["./scripts/demo"], cwd=clone, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines() if line.endswith("outside_modules")]
+    assert rows, result.stdout[-3000:]
+    assert any(row[9] == "N/A" and int(row[5], 16) for row in rows)
