@@ -39,11 +39,28 @@ def test_installed_package_runs_without_the_checkout(forged, vol_cache, tmp_path
     assert "outside_modules" in result.stdout and "global_mismatch" in result.stdout
 
 
+def clean_clone(tmp_path: Path) -> Path:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    return clone
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to clone the checkout")
+def test_readme_test_command_installs_and_collects_from_a_clean_clone(tmp_path):
+    """./scripts/test in a fresh clone builds its own venv and finds the suite. (The suite itself
+    is what CI runs through .ci/run; running it again in here would recurse.)"""
+    clone = clean_clone(tmp_path)
+    result = subprocess.run(["./scripts/test", "-q", "--collect-only"], cwd=clone, capture_output=True, text=True,
+                            timeout=900, env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (clone / ".venv" / "bin" / "python").exists()
+    assert " tests collected" in result.stdout and "test_rows_match_ground_truth" in result.stdout
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to clone the checkout")
 def test_readme_demo_command_from_a_clean_clone(tmp_path):
     """./scripts/demo in a fresh clone: new venv, install, forge, run; a flagged outside_modules row."""
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    clone = clean_clone(tmp_path)
     readme = (clone / "README.md").read_text()
     assert "./scripts/demo" in readme and "./scripts/test" in readme
     result = subprocess.run(["./scripts/demo"], cwd=clone, capture_output=True, text=True, timeout=900,
