@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .layout import pointer_format
 from .machine import Machine
 from .memory import canonical
 from .objects import KernelObject, ObjectManager
@@ -40,6 +41,15 @@ class CallbackLayout:
 
 X64_SINCE_8_1 = CallbackLayout(0x38, 0x00, 0x08, 0x10, 0x20, 0x28, 0x30, 0x10, 0x18, 0x20, 0x28, 0x2C)
 X64_BEFORE_8_1 = CallbackLayout(0x28, 0x00, 0x08, 0x10, 0x20, None, 0x30, 0x10, 0x18, 0x20, 0x28, 0x2C)
+X86_SINCE_8_1 = CallbackLayout(0x1C, 0x00, 0x04, 0x08, 0x10, 0x14, 0x1C, 0x08, 0x0C, 0x10, 0x14, 0x18)
+X86_BEFORE_8_1 = CallbackLayout(0x14, 0x00, 0x04, 0x08, 0x10, None, 0x1C, 0x08, 0x0C, 0x10, 0x14, 0x18)
+
+
+def callback_layout(is_64bit: bool, has_callback_list: bool) -> CallbackLayout:
+    """The notes' layout for this architecture and Windows generation (8.1+ adds ExpCallbackList)."""
+    if is_64bit:
+        return X64_SINCE_8_1 if has_callback_list else X64_BEFORE_8_1
+    return X86_SINCE_8_1 if has_callback_list else X86_BEFORE_8_1
 
 BUILTIN_GLOBALS = {
     "ExCbPowerState": "PowerState",
@@ -99,7 +109,7 @@ class CallbackPlanter:
         self.machine = machine
         self.objects = objects
         self.kernel_base = kernel_base
-        self.layout = X64_SINCE_8_1 if machine.layout.has_callback_list else X64_BEFORE_8_1
+        self.layout = callback_layout(machine.layout.is_64bit, machine.layout.has_callback_list)
         self.directory = objects.create_directory("Callback")
         self.callback_objects: List[CallbackObject] = []
         self.loose_registrations: List[Registration] = []
@@ -155,7 +165,7 @@ class CallbackPlanter:
             busy, unregister_waiting, linked and callback is not None and not freed, freed,
         )
         data = bytearray(self.layout.registration_size)
-        pointer = "<Q"
+        pointer = pointer_format(self.machine.layout.pointer_size)
         struct.pack_into(pointer, data, self.layout.callback_object, canonical(backlink))
         struct.pack_into(pointer, data, self.layout.function, canonical(routine))
         struct.pack_into(pointer, data, self.layout.context, canonical(context))

@@ -39,7 +39,7 @@ class ImageForge:
         self.kernel = self.loader.load(
             kernel_image(layout), f"{SYSTEM_ROOT}\\ntoskrnl.exe",
             functions={name: rva for name, rva in symbols.items() if name in KERNEL_CODE_SYMBOLS},
-            symbols=layout.symbols(),
+            symbols=layout.symbols(), physical_base=self.machine.plan.kernel_physical,
         )
         self.machine.write_low_stub(self.kernel.base + symbols.get("KiSystemStartup", self.kernel.image.entry_point_rva))
         self.hal = self.add_driver("hal.dll", path=f"{SYSTEM_ROOT}\\hal.dll", functions={"HalpPowerStub": 0x1200}, exported=("HalpPowerStub",))
@@ -52,7 +52,7 @@ class ImageForge:
 
     @classmethod
     def for_profile(cls, profile: str, memory_size: int = 0) -> "ImageForge":
-        """A built-in profile name (``win10``, ``win7``) or the path of a real kernel ISF."""
+        """A built-in profile name (see ``layout.BUILTIN_PROFILES``) or the path of a real kernel ISF."""
         return cls(KernelLayout.resolve(profile), memory_size)
 
     # -- modules -------------------------------------------------------------------------
@@ -68,13 +68,18 @@ class ImageForge:
     ) -> LoadedModule:
         """Map a driver image; ``in_module_list=False`` hides it from PsLoadedModuleList."""
         functions = functions or {}
-        image = driver_image(name, text_size=text_size, functions=functions, exported=tuple(exported))
+        image = driver_image(name, text_size=text_size, functions=functions, exported=tuple(exported),
+                             is_64bit=self.layout.is_64bit)
         return self.loader.load(image, path or f"{SYSTEM_ROOT}\\drivers\\{name}", functions, in_module_list=in_module_list)
 
     def allocate_code_outside_modules(self, size: int = 0x200, tag: bytes = b"Hook") -> int:
         """Executable code in non-paged pool, as a rootkit's shellcode: in no module at all."""
         block = self.machine.nonpaged.allocate(size, tag)
-        self.machine.space.write(block.body, b"\x48\x83\xec\x28\x90\x90\x48\x83\xc4\x28\xc3")
+        if self.layout.is_64bit:
+            code = b"\x48\x83\xec\x28\x90\x90\x48\x83\xc4\x28\xc3"  # sub rsp, 28h; nop; nop; add rsp, 28h; ret
+        else:
+            code = b"\x55\x8b\xec\x90\x90\x5d\xc3"  # push ebp; mov ebp, esp; nop; nop; pop ebp; ret
+        self.machine.space.write(block.body, code)
         return block.body
 
     @property
@@ -130,11 +135,14 @@ class ForgedImage:
     def write_crash_dump(self, path: Path) -> Path:
         forge = self.forge
         symbol = forge.layout.symbol
-        dump.write_crash_dump(
+        writer = dump.write_crash_dump if forge.layout.is_64bit else dump.write_crash_dump32
+        extra = {} if forge.layout.is_64bit else {"pae": forge.layout.pae}
+        writer(
             forge.machine.physical, path, forge.machine.plan.dtb, forge.layout.build or 0,
             canonical(forge.kernel.base + symbol("PsLoadedModuleList")),
             canonical(forge.kernel.base + symbol("PsActiveProcessHead")) if forge.layout.has_symbol("PsActiveProcessHead") else 0,
             canonical(forge.kernel.base + symbol("KdDebuggerDataBlock")) if forge.layout.has_symbol("KdDebuggerDataBlock") else 0,
+            **extra,
         )
         return path
 

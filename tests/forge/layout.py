@@ -49,7 +49,14 @@ FORGE_SYMBOLS = (
 BUILTIN_PROFILES: Dict[str, str] = {
     "win10": "win10_19041_x64",
     "win7": "win7_7601_x64",
+    "win7x86": "win7_7601_x86",
+    "win7x86nopae": "win7_7601_x86_nopae",
 }
+
+# PDB names of the 32-bit kernels built for PAE paging (ntkrnlpa: uniprocessor, ntkrpamp: MP).
+PAE_KERNEL_PDBS = ("ntkrnlpa.pdb", "ntkrpamp.pdb")
+MACHINE_I386 = 0x14C
+MACHINE_AMD64 = 0x8664
 
 
 class LayoutError(Exception):
@@ -97,6 +104,8 @@ class KernelLayout:
         self.guid: str = pdb["GUID"].upper()
         self.age: int = int(pdb["age"])
         self.pointer_size: int = isf["base_types"]["pointer"]["size"]
+        # 32-bit kernels come in PAE and non-PAE builds; the PDB name tells them apart.
+        self.pae: bool = self.pointer_size == 4 and self.pdb_name.lower() in PAE_KERNEL_PDBS
         self._user_types: Dict[str, Any] = isf["user_types"]
         self._symbols: Dict[str, Any] = isf["symbols"]
         self._field_cache: Dict[Tuple[str, str], FieldSpec] = {}
@@ -105,7 +114,7 @@ class KernelLayout:
 
     @classmethod
     def builtin(cls, profile: str) -> "KernelLayout":
-        """A built-in profile (``win10`` or ``win7``) with a synthetic GUID of its own.
+        """A built-in profile (see ``BUILTIN_PROFILES``) with a synthetic GUID of its own.
 
         The GUID differs from the real build's so a symbol cache holding the real ISF can never
         be confused with the forge's reduced one.
@@ -122,8 +131,8 @@ class KernelLayout:
                     "pdb": {
                         "GUID": guid,
                         "age": 1,
-                        "database": "ntkrnlmp.pdb",
-                        "machine_type": 34404,
+                        "database": getattr(table, "PDB_NAME", "ntkrnlmp.pdb"),
+                        "machine_type": MACHINE_AMD64 if table.POINTER_SIZE == 8 else MACHINE_I386,
                     }
                 },
             },

@@ -1,21 +1,32 @@
 """The bare machine of a forged image: paging, fixed kernel pages, pools and typed writes.
 
-Placement follows what Volatility's automagic looks for on a real x64 Windows machine:
+Placement follows what Volatility's automagic looks for on a real Windows machine.
+
+x64:
 - the DTB in the low physical range its self-referential-pointer scan covers (Windows 10 puts it
   near 0x1AD000 with a randomised self-map index; Windows 7 uses the fixed index 0x1ED);
 - ``KUSER_SHARED_DATA`` at 0xFFFFF78000000000 with the NT version in it;
 - the processor start block ("low stub") in the first physical megabyte, whose CR3 and
   long-mode target lead Volatility's PDB scanner to the kernel image.
+
+x86 (PAE or not):
+- the DTB at 0x185000, inside the range the fixed-index scan covers (PAE: PDPT there, the four
+  page directories in the four pages after it, as on a booted Windows 7);
+- ``KUSER_SHARED_DATA`` at 0xFFDF0000, whose NtMajorVersion Volatility checks;
+- no low stub: the loader maps the kernel at a fixed offset, virtual = physical + 0x80000000,
+  which is how Volatility's PDB scanner finds a 32-bit kernel (``method_fixed_mapping``).
 """
 
 import struct
 from typing import Dict, Optional, Tuple
 
 from .layout import KernelLayout, pack_pointer
-from .memory import PAGE_SIZE, AddressSpace, PhysicalMemory, canonical
+from .memory import PAGE_SIZE, AddressSpace, KernelAddressSpace, PaeAddressSpace, PhysicalMemory, X86AddressSpace, canonical
 from .pool import POOL_TYPE_NONPAGED, POOL_TYPE_PAGED, PoolAllocator, PoolBlock
 
 KUSER_SHARED_DATA = 0xFFFF_F780_0000_0000
+KUSER_SHARED_DATA_X86 = 0xFFDF_0000
+X86_KERNEL_MAPPING = 0x8000_0000  # x86 loader: kernel virtual address = physical + 2 GiB
 LOW_STUB_PHYSICAL = 0x1000
 LOW_STUB_SIGNATURE = 0x0000_0001_0006_00E9  # JMP opcode, its offset and CompletionFlag
 LOW_STUB_LM_TARGET = 0x70
@@ -26,6 +37,19 @@ class AddressPlan:
     """Virtual and physical placement for one Windows generation."""
 
     def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
+        # Physical frame of the kernel image when the loader maps it at a fixed offset (x86).
+        self.kernel_physical: Optional[int] = None
+        if not layout.is_64bit:
+            self.dtb = 0x185000
+            self.self_ref_index = 3 if layout.pae else 0x300
+            self.kernel_base = 0x8284_0000
+            self.kernel_physical = self.kernel_base - X86_KERNEL_MAPPING
+            self.nonpaged_pool = 0x8440_0000
+            self.paged_pool = 0x8A20_0000
+            self.kuser_shared_data = KUSER_SHARED_DATA_X86
+            self.unmapped = 0x9F0D_E000
+            return
+        self.kuser_shared_data = KUSER_SHARED_DATA
         if layout.nt_version >= (10, 0):
             self.dtb = 0x1AD000
             self.self_ref_index = 0x1B2
@@ -46,12 +70,16 @@ class Machine:
     """Physical memory, one kernel address space, and typed writers over it."""
 
     def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
-        if not layout.is_64bit:
-            raise NotImplementedError("the forge writes x64 images only (x86 is a later issue)")
         self.layout = layout
         self.plan = AddressPlan(layout)
         self.physical = PhysicalMemory(minimum_size=memory_size)
-        self.space = AddressSpace(self.physical, self.plan.dtb, self.plan.self_ref_index)
+        self.space: KernelAddressSpace
+        if layout.is_64bit:
+            self.space = AddressSpace(self.physical, self.plan.dtb, self.plan.self_ref_index)
+        elif layout.pae:
+            self.space = PaeAddressSpace(self.physical, self.plan.dtb)
+        else:
+            self.space = X86AddressSpace(self.physical, self.plan.dtb)
         self.nonpaged = PoolAllocator(self.space, layout, self.plan.nonpaged_pool, POOL_TYPE_NONPAGED)
         self.paged = PoolAllocator(self.space, layout, self.plan.paged_pool, POOL_TYPE_PAGED)
         self._map_shared_user_data()
@@ -59,16 +87,20 @@ class Machine:
     # -- fixed pages ---------------------------------------------------------------------
 
     def _map_shared_user_data(self) -> None:
-        self.space.map_page(KUSER_SHARED_DATA, executable=False)
+        kuser = self.plan.kuser_shared_data
+        self.space.map_page(kuser, executable=False)
         major, minor = self.layout.nt_version
         values: Dict[str, int] = {"NtMajorVersion": major, "NtMinorVersion": minor, "NtProductType": 1, "ProductTypeIsValid": 1}
         if self.layout.has_field("_KUSER_SHARED_DATA", "NtBuildNumber") and self.layout.build:
             values["NtBuildNumber"] = self.layout.build
-        self.write_struct(KUSER_SHARED_DATA, "_KUSER_SHARED_DATA", values)
+        self.write_struct(kuser, "_KUSER_SHARED_DATA", values)
         root = "C:\\Windows".encode("utf-16-le")
-        self.space.write(KUSER_SHARED_DATA + self.layout.offset_of("_KUSER_SHARED_DATA", "NtSystemRoot"), root)
+        self.space.write(kuser + self.layout.offset_of("_KUSER_SHARED_DATA", "NtSystemRoot"), root)
 
     def write_low_stub(self, long_mode_target: int) -> None:
+        """The x64 processor start block; 32-bit Windows has none (its kernel is fixed-mapped)."""
+        if not self.layout.is_64bit:
+            return
         stub = bytearray(PAGE_SIZE)
         struct.pack_into("<Q", stub, 0, LOW_STUB_SIGNATURE)
         struct.pack_into("<Q", stub, LOW_STUB_LM_TARGET, canonical(long_mode_target))

@@ -27,6 +27,9 @@ KERNEL_CODE_SYMBOLS = frozenset(
 )
 KERNEL_EXPORTS = ("ExCreateCallback", "ExRegisterCallback", "ExUnregisterCallback", "ExNotifyCallback", "KeRegisterProcessorChangeCallback")
 CODE_SECTION_NAMES = (".text", "PAGE", "INIT", "PAGEKD", "PAGEVRFY")
+# A routine's first bytes (a frame set-up and a return), so a disassembling reader sees code.
+ROUTINE_PROLOGUE_X64 = b"\x48\x89\x5c\x24\x08\xc3"  # mov [rsp+8], rbx; ret
+ROUTINE_PROLOGUE_X86 = b"\x8b\xff\x55\x8b\xec\xc3"  # mov edi, edi; push ebp; mov ebp, esp; ret
 DATA_SECTION_NAMES = (".data", "ALMOSTRO", "CACHEALI", "PAGEDATA", "PAGEVRFD")
 
 
@@ -73,7 +76,8 @@ def kernel_image(layout: KernelLayout) -> PeImage:
     entry = symbols.get("KiSystemStartup", 0)
     return PeImage(
         "ntoskrnl.exe", size_of_image, sections, exports,
-        CodeView(layout.pdb_name, layout.guid, layout.age), metadata_rva=metadata_page, entry_point_rva=entry,
+        CodeView(layout.pdb_name, layout.guid, layout.age), metadata_rva=metadata_page,
+        is_64bit=layout.is_64bit, entry_point_rva=entry,
     )
 
 
@@ -83,6 +87,7 @@ def driver_image(
     functions: Optional[Dict[str, int]] = None,
     exported: Sequence[str] = (),
     data_size: int = 0x2000,
+    is_64bit: bool = True,
 ) -> PeImage:
     """A driver with .text, .rdata (exports), .data and INIT, like a typical WDM driver.
 
@@ -95,7 +100,8 @@ def driver_image(
     init = Section("INIT", data.rva + data_size, 0x1000, CODE)
     functions = functions or {}
     exports = {routine: functions[routine] for routine in exported}
-    return PeImage(name, init.rva + 0x1000, [text, rdata, data, init], exports, entry_point_rva=init.rva)
+    return PeImage(name, init.rva + 0x1000, [text, rdata, data, init], exports, is_64bit=is_64bit,
+                   entry_point_rva=init.rva)
 
 
 @dataclass
@@ -144,19 +150,24 @@ class ModuleLoader:
         self._next_base = machine.plan.kernel_base
 
     def load(self, image: PeImage, path: str, functions: Optional[Dict[str, int]] = None,
-             symbols: Optional[Dict[str, int]] = None, in_module_list: bool = True) -> LoadedModule:
+             symbols: Optional[Dict[str, int]] = None, in_module_list: bool = True,
+             physical_base: Optional[int] = None) -> LoadedModule:
+        """Map ``image`` at the next free base; with ``physical_base``, onto contiguous frames
+        from there (how the x86 loader maps the kernel: virtual = physical + 0x80000000)."""
         base = self._next_base
         self._next_base = (base + image.size_of_image + 0x10FFFF) & ~0xFFFF
         space = self.machine.space
         for section in [None] + list(image.sections):
             start, size, executable = (0, PAGE_SIZE, False) if section is None else (section.rva, section.virtual_size, section.executable)
-            space.map_range(base + start, size, executable=executable)
+            space.map_range(base + start, size, executable=executable,
+                            physical=None if physical_base is None else physical_base + start)
         for rva, blob in image.blobs(base):
             space.write(base + rva, blob)
         functions = dict(functions or {})
         # A routine's first bytes are code, not zeros: a real reader may disassemble them.
+        prologue = ROUTINE_PROLOGUE_X64 if image.is_64bit else ROUTINE_PROLOGUE_X86
         for rva in functions.values():
-            space.write(base + rva, b"\x48\x89\x5c\x24\x08\xc3")
+            space.write(base + rva, prologue)
         exported = dict(image.exports)
         module = LoadedModule(image.dll_name, path, base, image, functions,
                               symbols if symbols is not None else exported, None, in_module_list)

@@ -26,8 +26,11 @@ OPTIONAL_HEADER_TYPES = {
     INFO_NAME: "_OBJECT_HEADER_NAME_INFO",
     INFO_QUOTA: "_OBJECT_HEADER_QUOTA_INFO",
 }
-# Sizes of the optional headers the forge never writes, for the offset table only.
+# Sizes of the optional headers the forge never writes, for the offset table only: x64, and x86
+# where Windows 7's _OBJECT_HEADER_HANDLE_INFO and _OBJECT_HEADER_PROCESS_INFO are 8 bytes (the
+# later 0x20/0x40 headers are taken as pointer-sized pairs as well).
 OTHER_OPTIONAL_HEADER_SIZES = {INFO_HANDLE: 0x10, INFO_PROCESS: 0x10, 0x20: 0x10, 0x40: 0x10}
+OTHER_OPTIONAL_HEADER_SIZES_X86 = {INFO_HANDLE: 0x8, INFO_PROCESS: 0x8, 0x20: 0x8, 0x40: 0x8}
 
 OBJ_FLAG_KERNEL_OBJECT = 0x02
 OBJ_FLAG_PERMANENT = 0x10
@@ -119,7 +122,8 @@ class ObjectManager:
     def optional_header_size(self, bit: int) -> int:
         if bit in OPTIONAL_HEADER_TYPES and self.layout.has_type(OPTIONAL_HEADER_TYPES[bit]):
             return self.layout.size_of(OPTIONAL_HEADER_TYPES[bit])
-        return OTHER_OPTIONAL_HEADER_SIZES[bit]
+        sizes = OTHER_OPTIONAL_HEADER_SIZES if self.layout.is_64bit else OTHER_OPTIONAL_HEADER_SIZES_X86
+        return sizes[bit]
 
     def _write_info_mask_table(self) -> None:
         bits = [INFO_CREATOR, INFO_NAME, INFO_HANDLE, INFO_QUOTA, INFO_PROCESS, 0x20, 0x40]

@@ -1,7 +1,8 @@
 """Kernel pool allocations with the pool headers Windows puts in front of them.
 
-Each pool page is carved into blocks of 16-byte units. Every block starts with a
-``_POOL_HEADER`` (BlockSize, PreviousSize, PoolType, PoolTag) exactly as the kernel writes it,
+Each pool page is carved into blocks of 16-byte units on x64 and 8-byte units on x86 (the size
+of the build's ``_POOL_HEADER``). Every block starts with a ``_POOL_HEADER`` (BlockSize,
+PreviousSize, PoolType, PoolTag) exactly as the kernel writes it,
 and the tail of every page is closed by a free block, so a pool scanner walking a page sees an
 unbroken chain. A freed block keeps its contents; only its header says it is free.
 """
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .layout import KernelLayout
-from .memory import PAGE_SIZE, AddressSpace
+from .memory import PAGE_SIZE, KernelAddressSpace
 
 POOL_TYPE_FREE = 0
 # Vista and later store the pool type plus one: non-paged allocations read as 2 (even), paged
@@ -18,7 +19,7 @@ POOL_TYPE_FREE = 0
 POOL_TYPE_NONPAGED = 2
 POOL_TYPE_PAGED = 3
 
-BLOCK_UNIT = 0x10
+BLOCK_UNIT = 0x10  # x64; x86 pools count in 8-byte units, the size of its _POOL_HEADER
 
 
 def tag_value(tag: bytes) -> int:
@@ -39,11 +40,13 @@ class PoolBlock:
 class PoolAllocator:
     """A bump allocator over a virtual pool region, one page at a time."""
 
-    def __init__(self, space: AddressSpace, layout: KernelLayout, base: int, pool_type: int) -> None:
+    def __init__(self, space: KernelAddressSpace, layout: KernelLayout, base: int, pool_type: int) -> None:
         self._space = space
         self._layout = layout
         self._pool_type = pool_type
         self._header_size = layout.size_of("_POOL_HEADER")
+        # The pool granularity is the header size: 16 bytes on x64, 8 on x86.
+        self._unit = BLOCK_UNIT if layout.is_64bit else self._header_size
         self._next_page = base
         self._page: Optional[int] = None
         self._used = 0
@@ -51,19 +54,20 @@ class PoolAllocator:
 
     def allocate(self, size: int, tag: bytes, free: bool = False) -> PoolBlock:
         """Allocate ``size`` bytes; the returned body follows a fresh pool header."""
-        units = (self._header_size + size + BLOCK_UNIT - 1) // BLOCK_UNIT
-        if units * BLOCK_UNIT > PAGE_SIZE:
+        unit = self._unit
+        units = (self._header_size + size + unit - 1) // unit
+        if units * unit > PAGE_SIZE:
             raise ValueError(f"{size:#x} bytes do not fit a small pool block; the forge has no big-pool allocations")
-        if self._page is None or self._used + units * BLOCK_UNIT > PAGE_SIZE:
+        if self._page is None or self._used + units * unit > PAGE_SIZE:
             self._new_page()
         assert self._page is not None
         header = self._page + self._used
         self._write_header(header, units, self._previous_units, tag, POOL_TYPE_FREE if free else self._pool_type)
-        self._space.write(header + self._header_size, bytes(units * BLOCK_UNIT - self._header_size))
-        self._used += units * BLOCK_UNIT
+        self._space.write(header + self._header_size, bytes(units * unit - self._header_size))
+        self._used += units * unit
         self._previous_units = units
         self._close_page()
-        return PoolBlock(header, header + self._header_size, units * BLOCK_UNIT, tag, free)
+        return PoolBlock(header, header + self._header_size, units * unit, tag, free)
 
     def _new_page(self) -> None:
         self._page = self._next_page
@@ -76,8 +80,8 @@ class PoolAllocator:
         """Mark the rest of the current page as one free block so the chain stays walkable."""
         assert self._page is not None
         remaining = PAGE_SIZE - self._used
-        if remaining >= BLOCK_UNIT:
-            self._write_header(self._page + self._used, remaining // BLOCK_UNIT, self._previous_units, b"Free", POOL_TYPE_FREE)
+        if remaining >= self._unit:
+            self._write_header(self._page + self._used, remaining // self._unit, self._previous_units, b"Free", POOL_TYPE_FREE)
 
     def _write_header(self, address: int, units: int, previous_units: int, tag: bytes, pool_type: int) -> None:
         header = self._layout.pack(
