@@ -9,7 +9,8 @@ import pytest
 from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import SHARED_ISF_DIR, real_isfs
 
-BUILTIN_PROFILES = ("win10", "win7")
+# x64 builds, then 32-bit ones: Windows 7 SP1 x86 with PAE (ntkrpamp) and without (ntkrnlmp).
+BUILTIN_PROFILES = ("win10", "win7", "win7x86", "win7x86nopae")
 SCENARIO_NAMES = ("baseline", "rootkit", "corrupt", "scale")
 
 
