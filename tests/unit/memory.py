@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 from volatility3.framework import contexts, exceptions
 from volatility3.framework.layers import physical
 
-from volatility3.plugins.windows.callback_objects import structures
+from volatility3.plugins.windows.callback_objects import rawmem, structures
 
 MASK48 = (1 << 48) - 1
 
@@ -31,6 +31,7 @@ class SparseLayer(physical.BufferDataLayer):
 
     def map(self, base: int, size: int) -> None:
         self._regions[base & self.address_mask] = bytearray(size)
+        rawmem.forget(self)
 
     def _locate(self, offset: int, length: int) -> Optional[Tuple[bytearray, int]]:
         offset &= self.address_mask
@@ -60,6 +61,9 @@ class SparseLayer(physical.BufferDataLayer):
             raise exceptions.InvalidAddressException(self.name, address, "unmapped write")
         region, start = found
         region[start : start + len(data)] = data
+        # The plugin caches pages per layer for a run; a test that rewrites memory must not
+        # see the old bytes.
+        rawmem.forget(self)
 
     # convenience writers
     def ptr(self, address: int, value: int, size: int = 8) -> None:

@@ -5,18 +5,19 @@ requirements, exposes the reusable classmethods and renders the rows.
 """
 
 import logging
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from volatility3.framework import interfaces, renderers
+from volatility3.framework import constants, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
-from volatility3.plugins.windows import handles, modules
+from volatility3.plugins.windows import handles, modules, poolscanner
 
 from volatility3.plugins.windows.callback_objects import (
     attribution,
     expected,
     flags,
     inventory,
+    poolscan,
     registrations,
     structures,
 )
@@ -52,7 +53,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     and flags tampering."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    # 1.1.0: pool scanning (scan route, orphan/freed rows, hidden modules), --no-scan
+    _version = (1, 1, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -67,6 +69,16 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             ),
             requirements.VersionRequirement(
                 name="handles", component=handles.Handles, version=(4, 0, 0)
+            ),
+            requirements.VersionRequirement(
+                name="poolscanner", component=poolscanner.PoolScanner, version=(3, 0, 0)
+            ),
+            requirements.BooleanRequirement(
+                name="no_scan",
+                description="Skip pool scanning: list, directory and globals only (faster; "
+                "no orphan_registration, freed or hidden_module)",
+                default=False,
+                optional=True,
             ),
             requirements.BooleanRequirement(
                 name="suspicious",
@@ -94,14 +106,88 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         kernel_module_name: str,
         callback_table_name: Optional[str] = None,
         config_path: str = "plugins.CallbackObjects",
+        scan: Optional[poolscan.ScanResult] = None,
     ) -> List[inventory.CallbackObjectRecord]:
-        """Every callback object found by the list, directory and global routes, merged by
-        body address and sorted by it. Loads our ISF when ``callback_table_name`` is None."""
+        """Every callback object found by the list, directory and global routes (and by the
+        pool scan ``scan`` when given), merged by body address and sorted by it. Loads our
+        ISF when ``callback_table_name`` is None."""
         if callback_table_name is None:
             callback_table_name = cls.create_callback_symbol_table(
                 context, kernel_module_name, config_path
             )
-        return inventory.collect_objects(context, kernel_module_name, callback_table_name)
+        return inventory.collect_objects(
+            context,
+            kernel_module_name,
+            callback_table_name,
+            scanned=scan.objects if scan is not None else None,
+        )
+
+    @classmethod
+    def scan_pool(
+        cls,
+        context: interfaces.context.ContextInterface,
+        kernel_module_name: str,
+        callback_table_name: Optional[str] = None,
+        config_path: str = "plugins.CallbackObjects",
+        objects: bool = True,
+        registrations: bool = True,
+        modules: bool = True,
+        progress_callback: Optional[constants.ProgressCallback] = None,
+    ) -> poolscan.ScanResult:
+        """One pass over kernel pool for callback objects (``Call``), registration blocks
+        (``CBRe``) and loader entries (``MmLd``), every hit validated (see ``poolscan``)."""
+        if callback_table_name is None:
+            callback_table_name = cls.create_callback_symbol_table(
+                context, kernel_module_name, config_path
+            )
+        headers = inventory.object_headers(context, kernel_module_name)
+        scanner = poolscan.CallbackPoolScan(
+            context, kernel_module_name, callback_table_name, headers
+        )
+        return scanner.run(objects, registrations, modules, progress_callback)
+
+    @classmethod
+    def scan_callback_objects(
+        cls,
+        context: interfaces.context.ContextInterface,
+        kernel_module_name: str,
+        callback_table_name: Optional[str] = None,
+        config_path: str = "plugins.CallbackObjects",
+    ) -> List[int]:
+        """Bodies of the callback objects found in pool (allocated, header type Callback)."""
+        return cls.scan_pool(
+            context, kernel_module_name, callback_table_name, config_path,
+            objects=True, registrations=False, modules=False,
+        ).objects
+
+    @classmethod
+    def scan_registrations(
+        cls,
+        context: interfaces.context.ContextInterface,
+        kernel_module_name: str,
+        callback_table_name: Optional[str] = None,
+        config_path: str = "plugins.CallbackObjects",
+    ) -> List[Tuple[int, bool]]:
+        """``(address, in freed pool)`` of every registration block found in pool whose
+        routine and CallbackObject are kernel pointers (linked ones included)."""
+        return cls.scan_pool(
+            context, kernel_module_name, callback_table_name, config_path,
+            objects=False, registrations=True, modules=False,
+        ).registrations
+
+    @staticmethod
+    def hidden_modules(scan: poolscan.ScanResult) -> List[attribution.LoadedModule]:
+        """Loader entries found in pool, one per image base (an allocated entry wins over a
+        freed one); the Attributor keeps those PsLoadedModuleList does not cover."""
+        chosen: Dict[int, poolscan.ScannedModule] = {}
+        for module in scan.modules:
+            current = chosen.get(module.base)
+            if current is None or (current.free and not module.free):
+                chosen[module.base] = module
+        return [
+            attribution.LoadedModule(m.base, m.size, m.name, is_kernel=False, hidden=True)
+            for m in list(chosen.values())[: attribution.MAX_MODULES]
+        ]
 
     @classmethod
     def list_registrations(
@@ -167,31 +253,67 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
 
     def _generator(self) -> Iterator[Tuple[int, Tuple]]:
         kernel_module_name = self.config["kernel"]
-        records = self.list_callback_objects(
-            self.context, kernel_module_name, config_path=self.config_path
+        table_name = self.create_callback_symbol_table(
+            self.context, kernel_module_name, self.config_path
         )
-        attributor = attribution.Attributor(self.context, kernel_module_name)
+        scan: Optional[poolscan.ScanResult] = None
+        if not self.config.get("no_scan", False):
+            scan = self.scan_pool(
+                self.context,
+                kernel_module_name,
+                table_name,
+                progress_callback=self._progress_callback,
+            )
+        records = self.list_callback_objects(
+            self.context, kernel_module_name, table_name, scan=scan
+        )
+        attributor = attribution.Attributor(
+            self.context,
+            kernel_module_name,
+            hidden_modules=self.hidden_modules(scan) if scan is not None else (),
+        )
         rules = expected.load()
         only_suspicious = bool(self.config.get("suspicious", False))
-        registration_count = flagged_rows = suspicious_rows = 0
+        counts = {"registrations": 0, "flagged": 0, "suspicious": 0}
+
+        def emit(row: inventory.Row) -> Iterator[Tuple[int, Tuple]]:
+            is_suspicious = any(flags.is_suspicious(f) for f in row.flags)
+            counts["flagged"] += bool(row.flags)
+            counts["suspicious"] += is_suspicious
+            # Counted before filtering: the log line describes the whole image.
+            if not (only_suspicious and not is_suspicious):
+                yield 0, self.row_values(row)
+
+        # Registrations reached by a list walk: a scanned block among them is not reported
+        # again. Only addresses are kept, so memory stays flat with the number of rows.
+        linked: Set[int] = set()
         for record in records:
             regs = self.list_registrations(self.context, kernel_module_name, record)
-            registration_count += len(regs)
+            counts["registrations"] += len(regs)
+            if scan is not None:
+                linked.update(reg.address for reg in regs)
             for row in self.classify(
                 self.context, kernel_module_name, record, regs, attributor, rules
             ):
-                is_suspicious = any(flags.is_suspicious(f) for f in row.flags)
-                if row.flags:
-                    flagged_rows += 1
-                if is_suspicious:
-                    suspicious_rows += 1
-                # Counted before filtering: the log line describes the whole image.
-                if only_suspicious and not is_suspicious:
-                    continue
-                yield 0, self.row_values(row)
+                yield from emit(row)
+        loose = 0
+        if scan is not None:
+            by_address = {record.address: record for record in records}
+            kernel = self.context.modules[kernel_module_name]
+            found = poolscan.loose_registrations(
+                self.context, kernel.layer_name, table_name, scan.registrations, linked,
+                set(by_address),
+            )
+            # Grouped by the object they name, after every listed row.
+            found.sort(key=lambda item: (int(item[0].callback_object), item[0].address))
+            for reg, freed in found:
+                loose += 1
+                record = by_address[int(reg.callback_object)]
+                yield from emit(inventory.classify_loose(record, reg, freed, attributor))
         vollog.info(
-            f"{len(records)} callback objects, {registration_count} registrations, "
-            f"{flagged_rows} flagged rows ({suspicious_rows} suspicious)"
+            f"{len(records)} callback objects, {counts['registrations']} linked registrations"
+            + (f", {loose} unlinked or freed blocks from the pool scan" if scan is not None else "")
+            + f", {counts['flagged']} flagged rows ({counts['suspicious']} suspicious)"
         )
 
     def run(self) -> renderers.TreeGrid:

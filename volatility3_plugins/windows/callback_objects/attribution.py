@@ -28,6 +28,8 @@ class LoadedModule:
     size: int
     name: Optional[str]  # BaseDllName; None when unreadable
     is_kernel: bool
+    #: Found by pool scanning (its loader entry), not in PsLoadedModuleList
+    hidden: bool = False
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
@@ -47,7 +49,12 @@ class Attribution:
 
     @property
     def in_module(self) -> bool:
-        return self.module is not None
+        """In a module of PsLoadedModuleList (a hidden module does not count)."""
+        return self.module is not None and not self.module.hidden
+
+    @property
+    def hidden_module(self) -> bool:
+        return self.module is not None and self.module.hidden
 
 
 def list_loaded_modules(
@@ -94,6 +101,7 @@ class Attributor:
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         loaded_modules: Optional[Iterable[LoadedModule]] = None,
+        hidden_modules: Iterable[LoadedModule] = (),
     ) -> None:
         self._context = context
         self._kernel_module_name = kernel_module_name
@@ -105,13 +113,33 @@ class Attributor:
         self.modules_available = loaded_modules is not None
         self._modules = sorted(loaded_modules or [], key=lambda m: m.base)
         self._bases = [m.base for m in self._modules]
+        # Driver images that scanning sees and the list does not: consulted only for an
+        # address in no listed module.
+        self._hidden = sorted(
+            (m for m in hidden_modules if self._listed_at(m.base) is None), key=lambda m: m.base
+        )
         self._images: Dict[int, Optional[pe_image.PeImage]] = {}
+        # Many registrations share a routine (one driver registers on many objects).
+        self._attributions: Dict[int, Attribution] = {}
 
     @property
     def modules(self) -> List[LoadedModule]:
         return list(self._modules)
 
     def module_at(self, address: int) -> Optional[LoadedModule]:
+        listed = self._listed_at(address)
+        if listed is not None:
+            return listed
+        for hidden in self._hidden:
+            if hidden.contains(address):
+                return hidden
+        return None
+
+    @property
+    def hidden_modules(self) -> List[LoadedModule]:
+        return list(self._hidden)
+
+    def _listed_at(self, address: int) -> Optional[LoadedModule]:
         index = bisect.bisect_right(self._bases, address) - 1
         # Ranges may overlap in hostile memory: check a few predecessors, not just one.
         for candidate in reversed(self._modules[max(0, index - 3) : index + 1]):
@@ -143,6 +171,12 @@ class Attributor:
         return sorted(name.split(constants.BANG, 1)[-1] for name in names)[0]
 
     def attribute(self, address: int) -> Attribution:
+        found = self._attributions.get(address)
+        if found is None:
+            found = self._attributions[address] = self._attribute(address)
+        return found
+
+    def _attribute(self, address: int) -> Attribution:
         module = self.module_at(address)
         if module is None:
             return Attribution(module=None, symbol=None, section=None, executable=None)

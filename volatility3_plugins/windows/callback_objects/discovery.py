@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from volatility3.framework import constants, exceptions, interfaces
 from volatility3.plugins.windows import handles
 
-from volatility3.plugins.windows.callback_objects import structures, walk
+from volatility3.plugins.windows.callback_objects import rawmem, structures, walk
 
 vollog = logging.getLogger(__name__)
 
@@ -123,16 +123,64 @@ class DirectoryEntry:
 
 
 class ObjectHeaders:
-    """Names and types of object bodies through Volatility's ``_OBJECT_HEADER`` helpers."""
+    """Names and types of object bodies, as Volatility's ``_OBJECT_HEADER`` helpers read them.
+
+    ``get_name()``/``get_object_type()`` build several objects per call; thousands of objects
+    (directory entries, scan hits) make that the bulk of a run. So the same arithmetic
+    (``ObpInfoMaskToOffset``, the ``ObHeaderCookie`` decoding with the second byte of the
+    header address, the ``_UNICODE_STRING`` sanity checks of ``get_name``) is done here on
+    bytes from the page cache, with offsets from the kernel's symbol table; when a piece is
+    missing (no ``TypeIndex``, no offset table) the Volatility helpers are used instead.
+    """
+
+    NAME_INFO_BIT = 0x02
 
     def __init__(self, context: interfaces.context.ContextInterface, kernel_module_name: str):
         self._context = context
         self._kernel = context.modules[kernel_module_name]
         self._mask = context.layers[self._kernel.layer_name].address_mask
-        self._body_offset = self._kernel.get_type("_OBJECT_HEADER").relative_child_offset("Body")
+        header_type = self._kernel.get_type("_OBJECT_HEADER")
+        self._body_offset = header_type.relative_child_offset("Body")
         self.type_map = handles.Handles.get_type_map(context, kernel_module_name)
         # None before Windows 10 (TypeIndex stored plain), which get_object_type handles.
         self.cookie = handles.Handles.find_cookie(context, kernel_module_name)
+        self._cookie_value = int(self.cookie) if self.cookie is not None else None
+        self.reader = rawmem.shared_reader(context, self._kernel.layer_name)
+        self.pointer_size = _kernel_pointer_size(context, kernel_module_name)
+        self.fast = False
+        try:
+            table = self._kernel.symbol_table_name + constants.BANG
+            self._info_mask = rawmem.member_field(context, table + "_OBJECT_HEADER", "InfoMask")
+            self._type_index = rawmem.member_field(context, table + "_OBJECT_HEADER", "TypeIndex")
+            self._name_offset = self._kernel.get_type(
+                "_OBJECT_HEADER_NAME_INFO"
+            ).relative_child_offset("Name")
+            self._length = rawmem.member_field(context, table + "_UNICODE_STRING", "Length")
+            self._maximum = rawmem.member_field(context, table + "_UNICODE_STRING", "MaximumLength")
+            self._buffer = rawmem.member_field(context, table + "_UNICODE_STRING", "Buffer")
+            self.info_mask_to_offset = self._read_offset_table()
+            self.fast = True
+        except (exceptions.SymbolError, KeyError, AttributeError, exceptions.InvalidAddressException) as excp:
+            vollog.debug(f"Object headers read through Volatility objects only ({excp})")
+            self.info_mask_to_offset = b""
+
+    def _read_offset_table(self) -> bytes:
+        """``nt!ObpInfoMaskToOffset``: distance from the object header back to each optional
+        header, indexed by ``InfoMask & (bit | bit - 1)``. 256 entries on current builds, 128
+        where the bytes beyond are unmapped."""
+        address = self._kernel.offset + self._kernel.get_symbol("ObpInfoMaskToOffset").address
+        for length in (0x100, 0x80):
+            try:
+                return self.reader.read(address, length)
+            except exceptions.InvalidAddressException:
+                continue
+        raise exceptions.InvalidAddressException(
+            self._kernel.layer_name, address, "ObpInfoMaskToOffset unreadable"
+        )
+
+    @property
+    def body_offset(self) -> int:
+        return self._body_offset
 
     def header(self, body: int) -> interfaces.objects.ObjectInterface:
         return self._kernel.object(
@@ -140,6 +188,8 @@ class ObjectHeaders:
         )
 
     def name(self, body: int) -> Optional[str]:
+        if self.fast:
+            return self._fast_name((body - self._body_offset) & self._mask)
         try:
             return self.header(body).get_name()
         except (exceptions.InvalidAddressException, ValueError, AttributeError) as excp:
@@ -147,11 +197,52 @@ class ObjectHeaders:
             return None
 
     def type_name(self, body: int) -> Optional[str]:
+        if self.fast:
+            return self.type_at_header((body - self._body_offset) & self._mask)
         try:
             return self.header(body).get_object_type(self.type_map, self.cookie)
         except (exceptions.InvalidAddressException, ValueError, AttributeError) as excp:
             vollog.log(constants.LOGLEVEL_VVV, f"type of object {body:#x} unreadable: {excp}")
             return None
+
+    def type_at_header(self, header: int, info: Optional[bytes] = None) -> Optional[str]:
+        """Type name of the object whose ``_OBJECT_HEADER`` is at ``header`` (fast path only).
+        ``info`` may carry the header's bytes already read."""
+        try:
+            if info is None:
+                info = self.reader.read(header, self._body_offset)
+        except exceptions.InvalidAddressException:
+            return None
+        index = self._type_index.get(info)
+        if self._cookie_value is not None:
+            # as _OBJECT_HEADER.get_object_type: the second byte of the header address
+            index = ((header >> 8) ^ self._cookie_value ^ index) & 0xFF
+        return self.type_map.get(index)
+
+    def info_mask_at_header(self, info: bytes) -> int:
+        return self._info_mask.get(info)
+
+    def _fast_name(self, header: int) -> Optional[str]:
+        """``get_name()`` on bytes: None when absent or when the string fails its checks."""
+        try:
+            mask = self.reader.u8(header + self._info_mask.offset)
+            if not mask & self.NAME_INFO_BIT:
+                return None
+            offset = self.info_mask_to_offset[mask & (self.NAME_INFO_BIT | (self.NAME_INFO_BIT - 1))]
+            if offset == 0:
+                return None
+            string = header - offset + self._name_offset
+            data = self.reader.read(string, self._buffer.offset + self._buffer.size)
+            length, maximum = self._length.get(data), self._maximum.get(data)
+            if length == 0 or maximum == 0 or length > maximum:
+                return None
+            buffer = self._buffer.get(data) & self._mask
+            text = self.reader.read(buffer, length).decode("utf-16-le", errors="replace")
+        except exceptions.InvalidAddressException as excp:
+            vollog.log(constants.LOGLEVEL_VVV, f"name of header {header:#x} unreadable: {excp}")
+            return None
+        end = text.find("\x00")
+        return text if end < 0 else text[:end]
 
 
 def directory_entries(
@@ -164,12 +255,19 @@ def directory_entries(
     """Every object of one ``_OBJECT_DIRECTORY``: 37 hash buckets, each a chain of
     ``_OBJECT_DIRECTORY_ENTRY`` through ``ChainLink``; bounded and cycle-safe."""
     kernel = context.modules[kernel_module_name]
-    mask = context.layers[kernel.layer_name].address_mask
-    directory = kernel.object("_OBJECT_DIRECTORY", offset=directory_body & mask, absolute=True)
+    reader = headers.reader
+    mask = reader.mask
+    pointer_size = headers.pointer_size
+    buckets = (directory_body & mask) + kernel.get_type("_OBJECT_DIRECTORY").relative_child_offset(
+        "HashBuckets"
+    )
+    entry_type = kernel.get_type("_OBJECT_DIRECTORY_ENTRY")
+    chain_offset = entry_type.relative_child_offset("ChainLink")
+    object_offset = entry_type.relative_child_offset("Object")
     seen = set()
     for bucket in range(HASH_BUCKETS):
         try:
-            entry_address = int(directory.HashBuckets[bucket]) & mask
+            entry_address = reader.pointer(buckets + bucket * pointer_size, pointer_size)
         except exceptions.InvalidAddressException:
             vollog.debug(f"directory {directory_body:#x} bucket {bucket} unreadable")
             continue
@@ -181,10 +279,9 @@ def directory_entries(
                 vollog.warning(f"directory {directory_body:#x}: bound of {max_entries} reached")
                 return
             seen.add(entry_address)
-            entry = kernel.object("_OBJECT_DIRECTORY_ENTRY", offset=entry_address, absolute=True)
             try:
-                body = int(entry.Object) & mask
-                next_address = int(entry.ChainLink) & mask
+                body = reader.pointer(entry_address + object_offset, pointer_size)
+                next_address = reader.pointer(entry_address + chain_offset, pointer_size)
             except exceptions.InvalidAddressException:
                 vollog.debug(f"directory entry {entry_address:#x} unreadable")
                 break

@@ -10,17 +10,17 @@ from typing import Iterable, List, Optional, Sequence, Set
 
 # Suspicious
 OUTSIDE_MODULES = "outside_modules"
-HIDDEN_MODULE = "hidden_module"  # raised once pool scanning finds hidden drivers
+HIDDEN_MODULE = "hidden_module"  # needs pool scanning (loader entries in pool)
 NON_EXECUTABLE = "non_executable"
 UNLINKED_OBJECT = "unlinked_object"
-ORPHAN_REGISTRATION = "orphan_registration"  # raised once pool scanning exists
+ORPHAN_REGISTRATION = "orphan_registration"  # needs pool scanning
 BAD_BACKLINK = "bad_backlink"
 MULTIPLE_ON_EXCLUSIVE = "multiple_on_exclusive"
 BAD_SIGNATURE = "bad_signature"
 UNEXPECTED_REGISTRANT = "unexpected_registrant"
 GLOBAL_MISMATCH = "global_mismatch"
 # Informational
-FREED = "freed"  # raised once pool scanning exists
+FREED = "freed"  # needs pool scanning
 NOT_IN_DIRECTORY = "not_in_directory"
 
 SUSPICIOUS = (
@@ -81,6 +81,8 @@ class RegistrationFacts:
     in_module: Optional[bool]  # None when the routine is unreadable
     executable: Optional[bool]  # None when unknown (no section headers, no module)
     unexpected_registrant: bool
+    #: The routine lies in a driver image found by scanning, absent from the module list
+    hidden_module: bool = False
 
 
 def classify_object(facts: ObjectFacts) -> Set[str]:
@@ -103,6 +105,8 @@ def classify_registration(facts: RegistrationFacts, object_facts: ObjectFacts) -
     found: Set[str] = set()
     if facts.in_module is False:
         found.add(OUTSIDE_MODULES)
+    if facts.hidden_module:
+        found.add(HIDDEN_MODULE)
     if facts.executable is False:
         found.add(NON_EXECUTABLE)
     if facts.backlink_ok is False:
@@ -122,6 +126,26 @@ def classify(
     found = classify_object(object_facts)
     if registration_facts is not None:
         found |= classify_registration(registration_facts, object_facts)
+    return sort_flags(found)
+
+
+def classify_loose(facts: RegistrationFacts, freed: bool) -> List[str]:
+    """Flags of a registration block found by scanning on no object's list.
+
+    Freed pool is full of stale blocks (the false positive of scanners that report them as
+    live): a freed block is ``freed`` and nothing else, whatever its stale contents say. An
+    allocated one is ``orphan_registration`` plus what its routine's location says; the
+    object-level flags stay on the rows of the object its ``CallbackObject`` names.
+    """
+    if freed:
+        return [FREED]
+    found: Set[str] = {ORPHAN_REGISTRATION}
+    if facts.in_module is False:
+        found.add(OUTSIDE_MODULES)
+    if facts.hidden_module:
+        found.add(HIDDEN_MODULE)
+    if facts.executable is False:
+        found.add(NON_EXECUTABLE)
     return sort_flags(found)
 
 

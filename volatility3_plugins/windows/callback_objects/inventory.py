@@ -3,7 +3,7 @@ registrations into classified output rows."""
 
 import dataclasses
 import logging
-from typing import Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
 from volatility3.framework import exceptions, interfaces, renderers
 
@@ -15,6 +15,7 @@ from volatility3.plugins.windows.callback_objects import (
     fields,
     flags,
     registrations,
+    poolscan,
     walk,
 )
 
@@ -39,29 +40,47 @@ class CallbackObjectRecord:
     global_symbols: List[str] = dataclasses.field(default_factory=list)
     global_mismatch: bool = False
 
+    _found_by: Optional[Tuple[frozenset, str]] = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+
     @property
     def found_by(self) -> str:
-        return discovery.format_found_by(self.routes)
+        # Asked once per output row: format once per set of routes.
+        key = frozenset(self.routes)
+        if self._found_by is None or self._found_by[0] != key:
+            self._found_by = (key, discovery.format_found_by(key))
+        return self._found_by[1]
+
+
+def object_headers(
+    context: interfaces.context.ContextInterface, kernel_module_name: str
+) -> Optional[discovery.ObjectHeaders]:
+    try:
+        return discovery.ObjectHeaders(context, kernel_module_name)
+    except (exceptions.SymbolError, exceptions.InvalidAddressException) as excp:
+        vollog.warning(f"Object headers unusable ({excp}): directory route, names and object scan skipped")
+        return None
 
 
 def collect_objects(
     context: interfaces.context.ContextInterface,
     kernel_module_name: str,
     callback_table_name: str,
+    scanned: Optional[Iterable[int]] = None,
+    headers: Optional[discovery.ObjectHeaders] = None,
 ) -> List[CallbackObjectRecord]:
-    """Runs every available route and merges the objects by body address."""
+    """Runs every available route and merges the objects by body address.
+
+    ``scanned``: bodies that pool scanning confirmed (header type ``Callback``); each gets the
+    ``scan`` route, those no other route reached become records of their own."""
     kernel = context.modules[kernel_module_name]
     layer_name = kernel.layer_name
     pointer_size = discovery._kernel_pointer_size(context, kernel_module_name)
 
     list_route = discovery.from_callback_list(context, kernel_module_name, callback_table_name)
-    try:
-        headers: Optional[discovery.ObjectHeaders] = discovery.ObjectHeaders(
-            context, kernel_module_name
-        )
-    except (exceptions.SymbolError, exceptions.InvalidAddressException) as excp:
-        vollog.warning(f"Object headers unusable ({excp}): directory route and names skipped")
-        headers = None
+    if headers is None:
+        headers = object_headers(context, kernel_module_name)
     directory_route = (
         discovery.from_directory(context, kernel_module_name, headers) if headers else None
     )
@@ -82,6 +101,8 @@ def collect_objects(
         add(address, discovery.ROUTE_DIRECTORY)
     for _symbol, address in discovery.global_pairs(global_route):
         add(address, discovery.ROUTE_GLOBAL)
+    for address in scanned or ():
+        add(address, discovery.ROUTE_SCAN)
 
     records: Dict[int, CallbackObjectRecord] = {}
     for address in order:
@@ -176,11 +197,13 @@ def classify(
         in_module: Optional[bool] = None
         executable: Optional[bool] = None
         module_name: Optional[str] = None
+        hidden = False
         if not fields.is_absent(reg.routine):
             attrib = attributor.attribute(int(reg.routine))
             in_module = attrib.in_module if attributor.modules_available else None
             executable = attrib.executable
             module_name = attrib.module.name if attrib.module else None
+            hidden = attrib.hidden_module
         backlink: Optional[bool] = None
         if not fields.is_absent(reg.callback_object):
             backlink = int(reg.callback_object) == record.address
@@ -190,9 +213,34 @@ def classify(
             in_module=in_module,
             executable=executable,
             unexpected_registrant=unexpected,
+            hidden_module=hidden,
         )
         rows.append(Row(record, reg, attrib, flags.classify(obj_facts, reg_facts)))
     return rows
+
+
+def classify_loose(
+    record: CallbackObjectRecord,
+    reg: registrations.Registration,
+    freed: bool,
+    attributor: attribution.Attributor,
+) -> Row:
+    """The row of a scanned registration block on no list, shown with the object its
+    ``CallbackObject`` names (``record``)."""
+    attrib: Optional[attribution.Attribution] = None
+    facts = flags.RegistrationFacts(
+        backlink_ok=None, in_module=None, executable=None, unexpected_registrant=False
+    )
+    if not fields.is_absent(reg.routine):
+        attrib = attributor.attribute(int(reg.routine))
+        facts = flags.RegistrationFacts(
+            backlink_ok=None,
+            in_module=attrib.in_module if attributor.modules_available else None,
+            executable=attrib.executable,
+            unexpected_registrant=False,
+            hidden_module=attrib.hidden_module,
+        )
+    return Row(record, reg, attrib, flags.classify_loose(facts, freed))
 
 
 def rows_for_objects(

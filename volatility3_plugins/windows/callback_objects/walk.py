@@ -13,6 +13,8 @@ from typing import List, Optional
 
 from volatility3.framework import exceptions, interfaces
 
+from volatility3.plugins.windows.callback_objects import rawmem
+
 vollog = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENTRIES = 4096
@@ -39,10 +41,8 @@ def read_pointer(
 ) -> int:
     """Reads a little-endian pointer masked to the layer's address width, as Volatility's
     ``Pointer`` does (48 bits on x64), so addresses compare equal to the ones it renders.
-    Raises InvalidAddressException."""
-    layer = context.layers[layer_name]
-    data = layer.read(address, pointer_size)
-    return int.from_bytes(data, "little") & layer.address_mask
+    Raises InvalidAddressException. Reads go through the run's shared page cache."""
+    return rawmem.shared_reader(context, layer_name).pointer(address, pointer_size)
 
 
 def walk_list(
