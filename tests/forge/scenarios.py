@@ -4,6 +4,9 @@
   1-5 registrations each in ntoskrnl or driver code, two unnamed objects, one object without
   registrations, one exclusive object and one freed registration block. Nothing suspicious.
 - ``rootkit``: the baseline plus every suspicious flag of the notes planted at least once.
+- ``rootkit_unlinked``: the same plants with every link the rootkit controls cut: its objects
+  off ``ExpCallbackListHead`` and ``\\Callback``, its registrations off their objects' lists
+  (flags then come from pool scanning: ``orphan_registration`` and the routine's location).
 - ``corrupt``: the baseline plus broken lists: cycles, pointers to unmapped pages, a bad
   signature, an absurd name length, mismatched Blinks.
 - ``scale``: 2,000 objects and 20,000 registrations, for speed.
@@ -114,41 +117,50 @@ def baseline(forge: ImageForge) -> Story:
     return story
 
 
-def rootkit(forge: ImageForge) -> Story:
+def rootkit(forge: ImageForge, unlinked: bool = False) -> Story:
+    """``unlinked``: the same plants with every list link the rootkit controls cut, as it would
+    do to hide: its objects leave ExpCallbackListHead and \\Callback, its registrations leave
+    their objects' lists (``ExCbSetSystemState`` still points at the decoy). Only pool scanning
+    finds them then."""
     story = baseline(forge)
     objects = story.objects
+    linked = not unlinked
     rk = forge.add_driver("rkdrv.sys", functions={"RkPowerHook": 0x1300, "RkDataStub": 0x9400}, exported=("RkPowerHook",))
     hidden = forge.add_driver("ghost.sys", functions={"GhostTimeHook": 0x1700}, in_module_list=False)
     shellcode = forge.allocate_code_outside_modules()
 
     # outside_modules: a routine in anonymous pool code
-    forge.register(objects["PowerState"], shellcode, context=0)
+    forge.register(objects["PowerState"], shellcode, context=0, linked=linked)
     # hidden_module: a routine in a driver unlinked from PsLoadedModuleList
-    forge.register(objects["SetSystemTime"], hidden.address_of("GhostTimeHook"))
+    forge.register(objects["SetSystemTime"], hidden.address_of("GhostTimeHook"), linked=linked)
     # non_executable: a routine pointing into a driver's .data
-    forge.register(objects["SetSystemState"], rk.address_of("RkDataStub"))
+    forge.register(objects["SetSystemState"], rk.address_of("RkDataStub"), linked=linked)
     # unlinked_object: a channel object removed from ExpCallbackListHead (8.1+ keeps that list)
-    channel = forge.create_callback("RkChannel", in_callback_list=False)
-    forge.register(channel, rk.address_of("RkPowerHook"), context=0xDEAD)
+    channel = forge.create_callback("RkChannel", in_callback_list=False, in_directory=linked)
+    forge.register(channel, rk.address_of("RkPowerHook"), context=0xDEAD, linked=linked)
     story.objects["RkChannel"] = channel
     # orphan_registration: a block that claims PowerState but is on no list
     forge.register(objects["PowerState"], rk.address_of("RkPowerHook"), linked=False)
     # bad_backlink: linked on ProcessorAdd, claims SetSystemTime
-    forge.register(objects["ProcessorAdd"], rk.address_of("RkPowerHook"), backlink=objects["SetSystemTime"].address)
+    forge.register(objects["ProcessorAdd"], rk.address_of("RkPowerHook"), backlink=objects["SetSystemTime"].address, linked=linked)
     # multiple_on_exclusive: a second routine on the exclusive PowerPort
-    forge.register(objects["PowerPort"], rk.address_of("RkPowerHook"))
+    forge.register(objects["PowerPort"], rk.address_of("RkPowerHook"), linked=linked)
     # bad_signature: an object whose body does not start with "Call"
-    forged = forge.create_callback("RkForged", signature=0x41414141)
-    forge.register(forged, rk.address_of("RkPowerHook"))
+    forged = forge.create_callback("RkForged", signature=0x41414141, in_callback_list=linked, in_directory=linked)
+    forge.register(forged, rk.address_of("RkPowerHook"), linked=linked)
     story.objects["RkForged"] = forged
     # unexpected_registrant: rkdrv.sys on the PatchGuard object, where only mssecflt.sys belongs
-    forge.register(objects[PATCHGUARD_OBJECT], rk.address_of("RkPowerHook"))
+    forge.register(objects[PATCHGUARD_OBJECT], rk.address_of("RkPowerHook"), linked=linked)
     # global_mismatch: nt!ExCbSetSystemState redirected to a look-alike object
-    decoy = forge.create_callback("SetSystemStat3")
-    forge.register(decoy, rk.address_of("RkPowerHook"))
+    decoy = forge.create_callback("SetSystemStat3", in_callback_list=linked, in_directory=linked)
+    forge.register(decoy, rk.address_of("RkPowerHook"), linked=linked)
     forge.point_global("ExCbSetSystemState", decoy)
     story.objects["SetSystemStat3"] = decoy
     return story
+
+
+def rootkit_unlinked(forge: ImageForge) -> Story:
+    return rootkit(forge, unlinked=True)
 
 
 def corrupt(forge: ImageForge) -> Story:
@@ -229,6 +241,7 @@ def scale(forge: ImageForge, objects: int = 2000, registrations_per_object: int 
 SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
     "baseline": baseline,
     "rootkit": rootkit,
+    "rootkit_unlinked": rootkit_unlinked,
     "corrupt": corrupt,
     "scale": scale,
 }

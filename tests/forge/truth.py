@@ -4,9 +4,12 @@ Computed from what the forge planted (never by reading memory back), in the plug
 vocabulary: one expected row per reachable registration, one per object without any, with the
 columns of ``windows.callbackobjects`` and the flags of ../shared/notes/callback-objects.md.
 
-Addresses are masked to 48 bits, as Volatility renders kernel pointers. Rows that only pool
-scanning can produce carry ``requires_scan``; flags only scanning can raise are listed in
-``scan_flags`` of the row (they are part of ``Flags`` too).
+Addresses are masked to 48 bits, as Volatility renders kernel pointers. ``rows`` describes a
+list-only run: rows that only pool scanning can produce carry ``requires_scan``; flags only
+scanning can raise are listed in ``scan_flags`` of the row (they are part of ``Flags`` too, so
+a ``--no-scan`` run prints ``Flags`` minus ``scan_flags`` for the rows without
+``requires_scan``). ``rows_with_scan`` is exactly what a default (scanning) run prints: FoundBy
+with ``scan``, rows of unlinked and freed blocks, hidden drivers named in ``Module``.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -20,21 +23,26 @@ if TYPE_CHECKING:
 SCAN_ONLY_FLAGS = frozenset({"hidden_module", "orphan_registration", "freed"})
 
 
-def _routine_facts(forge: "ImageForge", routine: int) -> Dict[str, Any]:
+def _routine_facts(forge: "ImageForge", routine: int, scanning: bool) -> Dict[str, Any]:
+    """Module, symbol and location flags of a routine. A driver hidden from the module list is
+    named only when scanning finds its loader entry (then ``hidden_module`` and its sections
+    count); ``outside_modules`` stays either way: it means "in no listed module"."""
     owner = forge.loader.owner_of(routine)
     flags: List[str] = []
     if owner is None or not owner.in_module_list:
         flags.append("outside_modules")
-        if owner is not None:
-            flags.append("hidden_module")
-        return {"Module": None, "Symbol": None, "flags": flags, "owner": owner}
+        if owner is None:
+            return {"Module": None, "Symbol": None, "flags": flags, "owner": owner}
+        flags.append("hidden_module")
+        if not scanning:
+            return {"Module": None, "Symbol": None, "flags": flags, "owner": owner}
     section = owner.section_of(routine)
     if section is None or not section.executable:
         flags.append("non_executable")
     return {"Module": owner.name, "Symbol": owner.symbol_for(routine), "flags": flags, "owner": owner}
 
 
-def _object_routes(forge: "ImageForge", callback: CallbackObject) -> List[str]:
+def _object_routes(forge: "ImageForge", callback: CallbackObject, scanning: bool) -> List[str]:
     routes = []
     if callback.in_callback_list:
         routes.append("list")
@@ -42,6 +50,10 @@ def _object_routes(forge: "ImageForge", callback: CallbackObject) -> List[str]:
         routes.append("directory")
     if forge.callbacks.globals_pointing_at(callback):
         routes.append("global")
+    # Every forged object is an allocated pool block whose header says Callback: the scan
+    # confirms each one (its signature is judged separately, bad_signature).
+    if scanning:
+        routes.append("scan")
     return routes
 
 
@@ -61,8 +73,8 @@ def _object_flags(forge: "ImageForge", callback: CallbackObject) -> List[str]:
 
 
 def _registration_row(forge: "ImageForge", callback: Optional[CallbackObject], registration: Registration,
-                      reported: int, object_flags: List[str]) -> Dict[str, Any]:
-    facts = _routine_facts(forge, registration.routine)
+                      reported: int, object_flags: List[str], scanning: bool) -> Dict[str, Any]:
+    facts = _routine_facts(forge, registration.routine, scanning)
     flags = list(object_flags)
     if registration.freed:
         # Freed pool is full of stale blocks: nothing in it is evidence of tampering.
@@ -100,32 +112,41 @@ def _object_columns(forge: "ImageForge", callback: CallbackObject, routes: List[
     }
 
 
-def expected_rows(forge: "ImageForge") -> List[Dict[str, Any]]:
+def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str, Any]]:
+    """The rows of a run without scanning (``--no-scan``, the default of this function:
+    scan-only rows are included and marked, their FoundBy is ``["scan"]``) or of a scanning
+    run (``scanning=True``: exactly the rows the plugin prints by default).
+
+    Scanning finds every registration block in pool. One on no walkable list (unlinked, freed,
+    or behind a planted list corruption) is shown with the object its ``CallbackObject``
+    names, with registration flags only; one naming no callback object is not reported.
+    """
     rows: List[Dict[str, Any]] = []
+    by_address = {masked(c.address): c for c in forge.callbacks.callback_objects}
+    loose: List[Registration] = list(forge.callbacks.loose_registrations)
     for callback in forge.callbacks.callback_objects:
-        routes = _object_routes(forge, callback)
-        requires_scan = not routes
+        routes = _object_routes(forge, callback, scanning)
+        requires_scan = not _object_routes(forge, callback, False)
         object_flags = _object_flags(forge, callback)
         columns = _object_columns(forge, callback, routes or ["scan"])
         visible = [r for r in callback.registrations if r.linked and r.reachable]
         for registration in visible:
-            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags))
+            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags, scanning))
             rows.append(dict(row, requires_scan=requires_scan))
         if not visible:
             rows.append(dict(columns, Registration=None, Routine=None, Context=None, Busy=None,
                              UnregisterWaiting=None, Module=None, Symbol=None,
                              Flags=sorted(object_flags), scan_flags=[], requires_scan=requires_scan))
-        # Blocks this object once held, now unlinked (orphans) or freed: only a scan finds them.
-        for registration in callback.registrations:
-            if registration.linked:
-                continue
-            row = _registration_row(forge, None, registration, 0, [])
-            rows.append(dict(columns, **row, requires_scan=True))
-    for registration in forge.callbacks.loose_registrations:
-        owner = next((c for c in forge.callbacks.callback_objects if masked(c.address) == masked(registration.backlink)), None)
-        columns = _object_columns(forge, owner, _object_routes(forge, owner)) if owner else {
-            "Object": None, "Name": None, "AllowMultiple": None, "FoundBy": []}
-        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, []), requires_scan=True))
+        loose += [r for r in callback.registrations if not (r.linked and r.reachable)]
+    # Blocks no walk reaches (unlinked, freed, cut off by corruption): only a scan finds them.
+    for registration in loose:
+        if not scanning and registration.linked:
+            continue  # cut off by corruption: without a scan, simply not seen
+        owner = by_address.get(masked(registration.backlink))
+        if owner is None:
+            continue
+        columns = _object_columns(forge, owner, _object_routes(forge, owner, scanning) or ["scan"])
+        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, [], scanning), requires_scan=True))
     return rows
 
 
@@ -157,4 +178,5 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "callback_directory": sorted(c.name for c in forge.callbacks.callback_objects if c.in_directory and c.name),
         "expected_registrants": forge.expected_registrants,
         "rows": expected_rows(forge),
+        "rows_with_scan": expected_rows(forge, scanning=True),
     }
