@@ -1,0 +1,109 @@
+"""Pool-scan validation without an image: the tag scanner on hand-made chunks, the flags of
+blocks found on no list, and hidden-driver attribution."""
+
+import struct
+
+from volatility3.plugins.windows.callback_objects import attribution, flags, poolscan, rawmem
+
+from tests.unit import memory
+from tests.unit.test_attribution import DRIVER, _setup
+
+# x64 _POOL_HEADER: PreviousSize 0-7, PoolIndex 8-15, BlockSize 16-23, PoolType 24-31, then the tag.
+X64_POOL = poolscan.PoolLayout(
+    header_size=0x10,
+    unit=0x10,
+    tag_offset=4,
+    block_size=rawmem.BitField(0, 4, 16, 24),
+    pool_type=rawmem.BitField(0, 4, 24, 32),
+)
+MINIMUM = {b"CBRe": 0x40, b"Call": 0x80, b"Cal\xec": 0x80, b"MmLd": 0x50}
+BASE = 0xFFFF9A8000000000 & memory.MASK48
+
+
+def _header(units: int, pool_type: int, tag: bytes) -> bytes:
+    return struct.pack("<I", units << 16 | pool_type << 24) + tag + bytes(8)
+
+
+def _scan(chunk: bytes, chunk_size: int = poolscan.CHUNK_SIZE):
+    scanner = poolscan.PoolTagScanner(X64_POOL, [b"CBRe", b"Call", b"Cal\xec"], MINIMUM)
+    scanner.chunk_size = chunk_size
+    return list(scanner(chunk, BASE))
+
+
+def test_scanner_reports_aligned_blocks_with_sane_sizes():
+    chunk = bytearray(0x2000)
+    chunk[0x100:0x110] = _header(4, 2, b"CBRe")  # allocated registration block, 0x40 bytes
+    chunk[0x200:0x210] = _header(4, 0, b"CBRe")  # freed
+    chunk[0x300:0x310] = _header(0xB, 2, b"Cal\xec")  # Windows 7 protected object tag
+    hits = _scan(bytes(chunk))
+    assert [(h.header - BASE, h.tag, h.block_size, h.free) for h in hits] == [
+        (0x100, b"CBRe", 0x40, False),
+        (0x200, b"CBRe", 0x40, True),
+        (0x300, b"Cal\xec", 0xB0, False),
+    ]
+    assert hits[0].data == bytes(chunk[0x100:0x140])
+
+
+def test_scanner_rejects_misaligned_small_and_oversized_blocks():
+    chunk = bytearray(0x3000)
+    chunk[0x108:0x118] = _header(4, 2, b"CBRe")  # not on a 16-byte boundary
+    chunk[0x200:0x210] = _header(2, 2, b"CBRe")  # 0x20 bytes cannot hold a registration
+    chunk[0x300:0x310] = _header(0, 2, b"CBRe")  # BlockSize 0
+    chunk[0x400:0x404] = struct.pack("<I", 0x1FF << 16 | 2 << 24)  # beyond 8 bits: masked
+    chunk[0x404:0x408] = b"CBRe"
+    chunk[0x500:0x510] = _header(4, 2, b"CBRf")  # another tag
+    hits = _scan(bytes(chunk))
+    # 0x1FF masked to BlockSize 0xFF = 0xFF0 bytes: within a page, so that one stays.
+    assert [(h.header - BASE, h.block_size) for h in hits] == [(0x400, 0xFF0)]
+
+
+def test_scanner_leaves_hits_in_the_overlap_to_the_next_chunk():
+    chunk = bytearray(0x2000)
+    chunk[0x1000:0x1010] = _header(4, 2, b"CBRe")
+    assert _scan(bytes(chunk), chunk_size=0x1000) == []
+    assert len(_scan(bytes(chunk), chunk_size=0x1010)) == 1
+
+
+def test_freed_block_is_never_suspicious():
+    worst = flags.RegistrationFacts(
+        backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True
+    )
+    assert flags.classify_loose(worst, freed=True) == [flags.FREED]
+    assert flags.classify_loose(worst, freed=False) == [
+        flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.NON_EXECUTABLE, flags.ORPHAN_REGISTRATION
+    ]
+    clean = flags.RegistrationFacts(backlink_ok=None, in_module=True, executable=True, unexpected_registrant=False)
+    assert flags.classify_loose(clean, freed=False) == [flags.ORPHAN_REGISTRATION]
+
+
+def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():
+    assert flags.classify(
+        flags.ObjectFacts(True, True, True, True, True, False, True, 1),
+        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True,
+                                unexpected_registrant=False, hidden_module=True),
+    ) == [flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE]
+
+
+def test_hidden_modules_only_name_addresses_no_listed_module_covers():
+    context, _layer, table, listed = _setup()
+    ghost_base = 0xFFFFF80040000000 & memory.MASK48  # beside every listed module
+    hidden = [
+        attribution.LoadedModule(ghost_base, 0x3000, "ghost.sys", False, hidden=True),
+        # an entry for a listed driver (its MmLd block is in pool too): ignored
+        attribution.LoadedModule(DRIVER & memory.MASK48, 0x3000, "shadow.sys", False, hidden=True),
+    ]
+    attributor = attribution.Attributor(context, table, listed.modules, hidden_modules=hidden)
+    assert [m.name for m in attributor.hidden_modules] == ["ghost.sys"]
+    in_ghost = attributor.attribute(ghost_base + 0x1700)
+    assert in_ghost.module.name == "ghost.sys" and in_ghost.hidden_module and not in_ghost.in_module
+    in_driver = attributor.attribute((DRIVER & memory.MASK48) + 0x1100)
+    assert in_driver.module.name == "test.sys" and not in_driver.hidden_module and in_driver.in_module
+    nowhere = attributor.attribute(ghost_base + 0x10000)
+    assert nowhere.module is None and not nowhere.hidden_module
+
+
+def test_canonical_kernel_pointers():
+    assert rawmem.is_kernel_pointer(0xFFFFF80312345678, 8)
+    assert not rawmem.is_kernel_pointer(0x00007FF612345678, 8)  # user space
+    assert not rawmem.is_kernel_pointer(0xDEADF80312345678, 8)  # not canonical
+    assert rawmem.is_kernel_pointer(0x82345678, 4) and not rawmem.is_kernel_pointer(0x7FFE0000, 4)
