@@ -10,7 +10,7 @@ from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import SHARED_ISF_DIR, real_isfs
 
 # x64 builds, then 32-bit ones: Windows 7 SP1 x86 with PAE (ntkrpamp) and without (ntkrnlmp).
-BUILTIN_PROFILES = ("win10", "win7", "win7x86", "win7x86nopae")
+BUILTIN_PROFILES = ("win10", "win7", "win7x86", "win7x86nopae", "win10x86")
 SCENARIO_NAMES = ("baseline", "rootkit", "corrupt", "scale")
 
 

@@ -51,6 +51,7 @@ BUILTIN_PROFILES: Dict[str, str] = {
     "win7": "win7_7601_x64",
     "win7x86": "win7_7601_x86",
     "win7x86nopae": "win7_7601_x86_nopae",
+    "win10x86": "win10_19041_x86",
 }
 
 # PDB names of the 32-bit kernels built for PAE paging (ntkrnlpa: uniprocessor, ntkrpamp: MP).
