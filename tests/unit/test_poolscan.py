@@ -107,3 +107,17 @@ def test_canonical_kernel_pointers():
     assert not rawmem.is_kernel_pointer(0x00007FF612345678, 8)  # user space
     assert not rawmem.is_kernel_pointer(0xDEADF80312345678, 8)  # not canonical
     assert rawmem.is_kernel_pointer(0x82345678, 4) and not rawmem.is_kernel_pointer(0x7FFE0000, 4)
+
+
+def test_module_images_are_cut_out_of_the_scanned_sections():
+    from volatility3.plugins.windows.callback_objects.poolscan import without_ranges
+
+    kernel_half = [(0x8000_0000_0000, 0x8000_0000_0000)]
+    holes = [(0xF803_1240_0000, 0xD1_0000), (0xF803_1321_0000, 0xD000), (0x1000, 0x1000)]
+    assert without_ranges(kernel_half, holes) == [
+        (0x8000_0000_0000, 0xF803_1240_0000 - 0x8000_0000_0000),
+        (0xF803_1311_0000, 0xF803_1321_0000 - 0xF803_1311_0000),
+        (0xF803_1321_D000, 0x1_0000_0000_0000 - 0xF803_1321_D000),
+    ]
+    # Overlapping and unordered holes, a hole covering a whole section, an empty hole.
+    assert without_ranges([(0, 100), (200, 50)], [(50, 30), (40, 20), (190, 100), (10, 0)]) == [(0, 40), (80, 20)]

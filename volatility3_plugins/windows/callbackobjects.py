@@ -14,6 +14,7 @@ from volatility3.plugins.windows import handles, modules, poolscanner
 
 from volatility3.plugins.windows.callback_objects import (
     attribution,
+    discovery,
     expected,
     flags,
     inventory,
@@ -107,6 +108,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         callback_table_name: Optional[str] = None,
         config_path: str = "plugins.CallbackObjects",
         scan: Optional[poolscan.ScanResult] = None,
+        headers: Optional[discovery.ObjectHeaders] = None,
     ) -> List[inventory.CallbackObjectRecord]:
         """Every callback object found by the list, directory and global routes (and by the
         pool scan ``scan`` when given), merged by body address and sorted by it. Loads our
@@ -120,6 +122,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             kernel_module_name,
             callback_table_name,
             scanned=scan.objects if scan is not None else None,
+            headers=headers,
         )
 
     @classmethod
@@ -133,6 +136,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         registrations: bool = True,
         modules: bool = True,
         progress_callback: Optional[constants.ProgressCallback] = None,
+        headers: Optional[discovery.ObjectHeaders] = None,
     ) -> poolscan.ScanResult:
         """One pass over kernel pool for callback objects (``Call``), registration blocks
         (``CBRe``) and loader entries (``MmLd``), every hit validated (see ``poolscan``)."""
@@ -140,7 +144,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             callback_table_name = cls.create_callback_symbol_table(
                 context, kernel_module_name, config_path
             )
-        headers = inventory.object_headers(context, kernel_module_name)
+        if headers is None:
+            headers = inventory.object_headers(context, kernel_module_name)
         scanner = poolscan.CallbackPoolScan(
             context, kernel_module_name, callback_table_name, headers
         )
@@ -256,6 +261,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         table_name = self.create_callback_symbol_table(
             self.context, kernel_module_name, self.config_path
         )
+        # Built once: the type map and header offsets serve both the scan and the routes.
+        headers = inventory.object_headers(self.context, kernel_module_name)
         scan: Optional[poolscan.ScanResult] = None
         if not self.config.get("no_scan", False):
             scan = self.scan_pool(
@@ -263,9 +270,10 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 kernel_module_name,
                 table_name,
                 progress_callback=self._progress_callback,
+                headers=headers,
             )
         records = self.list_callback_objects(
-            self.context, kernel_module_name, table_name, scan=scan
+            self.context, kernel_module_name, table_name, scan=scan, headers=headers
         )
         attributor = attribution.Attributor(
             self.context,

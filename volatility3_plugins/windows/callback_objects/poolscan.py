@@ -36,7 +36,7 @@ import re
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from volatility3.framework import constants, exceptions, interfaces
-from volatility3.plugins.windows import poolscanner
+from volatility3.plugins.windows import modules, poolscanner
 
 from volatility3.plugins.windows.callback_objects import (
     discovery,
@@ -58,6 +58,7 @@ CHUNK_SIZE = 0x100000
 #: Bounds against hostile memory: a real system has hundreds of each, not millions.
 MAX_HITS_PER_KIND = 1_000_000
 MAX_IMAGE_SIZE = 0x10000000  # 256 MiB: no driver image is larger
+MAX_LISTED_MODULES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,40 @@ def kernel_sections(context: interfaces.context.ContextInterface, layer_name: st
     return [(start, end - start + 1)] if end > start else []
 
 
+def without_ranges(sections: List[Tuple[int, int]], holes: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """``sections`` (start, length) minus every (start, length) in ``holes``."""
+    result: List[Tuple[int, int]] = []
+    ordered = sorted((start, start + length) for start, length in holes if length > 0)
+    for start, length in sections:
+        cursor, end = start, start + length
+        for hole_start, hole_end in ordered:
+            if hole_end <= cursor or hole_start >= end:
+                continue
+            if hole_start > cursor:
+                result.append((cursor, hole_start - cursor))
+            cursor = max(cursor, hole_end)
+        if cursor < end:
+            result.append((cursor, end - cursor))
+    return result
+
+
+def listed_module_ranges(context: interfaces.context.ContextInterface, kernel_module_name: str,
+                         mask: int) -> List[Tuple[int, int]]:
+    """(base, size) of the images in PsLoadedModuleList. Pool never lies inside a loaded image,
+    so the scan skips them: on a real system that is tens of megabytes of code not to search."""
+    ranges: List[Tuple[int, int]] = []
+    try:
+        for count, module in enumerate(modules.Modules.list_modules(context, kernel_module_name)):
+            if count >= MAX_LISTED_MODULES:
+                break
+            size = int(module.SizeOfImage)
+            if 0 < size <= MAX_IMAGE_SIZE:
+                ranges.append((int(module.DllBase) & mask, size))
+    except (exceptions.InvalidAddressException, exceptions.SymbolError, ValueError) as excp:
+        vollog.debug(f"Module list unreadable for scan exclusion ({excp}); scanning images too")
+    return ranges
+
+
 @dataclasses.dataclass
 class ScannedModule:
     """A loader entry found in pool."""
@@ -234,7 +269,10 @@ class CallbackPoolScan:
         if not tags:
             return result
         layer_name = self._kernel.layer_name
-        sections = kernel_sections(self._context, layer_name, self._pointer_size)
+        sections = without_ranges(
+            kernel_sections(self._context, layer_name, self._pointer_size),
+            listed_module_ranges(self._context, self._kernel_module_name, self._mask),
+        )
         scanner = PoolTagScanner(self._layout, tags, self.minimum_sizes())
         counts = {REGISTRATION_TAG: 0, LOADER_TAG: 0, b"Call": 0}
         for hit in self._context.layers[layer_name].scan(
