@@ -92,13 +92,7 @@ def write_crash_dump(
     struct.pack_into("<I", header, OFF_DUMP_TYPE, DUMP_TYPE_FULL)
     struct.pack_into("<Q", header, OFF_REQUIRED_DUMP_SPACE, (HEADER_PAGES_64 + pages) * PAGE_SIZE)
     struct.pack_into("<Q", header, OFF_SYSTEM_TIME, 0x01DB_3C2A_0000_0000)
-    comment = b"Forged by the callbackobjects test forge\x00"
-    header[OFF_COMMENT : OFF_COMMENT + len(comment)] = comment
-    with open(path, "wb") as out:
-        out.write(header)
-        for first, count in runs:
-            for number in range(first, first + count):
-                out.write(physical.page_bytes(number))
+    _write_dump(path, header, OFF_COMMENT, physical, runs)
 
 
 def write_crash_dump32(
@@ -132,8 +126,13 @@ def write_crash_dump32(
     struct.pack_into("<I", header, OFF32_DUMP_TYPE, DUMP_TYPE_FULL)
     struct.pack_into("<Q", header, OFF32_REQUIRED_DUMP_SPACE, (HEADER_PAGES_32 + pages) * PAGE_SIZE)
     struct.pack_into("<Q", header, OFF32_SYSTEM_TIME, 0x01DB_3C2A_0000_0000)
+    _write_dump(path, header, OFF32_COMMENT, physical, runs)
+
+
+def _write_dump(path: Path, header: bytearray, comment_offset: int, physical: PhysicalMemory, runs) -> None:
+    """Sign the header's comment, then write it and the pages of every run, in order."""
     comment = b"Forged by the callbackobjects test forge\x00"
-    header[OFF32_COMMENT : OFF32_COMMENT + len(comment)] = comment
+    header[comment_offset : comment_offset + len(comment)] = comment
     with open(path, "wb") as out:
         out.write(header)
         for first, count in runs:

@@ -100,8 +100,8 @@ def classify_object(facts: ObjectFacts) -> Set[str]:
     return found
 
 
-def classify_registration(facts: RegistrationFacts, object_facts: ObjectFacts) -> Set[str]:
-    """Flags of one registration row (object-level flags not included)."""
+def classify_routine(facts: RegistrationFacts) -> Set[str]:
+    """Flags that say where a registration's routine lies."""
     found: Set[str] = set()
     if facts.in_module is False:
         found.add(OUTSIDE_MODULES)
@@ -109,6 +109,12 @@ def classify_registration(facts: RegistrationFacts, object_facts: ObjectFacts) -
         found.add(HIDDEN_MODULE)
     if facts.executable is False:
         found.add(NON_EXECUTABLE)
+    return found
+
+
+def classify_registration(facts: RegistrationFacts, object_facts: ObjectFacts) -> Set[str]:
+    """Flags of one registration row (object-level flags not included)."""
+    found = classify_routine(facts)
     if facts.backlink_ok is False:
         found.add(BAD_BACKLINK)
     if object_facts.allow_multiple is False and object_facts.registration_count > 1:
@@ -139,14 +145,7 @@ def classify_loose(facts: RegistrationFacts, freed: bool) -> List[str]:
     """
     if freed:
         return [FREED]
-    found: Set[str] = {ORPHAN_REGISTRATION}
-    if facts.in_module is False:
-        found.add(OUTSIDE_MODULES)
-    if facts.hidden_module:
-        found.add(HIDDEN_MODULE)
-    if facts.executable is False:
-        found.add(NON_EXECUTABLE)
-    return sort_flags(found)
+    return sort_flags({ORPHAN_REGISTRATION} | classify_routine(facts))
 
 
 def vocabulary() -> Sequence[str]:
