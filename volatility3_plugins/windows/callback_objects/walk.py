@@ -58,7 +58,7 @@ def walk_list(
 
     An entry is returned only when its own ``Flink`` is readable: a pointer into unmapped
     memory is a broken link, not an entry. Each entry appears once; at most ``max_entries``
-    are returned. Problems are logged at debug level (``what`` names the list) and kept in
+    are returned. Problems are logged as warnings (``what`` names the list) and kept in
     the result.
     """
     layer = context.layers[layer_name]
@@ -94,6 +94,8 @@ def walk_list(
         result.entries.append(nxt)
         current, nxt = nxt, after
     if result.problems:
+        # A kernel list that does not close is smear or tampering: the analyst must know
+        # that what follows the break was not listed (only a pool scan can still find it).
         label = what or f"list at {head:#x}"
-        vollog.debug(f"{label}: " + "; ".join(result.problems))
+        vollog.warning(f"{label}: " + "; ".join(result.problems))
     return result
