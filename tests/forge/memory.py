@@ -121,6 +121,14 @@ class _PagedSpace:
 
     physical: PhysicalMemory
     dtb: int
+    #: bytes of one page-table entry: 8 on x64 and PAE, 4 without PAE
+    ENTRY_SIZE = 8
+
+    def _entry(self, table: int, index: int) -> int:
+        return int.from_bytes(self.physical.read(table + index * self.ENTRY_SIZE, self.ENTRY_SIZE), "little")
+
+    def _write_entry(self, table: int, index: int, value: int) -> None:
+        self.physical.write(table + index * self.ENTRY_SIZE, value.to_bytes(self.ENTRY_SIZE, "little"))
 
     def map_page(self, virtual: int, physical: Optional[int] = None, executable: bool = True) -> int:
         raise NotImplementedError
@@ -174,12 +182,6 @@ class AddressSpace(_PagedSpace):
         physical.page(dtb)
         self._write_entry(dtb, self_ref_index, dtb | PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY | PTE_NO_EXECUTE)
 
-    def _entry(self, table: int, index: int) -> int:
-        return int.from_bytes(self.physical.read(table + index * 8, 8), "little")
-
-    def _write_entry(self, table: int, index: int, value: int) -> None:
-        self.physical.write(table + index * 8, value.to_bytes(8, "little"))
-
     @staticmethod
     def _indices(address: int) -> Tuple[int, int, int, int]:
         return ((address >> 39) & 0x1FF, (address >> 30) & 0x1FF, (address >> 21) & 0x1FF, (address >> 12) & 0x1FF)
@@ -230,17 +232,13 @@ PTE32_FLAGS = PTE_PRESENT | PTE_WRITABLE | PTE_ACCESSED | PTE_DIRTY
 class X86AddressSpace(_PagedSpace):
     """32-bit 2-level paging: a 1024-entry page directory (the DTB) of 4-byte entries."""
 
+    ENTRY_SIZE = 4
+
     def __init__(self, physical: PhysicalMemory, dtb: int) -> None:
         self.physical = physical
         self.dtb = dtb
         physical.page(dtb)
         self._write_entry(dtb, X86_SELF_REF_INDEX, dtb | PTE32_FLAGS)
-
-    def _entry(self, table: int, index: int) -> int:
-        return int.from_bytes(self.physical.read(table + index * 4, 4), "little")
-
-    def _write_entry(self, table: int, index: int, value: int) -> None:
-        self.physical.write(table + index * 4, value.to_bytes(4, "little"))
 
     def map_page(self, virtual: int, physical: Optional[int] = None, executable: bool = True) -> int:
         """Map one page; ``executable`` has no meaning without PAE (no NX bit), as on the hardware."""
@@ -289,12 +287,6 @@ class PaeAddressSpace(_PagedSpace):
             self._write_entry(dtb, index, directory | PTE_PRESENT)
         for index, directory in enumerate(self.directories):
             self._write_entry(self.directories[3], index, directory | PTE32_FLAGS)
-
-    def _entry(self, table: int, index: int) -> int:
-        return int.from_bytes(self.physical.read(table + index * 8, 8), "little")
-
-    def _write_entry(self, table: int, index: int, value: int) -> None:
-        self.physical.write(table + index * 8, value.to_bytes(8, "little"))
 
     def map_page(self, virtual: int, physical: Optional[int] = None, executable: bool = True) -> int:
         virtual &= 0xFFFF_F000
