@@ -188,11 +188,11 @@ class CallbackPlanter:
         if self.layout.callback_list is not None:
             head = self.kernel_base + self.machine.layout.symbol("ExpCallbackListHead")
             entries = [(c.address + self.layout.callback_list, c.in_callback_list) for c in self.callback_objects]
-            self._write_list(head, entries)
+            self.machine.write_list(head, entries)
         for callback in self.callback_objects:
             head = callback.address + self.layout.registered_callbacks
             entries = [(r.address, r.linked) for r in callback.registrations]
-            self._write_list(head, entries)
+            self.machine.write_list(head, entries)
         for global_name, short_name in BUILTIN_GLOBALS.items():
             if not self.machine.layout.has_symbol(global_name):
                 continue
@@ -200,19 +200,6 @@ class CallbackPlanter:
                 self.globals[global_name] = next((c for c in self.callback_objects if c.name == short_name), None)
             target = self.globals[global_name]
             self.machine.write_pointer(self.kernel_base + self.machine.layout.symbol(global_name), target.address if target else 0)
-
-    def _write_list(self, head: int, entries: List[tuple]) -> None:
-        linked = [head] + [address for address, is_linked in entries if is_linked]
-        for index, address in enumerate(linked):
-            self.machine.write_list_entry(address, linked[(index + 1) % len(linked)], linked[index - 1])
-        # Unlinked entries keep pointing at the neighbours they had; nobody points at them.
-        previous = head
-        for position, (address, is_linked) in enumerate(entries):
-            if is_linked:
-                previous = address
-                continue
-            following = next((a for a, ok in entries[position + 1 :] if ok), head)
-            self.machine.write_list_entry(address, following, previous)
 
     def globals_pointing_at(self, callback: CallbackObject) -> List[str]:
         return sorted(name for name, target in self.globals.items() if target is callback)

@@ -18,7 +18,7 @@ x86 (PAE or not):
 """
 
 import struct
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .layout import KernelLayout, pack_pointer
 from .memory import PAGE_SIZE, AddressSpace, KernelAddressSpace, PaeAddressSpace, PhysicalMemory, X86AddressSpace, canonical
@@ -130,6 +130,23 @@ class Machine:
     def write_list_entry(self, address: int, flink: int, blink: int) -> None:
         self.write_pointer(address, flink)
         self.write_pointer(address + self.layout.pointer_size, blink)
+
+    def write_list(self, head: int, entries: Sequence[Tuple[int, bool]]) -> None:
+        """Link the entries marked True behind ``head``, in order, as a circular LIST_ENTRY list.
+
+        An entry marked False is left out the way a rootkit unlinks one: it keeps stale
+        Flink/Blink pointing at the neighbours it had, and no list member points at it.
+        """
+        linked = [head] + [address for address, is_linked in entries if is_linked]
+        for index, address in enumerate(linked):
+            self.write_list_entry(address, linked[(index + 1) % len(linked)], linked[index - 1])
+        previous = head
+        for position, (address, is_linked) in enumerate(entries):
+            if is_linked:
+                previous = address
+                continue
+            following = next((a for a, ok in entries[position + 1 :] if ok), head)
+            self.write_list_entry(address, following, previous)
 
     def unicode_string_values(self, prefix: str, text: str, buffer: int, length: Optional[int] = None) -> Dict[str, int]:
         """Members of an embedded _UNICODE_STRING at ``prefix``; ``length`` may lie on purpose."""

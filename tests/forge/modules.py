@@ -198,17 +198,7 @@ class ModuleLoader:
             values.update(machine.unicode_string_values("FullDllName", module.path, full))
             values.update(machine.unicode_string_values("BaseDllName", module.name, base_name))
             machine.write_struct(block.body, entry_type, values)
-        listed = [module.entry for module in self.modules if module.in_module_list]
-        links = [list_head] + listed
-        for index, address in enumerate(links):
-            machine.write_list_entry(address, links[(index + 1) % len(links)], links[index - 1])
-        previous = list_head
-        for module in self.modules:
-            if module.in_module_list:
-                previous = module.entry
-            else:
-                following = machine.read_pointer(previous)
-                machine.write_list_entry(module.entry, following, previous)
+        machine.write_list(list_head, [(module.entry, module.in_module_list) for module in self.modules])
 
     def owner_of(self, address: int) -> Optional[LoadedModule]:
         for module in self.modules:
