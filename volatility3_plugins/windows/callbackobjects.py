@@ -137,19 +137,24 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         modules: bool = True,
         progress_callback: Optional[constants.ProgressCallback] = None,
         headers: Optional[discovery.ObjectHeaders] = None,
+        loaded_modules: Optional[List[attribution.LoadedModule]] = None,
     ) -> poolscan.ScanResult:
         """One pass over kernel pool for callback objects (``Call``), registration blocks
-        (``CBRe``) and loader entries (``MmLd``), every hit validated (see ``poolscan``)."""
+        (``CBRe``) and loader entries (``MmLd``), every hit validated (see ``poolscan``).
+        The images of ``loaded_modules`` (PsLoadedModuleList when None) are not searched."""
         if callback_table_name is None:
             callback_table_name = cls.create_callback_symbol_table(
                 context, kernel_module_name, config_path
             )
         if headers is None:
             headers = inventory.object_headers(context, kernel_module_name)
+        if loaded_modules is None:
+            loaded_modules = attribution.list_loaded_modules(context, kernel_module_name)
         scanner = poolscan.CallbackPoolScan(
             context, kernel_module_name, callback_table_name, headers
         )
-        return scanner.run(objects, registrations, modules, progress_callback)
+        images = [(module.base, module.size) for module in loaded_modules or []]
+        return scanner.run(objects, registrations, modules, progress_callback, images)
 
     @classmethod
     def scan_callback_objects(
@@ -261,8 +266,10 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         table_name = self.create_callback_symbol_table(
             self.context, kernel_module_name, self.config_path
         )
-        # Built once: the type map and header offsets serve both the scan and the routes.
+        # Built once: the type map and header offsets serve both the scan and the routes, the
+        # module list both the scan (images it skips) and attribution.
         headers = inventory.object_headers(self.context, kernel_module_name)
+        loaded_modules = attribution.list_loaded_modules(self.context, kernel_module_name)
         scan: Optional[poolscan.ScanResult] = None
         if not self.config.get("no_scan", False):
             scan = self.scan_pool(
@@ -271,6 +278,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 table_name,
                 progress_callback=self._progress_callback,
                 headers=headers,
+                loaded_modules=loaded_modules,
             )
         records = self.list_callback_objects(
             self.context, kernel_module_name, table_name, scan=scan, headers=headers
@@ -278,6 +286,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         attributor = attribution.Attributor(
             self.context,
             kernel_module_name,
+            loaded_modules=loaded_modules,
             hidden_modules=self.hidden_modules(scan) if scan is not None else (),
         )
         rules = expected.load()

@@ -36,7 +36,7 @@ import re
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from volatility3.framework import constants, exceptions, interfaces
-from volatility3.plugins.windows import modules, poolscanner
+from volatility3.plugins.windows import poolscanner
 
 from volatility3.plugins.windows.callback_objects import (
     discovery,
@@ -58,7 +58,6 @@ CHUNK_SIZE = 0x100000
 #: Bounds against hostile memory: a real system has hundreds of each, not millions.
 MAX_HITS_PER_KIND = 1_000_000
 MAX_IMAGE_SIZE = 0x10000000  # 256 MiB: no driver image is larger
-MAX_LISTED_MODULES = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,23 +165,6 @@ def without_ranges(sections: List[Tuple[int, int]], holes: Iterable[Tuple[int, i
     return result
 
 
-def listed_module_ranges(context: interfaces.context.ContextInterface, kernel_module_name: str,
-                         mask: int) -> List[Tuple[int, int]]:
-    """(base, size) of the images in PsLoadedModuleList. Pool never lies inside a loaded image,
-    so the scan skips them: on a real system that is tens of megabytes of code not to search."""
-    ranges: List[Tuple[int, int]] = []
-    try:
-        for count, module in enumerate(modules.Modules.list_modules(context, kernel_module_name)):
-            if count >= MAX_LISTED_MODULES:
-                break
-            size = int(module.SizeOfImage)
-            if 0 < size <= MAX_IMAGE_SIZE:
-                ranges.append((int(module.DllBase) & mask, size))
-    except (exceptions.InvalidAddressException, exceptions.SymbolError, ValueError) as excp:
-        vollog.debug(f"Module list unreadable for scan exclusion ({excp}); scanning images too")
-    return ranges
-
-
 @dataclasses.dataclass
 class ScannedModule:
     """A loader entry found in pool."""
@@ -263,7 +245,10 @@ class CallbackPoolScan:
         regs: bool = True,
         modules: bool = True,
         progress_callback: Optional[constants.ProgressCallback] = None,
+        images: Iterable[Tuple[int, int]] = (),
     ) -> ScanResult:
+        """Scan the kernel half except ``images`` ((base, size) of loaded modules): pool never
+        lies inside a loaded image, and on a real system that is tens of megabytes of code."""
         result = ScanResult()
         tags = self.tags(objects, regs, modules)
         if not tags:
@@ -271,7 +256,7 @@ class CallbackPoolScan:
         layer_name = self._kernel.layer_name
         sections = without_ranges(
             kernel_sections(self._context, layer_name, self._pointer_size),
-            listed_module_ranges(self._context, self._kernel_module_name, self._mask),
+            [(base, size) for base, size in images if 0 < size <= MAX_IMAGE_SIZE],
         )
         scanner = PoolTagScanner(self._layout, tags, self.minimum_sizes())
         counts = {REGISTRATION_TAG: 0, LOADER_TAG: 0, b"Call": 0}
