@@ -2,7 +2,7 @@
 
 import pytest
 
-from volatility3.plugins.windows.callback_objects import flags
+from volatility3_plugins.windows.callback_objects import flags
 
 CLEAN_OBJECT = dict(
     found_by_directory=True,

@@ -1,6 +1,6 @@
 """The bounded LIST_ENTRY walker on hand-made lists."""
 
-from volatility3.plugins.windows.callback_objects import walk
+from volatility3_plugins.windows.callback_objects import walk
 
 from tests.unit import memory
 
@@ -17,11 +17,11 @@ def _link(layer, entries):
 
 
 def _setup(count=3):
-    context, layer = memory.make_context()
+    kernel, layer = memory.make_kernel()
     layer.map(BASE, 0x10000)
     entries = [BASE + 0x100 * (i + 1) for i in range(count)]
     _link(layer, entries)
-    return context, layer, entries
+    return kernel, layer, entries
 
 
 def _masked(values):
@@ -29,27 +29,27 @@ def _masked(values):
 
 
 def test_well_formed_list():
-    context, _layer, entries = _setup()
-    result = walk.walk_list(context, "test", HEAD, 8)
+    kernel, _layer, entries = _setup()
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert result.complete
     assert result.entries == _masked(entries)
     assert not result.problems
 
 
 def test_empty_list():
-    context, layer = memory.make_context()
+    kernel, layer = memory.make_kernel()
     layer.map(BASE, 0x100)
     layer.ptr(HEAD, HEAD)
     layer.ptr(HEAD + 8, HEAD)
-    result = walk.walk_list(context, "test", HEAD, 8)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert result.complete and result.entries == []
 
 
 def test_cycle_not_through_head_stops():
-    context, layer, entries = _setup(4)
+    kernel, layer, entries = _setup(4)
     # entry 2 points back to entry 1: an endless loop that never returns to the head
     layer.ptr(entries[2], entries[1])
-    result = walk.walk_list(context, "test", HEAD, 8)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert not result.complete
     assert any("cycle" in p for p in result.problems)
     # each entry once, and entry 3 (behind the loop) is not claimed
@@ -57,31 +57,31 @@ def test_cycle_not_through_head_stops():
 
 
 def test_cycle_of_self_loop():
-    context, layer, entries = _setup(2)
+    kernel, layer, entries = _setup(2)
     layer.ptr(entries[0], entries[0])
-    result = walk.walk_list(context, "test", HEAD, 8)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert result.entries == _masked(entries[:1])
     assert not result.complete
 
 
 def test_bound_limits_entries():
-    context, _layer, entries = _setup(50)
-    result = walk.walk_list(context, "test", HEAD, 8, max_entries=10)
+    kernel, _layer, entries = _setup(50)
+    result = walk.walk_list(kernel, HEAD, "test list", max_entries=10)
     assert result.entries == _masked(entries[:10])
     assert any("bound" in p for p in result.problems)
     assert not result.complete
 
 
 def test_bound_not_hit_by_exact_count():
-    context, _layer, entries = _setup(10)
-    result = walk.walk_list(context, "test", HEAD, 8, max_entries=10)
+    kernel, _layer, entries = _setup(10)
+    result = walk.walk_list(kernel, HEAD, "test list", max_entries=10)
     assert result.complete and len(result.entries) == 10
 
 
 def test_unmapped_flink_stops_without_claiming_the_target():
-    context, layer, entries = _setup(4)
+    kernel, layer, entries = _setup(4)
     layer.ptr(entries[1], 0xFFFFF80077770000)  # Flink of entry 1 into unmapped memory
-    result = walk.walk_list(context, "test", HEAD, 8)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert not result.complete
     # Blinks are not trusted: entries 2 and 3 are behind the break and are not claimed.
     assert result.entries == _masked(entries[:2])
@@ -89,40 +89,40 @@ def test_unmapped_flink_stops_without_claiming_the_target():
 
 
 def test_head_pointing_to_unmapped_memory_gives_no_entries():
-    context, layer, entries = _setup(1)
+    kernel, layer, entries = _setup(1)
     layer.ptr(HEAD, 0xFFFFF80077770000)
-    result = walk.walk_list(context, "test", HEAD, 8)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert result.entries == [] and not result.head_unreadable and not result.complete
 
 
 def test_unreadable_head():
-    context, _layer = memory.make_context()
-    result = walk.walk_list(context, "test", HEAD, 8)
+    kernel, _layer = memory.make_kernel()
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert result.head_unreadable and result.entries == []
 
 
 def test_null_flink():
-    context, layer, entries = _setup(2)
+    kernel, layer, entries = _setup(2)
     layer.ptr(entries[0], 0)
-    result = walk.walk_list(context, "test", HEAD, 8)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert not result.complete
     assert result.entries == _masked(entries[:1])
 
 
 def test_pointers_masked_to_48_bits():
-    context, layer, entries = _setup(1)
-    result = walk.walk_list(context, "test", HEAD, 8)
+    kernel, layer, entries = _setup(1)
+    result = walk.walk_list(kernel, HEAD, "test list")
     assert result.entries == [entries[0] & memory.MASK48]
     assert result.head == HEAD & memory.MASK48
 
 
 def test_x86_pointer_size():
-    context, layer = memory.make_context(bits=32)
+    kernel, layer = memory.make_kernel(bits=32)
     head, entry = 0x80100000, 0x80100100
     layer.map(head, 0x1000)
     layer.ptr(head, entry, 4)
     layer.ptr(head + 4, entry, 4)
     layer.ptr(entry, head, 4)
     layer.ptr(entry + 4, head, 4)
-    result = walk.walk_list(context, "test", head, 4)
+    result = walk.walk_list(kernel, head, "test list")
     assert result.complete and result.entries == [entry]

@@ -42,10 +42,6 @@ INFORMATIONAL = (FREED, NOT_IN_DIRECTORY)
 SEVERITY_ORDER = SUSPICIOUS + INFORMATIONAL
 _RANK = {name: rank for rank, name in enumerate(SEVERITY_ORDER)}
 
-# Object-level flags apply to every row of the object, registration-level ones to one row.
-OBJECT_FLAGS = frozenset({UNLINKED_OBJECT, BAD_SIGNATURE, GLOBAL_MISMATCH, NOT_IN_DIRECTORY})
-
-
 def is_suspicious(flag: str) -> bool:
     return flag in SUSPICIOUS
 
