@@ -126,12 +126,12 @@ def _record(name, allow_multiple):
     body = memory.record(obj, Signature=0x6C6C6143, AllowMultipleCallbacks=allow_multiple)
     return merge.CallbackObjectRecord(
         address=obj, name=name, routes={"list", "directory"}, body=body, registrations_head=obj + 0x10,
-        list_walked=True, directory_walked=True,
+        list_state="complete", directory_complete=True,
     )
 
 
-def _reg(address, routine, owner):
-    return registrations.Registration(address, owner, routine, 0, 0, False)
+def _reg(address, routine, owner, zeroed=False):
+    return registrations.Registration(address, owner, routine, 0, 0, False, zeroed=zeroed)
 
 
 def _listed(*regs):
@@ -147,6 +147,8 @@ def test_rows_combine_attribution_rules_and_structure_checks():
         _reg(2, _addr(0xFFFFF80055550000), record.address),  # outside any module
         _reg(3, _addr(DRIVER + 0x2010), record.address + 8),  # data section, wrong backlink
         _reg(4, renderers.UnreadableValue(), renderers.UnreadableValue()),
+        _reg(5, 0, 0, zeroed=True),  # a zeroed block: no evidence of anything
+        _reg(6, 0, record.address),  # a routine of zero: not "outside every module"
     )
     found = rows.object_rows(record, regs, attributor, rules)
     assert [row.flags for row in found] == [
@@ -154,7 +156,22 @@ def test_rows_combine_attribution_rules_and_structure_checks():
         ["outside_modules", "multiple_on_exclusive", "unexpected_registrant"],
         ["non_executable", "bad_backlink", "multiple_on_exclusive"],
         ["multiple_on_exclusive"],  # nothing readable: no guess about the routine
+        ["unreadable"],
+        ["multiple_on_exclusive"],
     ]
+
+
+def test_incomplete_module_list_proves_no_routine_outside_modules():
+    _kernel, _layer, attributor = _setup(complete=False)
+    rules = expected.parse({"objects": [{"name": "\\Callback\\Fixed", "allowed_modules": ["test.sys"]}]})
+    record = _record("\\Callback\\Fixed", allow_multiple=True)
+    regs = _listed(
+        _reg(1, _addr(0xFFFFF80055550000), record.address),  # in no module seen: maybe past the break
+        _reg(2, _addr(DRIVER + 0x1010), record.address),  # in a listed module: still attributed
+    )
+    found = rows.object_rows(record, regs, attributor, rules)
+    assert [row.flags for row in found] == [["list_incomplete"], []]
+    assert found[1].attribution.module.name == "test.sys"
 
 
 def test_object_without_registrations_gives_one_row():

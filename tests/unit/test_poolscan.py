@@ -67,24 +67,22 @@ def test_scanner_leaves_hits_in_the_overlap_to_the_next_chunk():
     assert len(_scan(bytes(chunk), chunk_size=0x1010)) == 1
 
 
-def test_freed_block_is_never_suspicious():
-    worst = flags.RegistrationFacts(
-        backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True
-    )
-    assert flags.classify_loose(worst, freed=True) == [flags.FREED]
-    assert flags.classify_loose(worst, freed=False) == [
-        flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.NON_EXECUTABLE, flags.ORPHAN_REGISTRATION
-    ]
-    clean = flags.RegistrationFacts(backlink_ok=None, in_module=True, executable=True, unexpected_registrant=False)
-    assert flags.classify_loose(clean, freed=False) == [flags.ORPHAN_REGISTRATION]
-
-
 def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():
+    clean_object = flags.ObjectFacts(True, True, flags.COMPLETE, True, True, True, False, True, 1)
     assert flags.classify(
-        flags.ObjectFacts(True, True, True, True, True, False, True, 1),
-        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True,
-                                unexpected_registrant=False, hidden_module=True),
+        clean_object,
+        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True, hidden_module=True),
     ) == [flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE]
+
+
+def test_only_allocated_loader_entries_are_hidden_module_candidates():
+    result = poolscan.ScanResult(ran=True)
+    result.modules = [
+        poolscan.ScannedModule(0x1000, 0x40000000, 0x3000, "ghost.sys", poolscan.ALLOCATED),
+        poolscan.ScannedModule(0x2000, 0x40000000, 0x3000, "ghost.sys", poolscan.FREED),
+        poolscan.ScannedModule(0x3000, 0x50000000, 0x3000, "unloaded.sys", poolscan.FREED),
+    ]
+    assert [(m.base, m.name, m.hidden) for m in result.hidden_module_candidates()] == [(0x40000000, "ghost.sys", True)]
 
 
 def test_hidden_modules_only_name_addresses_no_listed_module_covers():

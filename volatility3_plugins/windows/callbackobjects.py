@@ -15,7 +15,7 @@ from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import windows as windows_symbols  # noqa: F401 (before poolscanner: it breaks their import cycle)
 from volatility3.plugins.windows import poolscanner
 
-from .callback_objects import merge, poolscan, registrations, report, rows
+from .callback_objects import merge, poolscan, registrations, report, rows, verdict
 from .callback_objects.kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
@@ -246,11 +246,17 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             if only_suspicious and not row.suspicious:
                 continue
             yield 0, self.row_values(row)
-        vollog.info(found.summary())
+        # Said at warning level: the responder sees it without -v, also with -q.
+        vollog.warning(verdict.verdict_line(found))
 
     def run(self) -> renderers.TreeGrid:
+        """Refuses, before printing anything, an image that cannot support a verdict (wrong
+        symbol table, truncated or unreadable memory): an exception the command line explains,
+        with a non-zero exit, instead of a clean-looking table."""
         kernel = self.build_kernel_context(self.context, self.config["kernel"], self.config_path)
+        verdict.check_symbols(kernel)
         found = report.collect(
             kernel, scan=not self.config.get("no_scan", False), progress_callback=self._progress_callback
         )
+        verdict.check_usable(found)
         return renderers.TreeGrid(COLUMNS, self._generator(found))

@@ -16,6 +16,7 @@ COMPLETE = "complete"  # walked to its end: absence from it is evidence
 INCOMPLETE = "incomplete"  # walked, but broken somewhere: absence proves nothing
 UNAVAILABLE = "unavailable"  # could not run at all (no symbol, unreadable head, ...)
 SKIPPED = "skipped"  # not asked for (--no-scan)
+NOT_ON_THIS_BUILD = "not on this build"  # e.g. ExpCallbackListHead before Windows 8.1
 
 
 @dataclasses.dataclass
@@ -50,7 +51,7 @@ class Diagnostics:
 
     def route(self, name: str, state: str, detail: str = "") -> None:
         """Record how a route (or the module list) fared; the worst report of a name wins."""
-        order = (COMPLETE, SKIPPED, INCOMPLETE, UNAVAILABLE)
+        order = (COMPLETE, NOT_ON_THIS_BUILD, SKIPPED, INCOMPLETE, UNAVAILABLE)
         current = self.routes.get(name)
         if current is None or order.index(state) > order.index(current.state):
             self.routes[name] = RouteState(state, detail)

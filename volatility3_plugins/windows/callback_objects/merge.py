@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set
 
 from volatility3.framework import renderers
 
-from . import routes, structures
+from . import flags, routes, structures
 from .object_headers import HeaderInfo, Name
 from .views import Record, is_absent
 
@@ -29,9 +29,14 @@ class CallbackObjectRecord:
     routes: Set[str]
     body: Record  # the _CALLBACK_OBJECT view's record
     registrations_head: int
-    #: Whether the routes that could prove absence ran to completion (see ``flags``).
-    list_walked: bool
-    directory_walked: bool
+    #: How the routes that can prove absence fared: ``ExpCallbackListHead`` (flags.COMPLETE,
+    #: flags.INCOMPLETE, or None where there is no such list or it could not be read) and
+    #: whether the ``\Callback`` directory was walked to its end.
+    list_state: Optional[str]
+    directory_complete: bool
+    #: The object's header, when one could be decoded (names and types are evidence only when
+    #: ``header.readable``).
+    header: Optional[HeaderInfo] = None
     global_symbols: List[str] = dataclasses.field(default_factory=list)
     global_mismatch: bool = False
 
@@ -43,6 +48,11 @@ class CallbackObjectRecord:
     def signature_ok(self) -> bool:
         """False also when unreadable: the object then cannot be shown to be a callback."""
         return self.body.Signature == structures.CALLBACK_SIGNATURE
+
+    @property
+    def body_readable(self) -> bool:
+        """The signature and flag could be read and the body is not all zeros."""
+        return not self.body.zeroed and self.body.readable("Signature") and self.body.readable("AllowMultipleCallbacks")
 
     @property
     def allow_multiple(self):
@@ -70,6 +80,21 @@ def _full_name(bare: Name) -> Name:
     return bare
 
 
+def _points_elsewhere(kernel: "KernelContext", symbol: str, record: CallbackObjectRecord) -> bool:
+    """Evidence that ``nt!symbol`` points at another object than the one of its name: the
+    object's header was read (not zeros) and names another object, or says it has no name.
+    An unreadable header or name proves nothing."""
+    wanted = routes.expected_global_name(symbol)
+    if record.header is None or not record.header.readable or is_absent(record.name):
+        kernel.log.info(f"nt!{symbol} points at {record.address:#x}, whose name cannot be read: not judged")
+        return False
+    name = record.name
+    if isinstance(name, str) and name.lower() == wanted.lower():
+        return False
+    kernel.log.info(f"nt!{symbol} points at {record.address:#x} named {name or '(none)'}, expected {wanted}")
+    return True
+
+
 def collect_objects(kernel: "KernelContext", scanned: Iterable[int] = ()) -> ObjectInventory:
     """Runs every route and merges the objects by body address, sorted by address.
 
@@ -92,9 +117,16 @@ def collect_objects(kernel: "KernelContext", scanned: Iterable[int] = ()) -> Obj
         add(address, routes.ROUTE_GLOBAL)
     for address in scanned:
         add(address, routes.ROUTE_SCAN)
+    if directory_route is not None:
+        # A directory entry whose header is lost still places the object another route found.
+        for address in directory_route.unreadable & set(seen_by):
+            add(address, routes.ROUTE_DIRECTORY)
 
     headers = kernel.object_headers
     head_offset = kernel.callback_object.offset("RegisteredCallbacks.Flink")
+    list_state: Optional[str] = None
+    if list_route is not None:
+        list_state = flags.COMPLETE if list_route.complete else flags.INCOMPLETE
     records: Dict[int, CallbackObjectRecord] = {}
     for address, found_by in seen_by.items():
         header: Optional[HeaderInfo] = None
@@ -111,21 +143,15 @@ def collect_objects(kernel: "KernelContext", scanned: Iterable[int] = ()) -> Obj
             routes=found_by,
             body=kernel.callback_object.read(kernel.reader, address),
             registrations_head=(address + head_offset) & kernel.mask,
-            list_walked=list_route is not None,
-            directory_walked=directory_route is not None,
+            list_state=list_state,
+            directory_complete=directory_route is not None and directory_route.complete,
+            header=header,
         )
 
     for symbol, address in sorted(global_route.items(), key=lambda item: (item[1], item[0])):
         record = records[address]
         record.global_symbols.append(symbol)
-        wanted = routes.expected_global_name(symbol)
-        name = record.name
-        if is_absent(name) or not isinstance(name, str) or name.lower() != wanted.lower():
-            record.global_mismatch = True
-            kernel.log.info(
-                f"nt!{symbol} points at {address:#x} named {name if isinstance(name, str) else '(none)'}, "
-                f"expected {wanted}"
-            )
+        record.global_mismatch |= _points_elsewhere(kernel, symbol, record)
 
     return ObjectInventory(
         objects=sorted(records.values(), key=lambda r: r.address),

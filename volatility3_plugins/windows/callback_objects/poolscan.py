@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, List, Op
 
 from volatility3.framework import constants, exceptions, interfaces
 
-from . import structures
+from . import diagnostics, structures
 from .loaded_modules import MAX_IMAGE_SIZE, LoadedModule, entry_view
 from .pagecache import PAGE_SIZE
 from .views import StructView, ViewError
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from .kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
+
+ROUTE_NAME = "scan"
 
 #: Scan targets by kind.
 OBJECTS = "objects"
@@ -105,13 +107,13 @@ class ScanResult:
         self.rejected[why] = self.rejected.get(why, 0) + 1
 
     def hidden_module_candidates(self) -> List[LoadedModule]:
-        """Loader entries found in pool, one per image base (an allocated entry wins over a
-        freed one); the Attributor keeps those the module list does not cover."""
+        """Allocated loader entries found in pool, one per image base; the Attributor keeps
+        those the module list does not cover. A freed entry is the remains of an unloaded
+        driver, no evidence of a hidden one."""
         chosen: Dict[int, ScannedModule] = {}
         for module in self.modules:
-            current = chosen.get(module.base)
-            if current is None or (current.state != ALLOCATED and module.state == ALLOCATED):
-                chosen[module.base] = module
+            if module.state == ALLOCATED:
+                chosen.setdefault(module.base, module)
         return [LoadedModule(m.base, m.size, m.name, is_kernel=False, hidden=True) for m in chosen.values()]
 
 
@@ -273,11 +275,8 @@ class PoolScan:
                     self.kernel.log.warning(f"More than {MAX_HITS_PER_KIND} {target.kind} pool hits: rest ignored")
                 continue
             target.validate(self, hit, result)
-        vollog.info(
-            f"Pool scan: {len(result.objects)} callback objects, {len(result.registrations)} "
-            f"registration blocks, {len(result.modules)} loader entries"
-            + (f"; rejected {result.rejected}" if result.rejected else "")
-        )
+        if result.rejected:
+            vollog.info(f"Pool scan rejected: {result.rejected}")
         return result
 
     def state(self, hit: PoolHit) -> str:
@@ -389,5 +388,13 @@ def scan_pool(
         scan = PoolScan(kernel, [target for target in builtin_targets() if target.kind in kinds])
     except ViewError as excp:
         kernel.log.warning(f"Pool headers cannot be decoded ({excp}): pool scan skipped")
+        kernel.log.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "pool headers cannot be decoded")
         return ScanResult()
-    return scan.run(progress_callback, images)
+    result = scan.run(progress_callback, images)
+    kernel.log.route(
+        ROUTE_NAME,
+        diagnostics.COMPLETE,
+        f"{len(result.objects)} objects, {len(result.registrations)} registration blocks, "
+        f"{len(result.modules)} loader entries",
+    )
+    return result

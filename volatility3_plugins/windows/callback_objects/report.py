@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, Optional, Set
 
 from volatility3.framework import constants
 
-from . import expected, merge, poolscan, registrations, rows
+from . import diagnostics, expected, merge, poolscan, registrations, routes, rows
 from .attribution import Attributor
 
 if TYPE_CHECKING:
@@ -51,11 +51,14 @@ class Report:
         counts = self.counts
         counts.objects = len(self.inventory.objects)
         linked: Set[int] = set()
+        complete_lists: Set[int] = set()
         for record in self.inventory.objects:
             listed = registrations.list_registrations(self.kernel, record.registrations_head)
             counts.registrations += len(listed.registrations)
             if self.scan.ran:
                 linked.update(reg.address for reg in listed.registrations)
+                if listed.complete:
+                    complete_lists.add(record.address)
             for row in rows.object_rows(record, listed, self.attributor, self.rules):
                 counts.add(row)
                 yield row
@@ -66,19 +69,12 @@ class Report:
             self.kernel, self.scan.registrations, linked, set(by_address)
         ):
             counts.loose += 1
+            owner = int(registration.callback_object)
             row = rows.loose_row(
-                by_address[int(registration.callback_object)], registration, state == poolscan.FREED, self.attributor
+                by_address[owner], registration, state == poolscan.FREED, owner in complete_lists, self.attributor
             )
             counts.add(row)
             yield row
-
-    def summary(self) -> str:
-        counts = self.counts
-        return (
-            f"{counts.objects} callback objects, {counts.registrations} linked registrations"
-            + (f", {counts.loose} loose registrations from the pool scan" if self.scan.ran else "")
-            + f", {counts.flagged} flagged rows ({counts.suspicious} suspicious)"
-        )
 
 
 def collect(
@@ -95,6 +91,8 @@ def collect(
             progress_callback=progress_callback,
             images=[(module.base, module.size) for module in modules.modules],
         )
+    else:
+        kernel.log.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
     inventory = merge.collect_objects(kernel, scanned=[block.address for block in result.objects])
     attributor = Attributor(kernel, modules, hidden_modules=result.hidden_module_candidates())
     return Report(kernel, inventory, result, attributor, expected.load())

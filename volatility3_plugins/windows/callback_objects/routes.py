@@ -7,7 +7,7 @@ it is evidence), incomplete (walked but broken: absence proves nothing) or unava
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
 from volatility3.framework import exceptions
 
@@ -65,7 +65,7 @@ def from_callback_list(kernel: "KernelContext", max_objects: int = MAX_OBJECTS_P
     head = kernel.symbol(structures.LIST_HEAD_SYMBOL)
     if head is None:
         kernel.log.info("No nt!ExpCallbackListHead (before Windows 8.1): list route not available")
-        kernel.log.route(ROUTE_LIST, diagnostics.UNAVAILABLE, "before Windows 8.1")
+        kernel.log.route(ROUTE_LIST, diagnostics.NOT_ON_THIS_BUILD, "before Windows 8.1")
         return None
     if not kernel.callback_object.has("ExpCallbackList.Flink"):
         kernel.log.warning("Callback object layout has no ExpCallbackList: list route skipped")
@@ -159,6 +159,9 @@ class DirectoryRoute:
     directory: int  # body of \Callback
     objects: Dict[int, HeaderInfo]  # body -> its header (name, type)
     complete: bool
+    #: Bodies of entries whose header could not be read: an object another route finds there
+    #: is in the directory, though its type cannot be told from here.
+    unreadable: Set[int] = dataclasses.field(default_factory=set)
 
 
 def from_directory(kernel: "KernelContext") -> Optional[DirectoryRoute]:
@@ -172,13 +175,18 @@ def from_directory(kernel: "KernelContext") -> Optional[DirectoryRoute]:
         kernel.log.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "no \\Callback directory")
         return None
     callback_index = headers.type_index(CALLBACK_TYPE)
+    if callback_index is None:
+        kernel.log.warning("The Callback object type cannot be identified: directory route skipped")
+        kernel.log.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "Callback type unknown")
+        return None
     walked = directory_entries(kernel, headers, directory)
     found = {entry.body: entry for entry in walked.entries if entry.readable and entry.type_index == callback_index}
+    unreadable = {entry.body for entry in walked.entries if not entry.readable}
     state = diagnostics.COMPLETE if walked.complete else diagnostics.INCOMPLETE
     kernel.log.route(ROUTE_DIRECTORY, state, f"{len(found)} objects")
     if not walked.complete:
         kernel.log.warning("\\Callback directory incomplete: some hash chains could not be read")
-    return DirectoryRoute(directory=directory, objects=found, complete=walked.complete)
+    return DirectoryRoute(directory=directory, objects=found, complete=walked.complete, unreadable=unreadable)
 
 
 # --- global route ------------------------------------------------------------------------

@@ -6,9 +6,9 @@ registration columns absent. A registration found only by the pool scan, on no w
 """
 
 import dataclasses
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from . import flags
+from . import flags, routes
 from .attribution import Attribution, Attributor
 from .expected import ExpectedRegistrants
 from .merge import CallbackObjectRecord
@@ -33,31 +33,44 @@ class Row:
 def object_facts(record: CallbackObjectRecord, registration_count: int) -> flags.ObjectFacts:
     allow = record.allow_multiple
     return flags.ObjectFacts(
-        found_by_directory="directory" in record.routes,
-        directory_walked=record.directory_walked,
-        found_by_list="list" in record.routes,
-        list_walked=record.list_walked,
+        body_readable=record.body_readable,
         signature_ok=record.signature_ok,
+        list_state=record.list_state,
+        found_by_list=routes.ROUTE_LIST in record.routes,
+        directory_complete=record.directory_complete,
+        found_by_directory=routes.ROUTE_DIRECTORY in record.routes,
         global_mismatch=record.global_mismatch,
         allow_multiple=None if is_absent(allow) else bool(allow),
         registration_count=registration_count,
     )
 
 
+def _nonzero(value: object) -> Optional[int]:
+    """A pointer read from memory and not zero: only such a value is evidence."""
+    return None if is_absent(value) or not value else int(value)  # type: ignore[arg-type]
+
+
 def routine_facts(
     registration: Registration, attributor: Attributor
-) -> "tuple[Optional[Attribution], flags.RegistrationFacts]":
-    """Where the routine lies, as classification input (no backlink or registrant facts)."""
-    if is_absent(registration.routine):
-        return None, flags.RegistrationFacts(None, None, None, False)
-    attribution = attributor.attribute(int(registration.routine))
-    facts = flags.RegistrationFacts(
-        backlink_ok=None,
-        in_module=attribution.in_module if attributor.modules_available else None,
-        executable=attribution.executable,
-        unexpected_registrant=False,
-        hidden_module=attribution.hidden_module,
-    )
+) -> Tuple[Optional[Attribution], flags.RegistrationFacts]:
+    """Where the routine lies, as classification input (no backlink or registrant facts).
+
+    A routine of zero or that could not be read says nothing; a routine in no module of a
+    module list that was not read to its end may lie in a module past the break: no
+    ``outside_modules`` then (``list_incomplete`` says why)."""
+    facts = flags.RegistrationFacts(readable=not registration.zeroed)
+    routine = _nonzero(registration.routine)
+    if routine is None or not facts.readable:
+        return None, facts
+    attribution = attributor.attribute(routine)
+    if attribution.in_module:
+        facts.in_module = True
+    elif attributor.modules_complete:
+        facts.in_module = False
+        facts.hidden_module = attribution.hidden_module
+    elif attributor.modules_available:
+        facts.module_list_incomplete = True
+    facts.executable = attribution.executable
     return attribution, facts
 
 
@@ -69,24 +82,32 @@ def object_rows(
 ) -> List[Row]:
     """The rows of one object with their flags, sorted by severity."""
     regs = registrations.registrations
-    obj_facts = object_facts(record, len(regs))
+    obj_facts = object_facts(record, sum(1 for reg in regs if not reg.zeroed))
     if not regs:
         return [Row(record, None, None, flags.classify(obj_facts))]
     rows: List[Row] = []
+    name = record.name if isinstance(record.name, str) else None
     for reg in regs:
         attribution, facts = routine_facts(reg, attributor)
-        if not is_absent(reg.callback_object):
-            facts.backlink_ok = int(reg.callback_object) == record.address
-        module_name = attribution.module.name if attribution is not None and attribution.module else None
-        facts.unexpected_registrant = facts.in_module is not None and rules.is_unexpected(
-            record.name if isinstance(record.name, str) else None, module_name
-        )
+        owner = _nonzero(reg.callback_object)
+        if owner is not None:
+            facts.backlink_ok = owner == record.address
+        if facts.in_module is not None:
+            module = attribution.module if attribution is not None and facts.in_module else None
+            facts.unexpected_registrant = rules.is_unexpected(name, module.name if module else None)
         rows.append(Row(record, reg, attribution, flags.classify(obj_facts, facts)))
     return rows
 
 
-def loose_row(record: CallbackObjectRecord, registration: Registration, freed: bool, attributor: Attributor) -> Row:
+def loose_row(
+    record: CallbackObjectRecord,
+    registration: Registration,
+    freed: bool,
+    owner_list_complete: bool,
+    attributor: Attributor,
+) -> Row:
     """The row of a loose registration (found by the scan on no walked list), shown with the
-    object its ``CallbackObject`` names (``record``)."""
+    object its ``CallbackObject`` names (``record``); ``owner_list_complete`` says whether that
+    object's list was walked to its end."""
     attribution, facts = routine_facts(registration, attributor)
-    return Row(record, registration, attribution, flags.classify_loose(facts, freed))
+    return Row(record, registration, attribution, flags.classify_loose(facts, freed, owner_list_complete))

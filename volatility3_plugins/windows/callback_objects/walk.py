@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .kernel import KernelContext
 
 DEFAULT_MAX_ENTRIES = 4096
-WALK_BACKWARD = False
 
 
 @dataclasses.dataclass
@@ -95,13 +94,9 @@ def walk_list(
     forward, result.forward_closed, problem = _walk_one_way(kernel, head, flink, 0, max_entries)
     if problem:
         result.problems.append(f"forward: {problem}")
-    backward: List[int] = []
-    if WALK_BACKWARD:
-        backward, result.backward_closed, problem = _walk_one_way(
-            kernel, head, blink, kernel.pointer_size, max_entries
-        )
-        if problem:
-            result.problems.append(f"backward: {problem}")
+    backward, result.backward_closed, problem = _walk_one_way(kernel, head, blink, kernel.pointer_size, max_entries)
+    if problem:
+        result.problems.append(f"backward: {problem}")
     reached = set(forward)
     result.entries = forward + [entry for entry in reversed(backward) if entry not in reached]
     result.members = frozenset(result.entries)
