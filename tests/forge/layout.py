@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 # Builds of the real ISFs this project is tested against, by PDB GUID. An ISF carries no
-# version number; these were identified from their structure layouts (see the README).
+# version number; these are the builds their publisher gives (../shared/isf/VERSIONS.md).
 KNOWN_BUILDS: Dict[str, int] = {
     "339E74133576439CBCDF7E0229DA3773": 7601,
     "169C65213E3E42DDBEB4E3AC66312B82": 9600,
@@ -24,8 +24,8 @@ KNOWN_BUILDS: Dict[str, int] = {
     "1806D020A6E46538D7AC3325FAC114D8": 17763,
     "DCA4AD4BEEB4746D48F84C0125019E43": 18362,
     "606FF669409B00F7FC8C61A9C1670129": 19041,
-    "0CE4A95C0CD782A7596B034D8648E585": 20348,
-    "879AD95F3461091BB6318FA98072AD8E": 22000,
+    "879AD95F3461091BB6318FA98072AD8E": 20348,
+    "0CE4A95C0CD782A7596B034D8648E585": 22000,
 }
 
 # Globals the forge places, and kernel routines scenarios register as callbacks.
