@@ -12,7 +12,7 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
-from volatility3.framework import constants, exceptions, interfaces, renderers, symbols
+from volatility3.framework import exceptions, interfaces, symbols
 
 from . import structures
 from .diagnostics import Diagnostics
@@ -212,18 +212,29 @@ class KernelContext:
         return list_loaded_modules(self)
 
     @functools.cached_property
-    def _kernel_table(self) -> interfaces.symbols.SymbolTableInterface:
-        return self.context.symbol_space[self.module.symbol_table_name]
+    def _symbols_by_offset(self) -> Dict[int, str]:
+        """Kernel symbol names by offset, the first by name where several share one.
+
+        Built from the ISF's symbol dictionary in one pass where the table exposes it (tens of
+        milliseconds for a real kernel's 40,000 symbols); Volatility's
+        ``get_symbols_by_location`` builds a ``SymbolInterface`` per symbol first (about a
+        second), so it is only the fallback for other table classes."""
+        table = self.context.symbol_space[self.module.symbol_table_name]
+        # IntermediateSymbolTable keeps the parsed ISF in its version-specific delegate.
+        raw = getattr(getattr(table, "_delegate", table), "_json_object", {}).get("symbols")
+        found: Dict[int, str] = {}
+        if isinstance(raw, dict):
+            for name, entry in raw.items():
+                offset = entry.get("address") if isinstance(entry, dict) else None
+                if isinstance(offset, int) and (offset not in found or name < found[offset]):
+                    found[offset] = name
+            return found
+        for name in table.symbols:
+            offset = table.get_symbol(name).address
+            if offset not in found or name < found[offset]:
+                found[offset] = name
+        return found
 
     def kernel_symbol_at(self, address: int) -> Optional[str]:
         """The kernel symbol at exactly ``address`` (the first by name when several share it)."""
-        try:
-            names = list(self._kernel_table.get_symbols_by_location((address - self.base) & self.mask))
-        except (exceptions.SymbolError, ValueError) as excp:
-            vollog.log(constants.LOGLEVEL_VVV, f"kernel symbol lookup {address:#x}: {excp}")
-            return None
-        return sorted(names)[0] if names else None
-
-
-def unreadable() -> renderers.UnreadableValue:
-    return renderers.UnreadableValue()
+        return self._symbols_by_offset.get((address - self.base) & self.mask)

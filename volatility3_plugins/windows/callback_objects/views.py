@@ -115,10 +115,7 @@ class StructView:
         """Compile ``members`` (dotted paths into embedded structures, e.g. ``Name.Length``) of
         ``type_name`` (``table!_STRUCT``). Members listed in ``optional`` may be missing from the
         table (a member that appeared with a later build); the others raise :class:`ViewError`."""
-        try:
-            template = context.symbol_space.get_type(type_name)
-        except (exceptions.SymbolError, KeyError) as excp:
-            raise ViewError(f"no type {type_name}: {excp}") from excp
+        template = _table_type(context, type_name)
         fields = []
         for member in members:
             try:
@@ -189,7 +186,7 @@ def _dereference(
 ) -> interfaces.objects.Template:
     """The real template behind an ISF reference to a named structure."""
     if isinstance(template, objects.templates.ReferenceTemplate):
-        return context.symbol_space.get_type(template.vol.type_name)
+        return _table_type(context, template.vol.type_name)
     return template
 
 
@@ -219,17 +216,25 @@ def _field(
 
 def member_offset(context: interfaces.context.ContextInterface, type_name: str, path: str) -> int:
     """Offset of any member (scalar or not, dotted path) of ``type_name``; ViewError if absent."""
-    try:
-        template = context.symbol_space.get_type(type_name)
-    except (exceptions.SymbolError, KeyError) as excp:
-        raise ViewError(f"no type {type_name}: {excp}") from excp
-    return _resolve(context, template, path)[0]
+    return _resolve(context, _table_type(context, type_name), path)[0]
 
 
 def type_size(context: interfaces.context.ContextInterface, type_name: str) -> int:
+    return _table_type(context, type_name).size
+
+
+def _table_type(context: interfaces.context.ContextInterface, type_name: str) -> interfaces.objects.Template:
+    """The template of ``table!name`` from its own table, its members' references unresolved.
+
+    Why not ``symbol_space.get_type``: it resolves every type reachable from the one asked for,
+    which on a kernel's table (tens of thousands of types) costs most of a second for a single
+    ``_OBJECT_HEADER``; a view needs only the types on its members' paths, resolved one by one.
+    """
+    table_name, _, name = type_name.rpartition(constants.BANG)
     try:
-        return context.symbol_space.get_type(type_name).size
-    except (exceptions.SymbolError, KeyError) as excp:
+        table = context.symbol_space[table_name] if table_name else None
+        return table.get_type(name) if table is not None else context.symbol_space.get_type(type_name)
+    except (exceptions.SymbolError, exceptions.SymbolSpaceError, KeyError) as excp:
         raise ViewError(f"no type {type_name}: {excp}") from excp
 
 
