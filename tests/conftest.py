@@ -2,10 +2,11 @@
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 
+from tests.forge import dump
 from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import SHARED_ISF_DIR, real_isfs
 
@@ -19,6 +20,11 @@ def vol_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("volatility-cache")
 
 
+def _label(profile: str) -> str:
+    """A short name for a profile: itself, or the start of a real ISF's GUID."""
+    return Path(profile).name.split("-")[0][:8] if "/" in profile else profile
+
+
 @pytest.fixture(scope="session")
 def forged(tmp_path_factory) -> Callable[[str, str], Dict[str, Path]]:
     """forged(scenario, profile) -> paths of raw image, crash dump, symbols and truth."""
@@ -27,10 +33,32 @@ def forged(tmp_path_factory) -> Callable[[str, str], Dict[str, Path]]:
     def build(scenario: str, profile: str) -> Dict[str, Path]:
         key = (scenario, profile)
         if key not in cache:
-            label = Path(profile).name.split("-")[0][:8] if "/" in profile else profile
-            out = tmp_path_factory.mktemp(f"{scenario}-{label}")
+            out = tmp_path_factory.mktemp(f"{scenario}-{_label(profile)}")
             image = forge_scenario(scenario, profile)
             cache[key] = dict(image.write(out), truth_data=image.truth)
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def forged_formats(tmp_path_factory) -> Callable[[str, str], Dict[str, Any]]:
+    """forged_formats(scenario, profile) -> the image in every format its architecture has
+    (``dump.FORMATS`` names as keys), ``symbols``, ``truth_data``, ``ram`` (the runs of physical
+    pages) and ``pages`` (for each crash-dump format, the runs of pages the dump holds)."""
+    cache: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def build(scenario: str, profile: str) -> Dict[str, Any]:
+        key = (scenario, profile)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"formats-{scenario}-{_label(profile)}")
+            image = forge_scenario(scenario, profile)
+            physical, facts = image.forge.machine.physical, image.machine_facts()
+            entry: Dict[str, Any] = dict(image.write(out, formats=image.formats), truth_data=image.truth)
+            entry["ram"] = list(physical.runs())
+            entry["pages"] = {name: dump.select_pages(physical, facts, dump.FORMATS[name])
+                              for name in image.formats if dump.FORMATS[name].dump_type is not None}
+            cache[key] = entry
         return cache[key]
 
     return build

@@ -61,7 +61,7 @@ DUMP_TYPE_COMPLETE_MEMORY = 10
 
 BUGCHECK_MANUALLY_INITIATED_CRASH = 0xE2
 BUGCHECK_LIVE_SYSTEM_DUMP = 0x161  # what a live dump records as its "bug check" code
-SYSTEM_TIME = 0x01DB_3C2A_0000_0000  # FILETIME, 2024-11-20
+SYSTEM_TIME = 0x01DB_3C2A_0000_0000  # FILETIME: 2024-11-21 15:28:22 UTC
 COMMENT = b"Forged by the callbackobjects test forge\x00"
 
 
@@ -212,7 +212,7 @@ def _first_header(layout: _HeaderLayout, facts: MachineFacts, dump_type: int, ph
     ram = list(physical.runs())
     if not facts.is_64bit and not facts.pae and physical.size > 1 << 32:
         raise ValueError("a non-PAE x86 machine addresses 4 GiB of physical memory at most")
-    if len(ram) > layout.max_runs:
+    if len(ram) > layout.max_runs and dump_type == DUMP_TYPE_FULL:
         raise ValueError(f"{len(ram)} physical runs do not fit one dump header (at most {layout.max_runs})")
     pointer = layout.pointer
     header = bytearray(b"PAGE" * (layout.size // 4))  # unused space reads "PAGE", as Windows leaves it
@@ -226,14 +226,16 @@ def _first_header(layout: _HeaderLayout, facts: MachineFacts, dump_type: int, ph
     struct.pack_into("<" + pointer, header, layout.kd_debugger_data_block, facts.kd_debugger_data_block)
     if layout.pae_enabled is not None:
         header[layout.pae_enabled] = 1 if facts.pae else 0
-    # The physical memory descriptor (MmPhysicalMemoryBlock): every dump type carries it.
-    total = sum(count for _, count in ram)
-    counts = (len(ram), 0, total) if layout.descriptor == "IIQ" else (len(ram), total)
-    struct.pack_into("<" + layout.descriptor, header, layout.physical_memory_block, *counts)
-    run_offset = layout.physical_memory_block + struct.calcsize("<" + layout.descriptor)
-    for first, count in ram:
-        struct.pack_into("<" + pointer * 2, header, run_offset, first, count)
-        run_offset += struct.calcsize("<" + pointer * 2)
+    # The physical memory descriptor (MmPhysicalMemoryBlock): DumpType 1 is made of its runs; the
+    # other types carry it too, when it fits (a forged memory of scattered pages may not).
+    if len(ram) <= layout.max_runs:
+        total = sum(count for _, count in ram)
+        counts = (len(ram), 0, total) if layout.descriptor == "IIQ" else (len(ram), total)
+        struct.pack_into("<" + layout.descriptor, header, layout.physical_memory_block, *counts)
+        run_offset = layout.physical_memory_block + struct.calcsize("<" + layout.descriptor)
+        for first, count in ram:
+            struct.pack_into("<" + pointer * 2, header, run_offset, first, count)
+            run_offset += struct.calcsize("<" + pointer * 2)
     struct.pack_into("<I", header, layout.dump_type, dump_type)
     struct.pack_into("<q", header, layout.required_dump_space, file_size)
     struct.pack_into("<q", header, layout.system_time, SYSTEM_TIME)
