@@ -198,7 +198,7 @@ def test_facts_are_logged_once_and_volatilitys_own_types_left_to_it(forged_forma
     bugcheck = dump.BUGCHECK_LIVE_SYSTEM_DUMP if fmt == "live" else dump.BUGCHECK_MANUALLY_INITIATED_CRASH
     assert f"64-bit Windows crash dump of DumpType {dump_type}," in message
     assert f"bug check {bugcheck:#x} (0x0, 0x0, 0x0, 0x0); system time 2024-11-21 15:28:22 UTC" in message
-    assert ("opened by Volatility's own WindowsCrashDump64Layer" in message) == opened_by_volatility(fmt, 64)
+    assert ("left to Volatility's own WindowsCrashDump64Layer" in message) == opened_by_volatility(fmt, 64)
     assert ("kernel memory only" in message) == (fmt in ("live", "kernel"))
     assert stack_with_log(paths[fmt], caplog)[1] == []
 
@@ -207,7 +207,7 @@ def test_a_volatility_that_opens_type_6_takes_it_over(forged_formats, caplog, mo
     caplog.set_level(logging.INFO, logger=crashdump.vollog.name)
     monkeypatch.setattr(crash.WindowsCrashDump64Layer, "supported_dumptypes", [1, 5, 6])
     layer, records = stack_with_log(forged_formats("rootkit", "win10")["live"], caplog)
-    assert layer is None and "opened by Volatility's own" in records[0].getMessage()
+    assert layer is None and "left to Volatility's own" in records[0].getMessage()
 
 
 def test_no_crash_layer_is_stacked_on_a_crash_layer(forged_formats):

@@ -33,10 +33,11 @@ x86: one page of ``_DUMP_HEADER``, ``PAGEDUMP``); offsets from Volatility's
   kdmp-parser checks, so pages are not page-aligned in the file; they follow in range order.
   What is not documented, so chosen here: for types 8 and 9 kdmp-parser calls the two metadata
   fields "unknown" (the forge writes them as for type 10); the list ends with one all-zero
-  range inside ``MetadataSize`` (kdmp-parser stops types 8 and 9 at a range whose PFN is 0 and
-  type 10 at the total page count; Volatility's reader here does both); and no range starts
-  at PFN 0 (real machines never report page 0 as RAM, and kdmp-parser would take it for the
-  end), so page 0 is left out of these three formats.
+  range inside ``MetadataSize`` (kdmp-parser reads types 8 and 9 from 0x2030 for
+  ``MetadataSize`` bytes, 0x10 past the metadata, and stops at a range whose PFN is 0: the
+  terminator keeps it off the first page; it stops type 10 at the total page count; our layer
+  stops at either); and no range starts at PFN 0 (real machines never report page 0 as RAM,
+  and kdmp-parser would take it for the end), so page 0 is left out of these three formats.
 
 No public description of the ``RDMP`` formats exists for 32-bit dumps (kdmp-parser reads 64-bit
 dumps only), so the forge writes types 8, 9 and 10 for x64 images only.

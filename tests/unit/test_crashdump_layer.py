@@ -43,14 +43,16 @@ def test_settle_segments_sorts_merges_clips_and_drops_overlaps(caplog, monkeypat
         (0x5000, 0x3000, 2 * PAGE, 2 * PAGE),  # continues the first one in memory and in the file
         (0x3000, 0x1000, 2 * PAGE, 2 * PAGE),
         (0x4000, 0x6000, PAGE, PAGE),  # lists 0x4000 a second time
-        (0x20000, 0x5000, 4 * PAGE, 4 * PAGE),  # half past the end of an 0x7000-byte file
+        (0x6000, 0x8000, 3 * PAGE, 3 * PAGE),  # 0x6000 again, then 0x7000 and 0x8000 (past the file)
+        (0x20000, 0x5000, 4 * PAGE, 4 * PAGE),
     ]
-    settled = crashdump.settle_segments(segments, 0x7000, "unit-dump")
-    assert settled == [(0x3000, 0x1000, 4 * PAGE, 4 * PAGE), (0x20000, 0x5000, 2 * PAGE, 2 * PAGE)]
+    settled = crashdump.settle_segments(segments, 0xA000, "unit-dump")
+    assert settled == [(0x3000, 0x1000, 4 * PAGE, 4 * PAGE), (0x7000, 0x9000, PAGE, PAGE),
+                       (0x20000, 0x5000, 4 * PAGE, 4 * PAGE)]
     messages = [record.getMessage() for record in caplog.records]
-    assert messages == ["unit-dump: the crash dump is truncated: 2 of its pages lie past the end of the file",
-                        "unit-dump: the crash dump lists 1 pages twice; the first copy is used"]
-    crashdump.settle_segments(segments, 0x7000, "unit-dump")
+    assert messages == ["unit-dump: the crash dump is truncated: 1 of its pages lie past the end of the file",
+                        "unit-dump: the crash dump lists 2 pages more than once; the first copy is used"]
+    crashdump.settle_segments(segments, 0xA000, "unit-dump")
     assert len(caplog.records) == 2, "the same facts about the same file are said once"
 
 

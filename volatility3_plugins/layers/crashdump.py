@@ -153,10 +153,13 @@ def settle_segments(segments: List[Segment], file_size: int, source: str) -> Lis
         missing += (length - inside) // PAGE_SIZE
         if not inside:
             continue
-        if settled and address < settled[-1][0] + settled[-1][2]:
-            overlapping += inside // PAGE_SIZE
-            continue
         last = settled[-1] if settled else None
+        if last and address < last[0] + last[2]:  # keep only what follows the pages already listed
+            repeated = min(inside, last[0] + last[2] - address)
+            overlapping += repeated // PAGE_SIZE
+            address, offset, inside = address + repeated, offset + repeated, inside - repeated
+            if not inside:
+                continue
         if last and last[0] + last[2] == address and last[1] + last[2] == offset:
             settled[-1] = (last[0], last[1], last[2] + inside, last[2] + inside)
         else:
@@ -164,7 +167,7 @@ def settle_segments(segments: List[Segment], file_size: int, source: str) -> Lis
     if missing:
         _say_once(logging.WARNING, source, f"{source}: the crash dump is truncated: {missing} of its pages lie past the end of the file")
     if overlapping:
-        _say_once(logging.WARNING, source, f"{source}: the crash dump lists {overlapping} pages twice; the first copy is used")
+        _say_once(logging.WARNING, source, f"{source}: the crash dump lists {overlapping} pages more than once; the first copy is used")
     return settled
 
 
@@ -189,7 +192,7 @@ class _ExtendedDumpTypes:
             segments = self._range_segments(base)
         self._segments = settle_segments(segments, base.maximum_address + 1, _source(base))
         if not self._segments:
-            raise crash.WindowsCrashDumpFormatException(self.name, "the dump holds no pages")  # type: ignore[attr-defined]
+            raise self._fail("the dump holds no pages")
 
     def _fail(self, message: str) -> crash.WindowsCrashDumpFormatException:
         return crash.WindowsCrashDumpFormatException(self.name, message)  # type: ignore[attr-defined]
@@ -343,7 +346,7 @@ class WindowsCrashDumpExtendedStacker(interfaces.automagic.StackerLayerInterface
             return None
         volatility_layer = layer_class.volatility_layer  # type: ignore[attr-defined]
         if facts.dump_type in volatility_layer.supported_dumptypes:
-            _say_once(logging.INFO, source, f"{source}: {facts}; opened by Volatility's own {volatility_layer.__name__}")
+            _say_once(logging.INFO, source, f"{source}: {facts}; left to Volatility's own {volatility_layer.__name__}")
             return None
         if facts.dump_type not in layer_class.supported_dumptypes:
             _say_once(logging.WARNING, source, f"{source}: cannot open this {facts.bits}-bit Windows crash dump of DumpType "
