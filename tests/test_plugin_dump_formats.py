@@ -4,8 +4,11 @@ memory, and a kernel-only dump costs it nothing: no error, no extra warning.
 Each ``vol`` run costs 1-2 s, so formats are crossed with a representative subset rather than
 with every profile and scenario: every format on the win10 ``rootkit`` image (x64: DumpType 1, 5,
 6, 8, 9, 10) and on the win7x86 one (x86 PAE: 1, 5, 6), in the default mode, whose pool scan
-reads the most memory; every real ISF's ``baseline`` on one kernel-only format (6 or 8, in
-turn), the formats where a page the plugin needs could be missing. Page-for-page identity of
+reads the most memory; and ``baseline`` on the oldest and the newest real ISF (a classic-pool
+and a segment-heap build) on a kernel-only format (6 and 8), the formats where a page the
+plugin needs could be missing. Which pages a kernel-only dump holds follows from the page
+tables, not from the build, and every real ISF already runs on raw and type-1 images in
+test_plugin_truth.py. Page-for-page identity of
 every format on every built-in profile is checked in-process, far more cheaply, in
 test_crash_dumps.py; the raw image itself is checked against the ground truth in
 test_plugin_truth.py.
@@ -16,8 +19,9 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from tests.conftest import real_isf_params, require_real_isf
+from tests.conftest import require_real_isf
 from tests.forge import dump
+from tests.forge.layout import KNOWN_BUILDS
 from tests.test_plugin_truth import SCANNING, assert_matches_truth
 from tests.volatility_harness import real_isfs, run_vol
 
@@ -63,16 +67,20 @@ def test_every_format_gives_the_raw_images_rows(forged_formats, vol_cache, raw_r
     assert ("kernel memory only" in said[0]) == (dump.FORMATS[fmt].pages == "kernel")
 
 
-def kernel_only_format(isf) -> str:
-    """Real ISFs alternate between the two kernel-only formats, so both meet real layouts."""
-    names = [str(path) for path in real_isfs()]
-    return "live" if isf not in names or names.index(isf) % 2 == 0 else "kernel"
+def oldest_and_newest_real_isfs():
+    """(ISF, format) parameters: the oldest real build on ``live`` (6), the newest on ``kernel`` (8)."""
+    known = sorted((KNOWN_BUILDS[path.name.split("-")[0]], str(path)) for path in real_isfs()
+                   if path.name.split("-")[0] in KNOWN_BUILDS)
+    if not known:
+        return [pytest.param(None, "live", id="no-shared")]
+    (oldest_build, oldest), (newest_build, newest) = known[0], known[-1]
+    return [pytest.param(oldest, "live", id=f"{oldest_build}-live"), pytest.param(newest, "kernel", id=f"{newest_build}-kernel")]
 
 
-@pytest.mark.parametrize("isf", real_isf_params())
-def test_real_isf_kernel_only_dump_gives_the_ground_truth(forged_formats, vol_cache, isf):
+@pytest.mark.parametrize("isf, fmt", oldest_and_newest_real_isfs())
+def test_real_isf_kernel_only_dump_gives_the_ground_truth(forged_formats, vol_cache, isf, fmt):
     require_real_isf(isf)
     paths = forged_formats("baseline", isf)
-    rows, warnings, _ = run_plugin(paths, kernel_only_format(isf), vol_cache)
+    rows, warnings, _ = run_plugin(paths, fmt, vol_cache)
     assert_matches_truth(rows, paths["truth_data"], SCANNING)
     assert warnings == []
