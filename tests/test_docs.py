@@ -92,7 +92,7 @@ def test_checkout_commands_are_the_ones_the_packaging_tests_run():
 def demo_folder(tmp_path_factory) -> Path:
     """A folder holding ``demo/`` as ``./scripts/demo`` forges it (rootkit, win10, raw)."""
     folder = tmp_path_factory.mktemp("docs-demo")
-    forge_scenario("rootkit", "win10").write(folder / "demo", raw=True, crash_dump=False)
+    forge_scenario("rootkit", "win10").write(folder / "demo", formats=("raw",))
     return folder
 
 

@@ -29,7 +29,7 @@ def forge(scenario, profile):
 
 
 def run(image, damage, tmp_path, cache, fmt="raw", *args):
-    paths = image.write(tmp_path / "image", raw=fmt == "raw", crash_dump=fmt == "dump")
+    paths = image.write(tmp_path / "image", formats=(fmt,))
     result = run_vol(paths[fmt], paths["symbols"], PLUGIN, *args, cache=cache)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     return result
@@ -126,7 +126,7 @@ def test_global_list_cut_both_ways(tmp_path, vol_cache):
 
 def test_truncated_dump_fails_loudly(tmp_path, vol_cache):
     image, damage = forge("baseline", "win10")
-    paths = image.write(tmp_path / "image", raw=False, crash_dump=True)
+    paths = image.write(tmp_path / "image", formats=("dump",))
     truncate(paths["dump"], 0.5)
     for mode in ((), ("--no-scan",)):
         result = run_vol(paths["dump"], paths["symbols"], PLUGIN, *mode, cache=vol_cache)
@@ -139,7 +139,7 @@ def test_truncated_dump_fails_loudly(tmp_path, vol_cache):
 @pytest.mark.parametrize("profile,other", [("win10", "win7"), ("win7", "win10"), ("win10x86", "win7x86")])
 def test_mismatched_symbol_table_fails_loudly(tmp_path, vol_cache, profile, other):
     image = forge_scenario("baseline", profile)
-    paths = image.write(tmp_path / "image", raw=True, crash_dump=False)
+    paths = image.write(tmp_path / "image", formats=("raw",))
     write_mismatched_symbols(image, KernelLayout.builtin(other), paths["symbols"])
     result = run_vol(paths["raw"], paths["symbols"], PLUGIN, cache=tmp_path / "cache")
     assert result.returncode != 0, result.stdout[-2000:]
@@ -154,7 +154,7 @@ def test_mismatched_real_symbol_table_fails_loudly(tmp_path, isf):
     layout = KernelLayout.from_isf(isf)
     image = forge_scenario("baseline", isf)
     other = next(p.values[0] for p in real_isf_params() if p.values[0] != isf and KernelLayout.from_isf(p.values[0]).pointer_size == layout.pointer_size)
-    paths = image.write(tmp_path / "image", raw=True, crash_dump=False)
+    paths = image.write(tmp_path / "image", formats=("raw",))
     write_mismatched_symbols(image, KernelLayout.from_isf(other), paths["symbols"])
     result = run_vol(paths["raw"], paths["symbols"], PLUGIN, cache=tmp_path / "cache")
     assert result.returncode != 0, result.stdout[-2000:]
