@@ -52,7 +52,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
 
     _required_framework_version = (2, 0, 0)
     # 2.0.0: one run context (KernelContext) for every step; classmethods take it
-    _version = (2, 0, 0)
+    # 2.1.0: allocation states from the pool allocator; scan_pool(full=...)
+    _version = (2, 1, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -69,6 +70,14 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 name="no_scan",
                 description="Skip pool scanning: list, directory and globals only (faster; "
                 "no orphan_registration, freed or hidden_module)",
+                default=False,
+                optional=True,
+            ),
+            requirements.BooleanRequirement(
+                name="full_scan",
+                description="Scan the whole kernel half of the address space, not only where the pool "
+                "allocator's metadata says non-paged blocks lie (slower; for when that metadata is "
+                "not trusted)",
                 default=False,
                 optional=True,
             ),
@@ -123,7 +132,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             One record per callback object
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
-        scanned = [block.address for block in scan.objects] if scan is not None else []
+        scanned = [(block.address, block.state) for block in scan.objects] if scan is not None else []
         return merge.collect_objects(kernel, scanned).objects
 
     @classmethod
@@ -159,6 +168,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         kinds=poolscan.ALL_KINDS,
         progress_callback: Optional[constants.ProgressCallback] = None,
         kernel: Optional[KernelContext] = None,
+        full: bool = False,
     ) -> poolscan.ScanResult:
         """One pass over kernel pool for the scan targets of ``kinds`` (callback objects,
         registration blocks, loader entries; see ``poolscan.builtin_targets``), every hit
@@ -171,13 +181,14 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             kinds: Which targets to look for (``poolscan.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
             progress_callback: Receives the scan's progress
             kernel: A run context from :meth:`build_kernel_context` (built when None)
+            full: Scan the whole kernel half even where the allocator says where its blocks lie
 
         Returns:
-            The validated blocks, with their allocation state
+            The validated blocks, with their allocation state from the pool allocator's metadata
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
         images = [(module.base, module.size) for module in kernel.loaded_modules.modules]
-        return poolscan.scan_pool(kernel, kinds, progress_callback, images)
+        return poolscan.scan_pool(kernel, kinds, progress_callback, images, full)
 
     @classmethod
     def list_loose_registrations(
@@ -256,7 +267,10 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         kernel = self.build_kernel_context(self.context, self.config["kernel"], self.config_path)
         verdict.check_symbols(kernel)
         found = report.collect(
-            kernel, scan=not self.config.get("no_scan", False), progress_callback=self._progress_callback
+            kernel,
+            scan=not self.config.get("no_scan", False),
+            progress_callback=self._progress_callback,
+            full_scan=bool(self.config.get("full_scan", False)),
         )
         verdict.check_usable(found)
         return renderers.TreeGrid(COLUMNS, self._generator(found))

@@ -13,6 +13,10 @@ instead, so the analyst sees what could not be judged.
 import dataclasses
 from typing import Iterable, List, Optional, Sequence, Set
 
+from ..kernelpool.state import ALLOCATED
+from ..kernelpool.state import FREED as FREED_STATE
+from ..kernelpool.state import UNKNOWN as UNKNOWN_STATE
+
 # Suspicious
 OUTSIDE_MODULES = "outside_modules"
 HIDDEN_MODULE = "hidden_module"  # needs pool scanning (loader entries in pool)
@@ -27,6 +31,7 @@ GLOBAL_MISMATCH = "global_mismatch"
 # Informational
 FREED = "freed"  # needs pool scanning
 NOT_IN_DIRECTORY = "not_in_directory"
+ALLOCATION_UNKNOWN = "allocation_unknown"  # needs pool scanning
 LIST_INCOMPLETE = "list_incomplete"
 UNREADABLE = "unreadable"
 
@@ -42,7 +47,7 @@ SUSPICIOUS = (
     UNEXPECTED_REGISTRANT,
     GLOBAL_MISMATCH,
 )
-INFORMATIONAL = (FREED, NOT_IN_DIRECTORY, LIST_INCOMPLETE, UNREADABLE)
+INFORMATIONAL = (FREED, NOT_IN_DIRECTORY, ALLOCATION_UNKNOWN, LIST_INCOMPLETE, UNREADABLE)
 
 #: Most severe first. Within the suspicious group the order puts code-location findings
 #: (where the routine runs) before structure tampering, then data-driven findings.
@@ -83,6 +88,9 @@ class ObjectFacts:
     allow_multiple: Optional[bool]  # None when unreadable
     #: Readable registrations on the object's list.
     registration_count: int
+    #: Found by the pool scan alone, in a block whose allocation state the allocator's metadata
+    #: cannot tell: it may be a freed object, so its absence from the list proves nothing.
+    allocation_unknown: bool = False
 
 
 @dataclasses.dataclass
@@ -115,7 +123,9 @@ def classify_object(facts: ObjectFacts) -> Set[str]:
         found.add(BAD_SIGNATURE)
     if facts.global_mismatch:
         found.add(GLOBAL_MISMATCH)
-    if facts.list_state is not None and not facts.found_by_list:
+    if facts.allocation_unknown:
+        found.add(ALLOCATION_UNKNOWN)
+    elif facts.list_state is not None and not facts.found_by_list:
         found.add(UNLINKED_OBJECT if facts.list_state == COMPLETE else LIST_INCOMPLETE)
     return found
 
@@ -159,17 +169,22 @@ def classify(
     return sort_flags(found)
 
 
-def classify_loose(facts: RegistrationFacts, freed: bool, owner_list_complete: bool) -> List[str]:
+
+
+def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bool) -> List[str]:
     """Flags of a loose registration: a block the scan found on no walked list.
 
     Freed pool is full of stale blocks (the false positive of scanners that report them as
-    live): a freed block is ``freed`` and nothing else, whatever its stale contents say. An
-    allocated one is ``orphan_registration`` when the list of the object it names was walked
-    to its end (``list_incomplete`` when not: it may be a member past the break), plus what its
-    routine's location says; the object-level flags stay on the rows of that object.
+    live): a freed block is ``freed`` and nothing else, whatever its stale contents say, and a
+    block whose state the allocator's metadata cannot tell is ``allocation_unknown`` and nothing
+    else. An allocated one is ``orphan_registration`` when the list of the object it names was
+    walked to its end (``list_incomplete`` when not: it may be a member past the break), plus
+    what its routine's location says; the object-level flags stay on the rows of that object.
     """
-    if freed:
+    if state == FREED_STATE:
         return [FREED]
+    if state != ALLOCATED:
+        return [ALLOCATION_UNKNOWN]
     return sort_flags(
         {ORPHAN_REGISTRATION if owner_list_complete else LIST_INCOMPLETE} | classify_routine(facts)
     )

@@ -6,7 +6,7 @@ against the name of the object it points at.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
 from volatility3.framework import renderers
 
@@ -39,6 +39,8 @@ class CallbackObjectRecord:
     header: Optional[HeaderInfo] = None
     global_symbols: List[str] = dataclasses.field(default_factory=list)
     global_mismatch: bool = False
+    #: The allocation state of the object's pool block when the scan found it, else None.
+    scan_state: Optional[str] = None
 
     @property
     def found_by(self) -> str:
@@ -95,11 +97,12 @@ def _points_elsewhere(kernel: "KernelContext", symbol: str, record: CallbackObje
     return True
 
 
-def collect_objects(kernel: "KernelContext", scanned: Iterable[int] = ()) -> ObjectInventory:
+def collect_objects(kernel: "KernelContext", scanned: Iterable[Tuple[int, str]] = ()) -> ObjectInventory:
     """Runs every route and merges the objects by body address, sorted by address.
 
-    ``scanned``: bodies the pool scan confirmed (header type ``Callback``); each gets the
-    ``scan`` route, and those no other route reached become records of their own."""
+    ``scanned``: (body, allocation state) of the objects the pool scan confirmed (header type
+    ``Callback``); each gets the ``scan`` route, and those no other route reached become records
+    of their own."""
     list_route = routes.from_callback_list(kernel)
     directory_route = routes.from_directory(kernel)
     global_route = routes.from_globals(kernel)
@@ -115,7 +118,8 @@ def collect_objects(kernel: "KernelContext", scanned: Iterable[int] = ()) -> Obj
         add(address, routes.ROUTE_DIRECTORY)
     for address in sorted(set(global_route.values())):
         add(address, routes.ROUTE_GLOBAL)
-    for address in scanned:
+    scan_states = dict(scanned)
+    for address in scan_states:
         add(address, routes.ROUTE_SCAN)
     if directory_route is not None:
         # A directory entry whose header is lost still places the object another route found.
@@ -146,6 +150,7 @@ def collect_objects(kernel: "KernelContext", scanned: Iterable[int] = ()) -> Obj
             list_state=list_state,
             directory_complete=directory_route is not None and directory_route.complete,
             header=header,
+            scan_state=scan_states.get(address),
         )
 
     for symbol, address in sorted(global_route.items(), key=lambda item: (item[1], item[0])):

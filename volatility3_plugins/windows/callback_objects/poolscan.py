@@ -11,33 +11,34 @@ counters all derive from it.
 - ``MmLd``: the loader's ``_LDR_DATA_TABLE_ENTRY`` blocks, the tag ``windows.modscan`` scans:
   a driver unlinked from ``PsLoadedModuleList`` keeps its entry in pool.
 
-One pass over the kernel half of the kernel's virtual layer, through Volatility's own scanning
-machinery (``layer.scan``: mapped pages only, in chunks, with its progress callback), finds
-every tag at once; the images of loaded modules are left out (pool never lies inside one).
-Why not ``PoolScanner.generate_pool_scan``: it builds a ``_POOL_HEADER`` object per hit and,
-for objects, tries every header layout through Volatility objects; with tens of thousands of
-registrations that is the whole run time. Fields are unpacked from the chunk's bytes with the
-kernel's own ``_POOL_HEADER`` layout (or Volatility's pool-header table where the kernel's ISF
-lacks it).
+Where: the pool allocator's own metadata (:mod:`..kernelpool`) says where the non-paged blocks
+lie (the LFH and VS subsegments of the segment heap's non-paged heaps, from build 18362), and
+only those ranges are read. Where it cannot say (the classic pool, damaged heap metadata) or
+when asked (``full``), the whole kernel half is searched at memory speed
+(:mod:`.kernelspace`). Every hit's allocation state comes from the allocator: on the segment
+heap a freed block keeps its pool header, tag and all, so only the metadata can tell.
 
 Every hit is validated before anyone sees it: pool header aligned, ``BlockSize`` covering the
-structure and within a page (these are small-pool allocations); an object's ``InfoMask`` must
-place its ``_OBJECT_HEADER`` inside the block with the type ``Callback``; a registration's
-``CallbackObject`` and ``CallbackFunction`` must be kernel pointers; a loader entry's
-``DllBase`` a page-aligned kernel address with ``MZ`` there and a sane ``SizeOfImage``.
+structure and within a page (these are small-pool allocations), at a block start where the
+allocator knows its blocks; an object's ``InfoMask`` must place its ``_OBJECT_HEADER`` inside the
+block with the type ``Callback``; a registration's ``CallbackObject`` and ``CallbackFunction``
+must be kernel pointers; a loader entry's ``DllBase`` a page-aligned kernel address with ``MZ``
+there and a sane ``SizeOfImage``.
 """
 
 import dataclasses
 import logging
-import re
-from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from volatility3.framework import constants, exceptions, interfaces
 
-from . import diagnostics, structures
+from . import diagnostics, kernelspace, structures
+from ..kernelpool.headers import block_unit, pool_header_view
+from ..kernelpool.maps import open_pool_map
+from ..kernelpool.state import ALLOCATED, FREED, NOT_A_BLOCK, UNKNOWN, PoolMap, Region
 from .loaded_modules import MAX_IMAGE_SIZE, LoadedModule, entry_view
 from .pagecache import PAGE_SIZE
-from .views import StructView, ViewError
+from .views import ViewError
 
 if TYPE_CHECKING:
     from .kernel import KernelContext
@@ -52,16 +53,14 @@ REGISTRATIONS = "registrations"
 LOADER_ENTRIES = "loader entries"
 ALL_KINDS = (OBJECTS, REGISTRATIONS, LOADER_ENTRIES)
 
-#: Allocation states of a scanned block.
-ALLOCATED = "allocated"
-FREED = "freed"
-
 #: Callback objects and registrations are small-pool blocks: never more than a page.
 MAX_BLOCK = PAGE_SIZE
-#: Scan chunk: small, so a scan adds little to peak memory (Volatility's default is 16 MiB).
-CHUNK_SIZE = 0x100000
+#: Bytes read at once from a region of the heap.
+REGION_READ = 1 << 20
 #: Bounds against hostile memory: a real system has hundreds of each, not millions.
 MAX_HITS_PER_KIND = 1_000_000
+
+__all__ = ["ALLOCATED", "FREED", "UNKNOWN", "ScanResult", "ScanTarget", "builtin_targets", "scan_pool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +68,8 @@ class PoolHit:
     header: int  # address of the _POOL_HEADER
     tag: bytes
     block_size: int  # bytes, header included
-    free: bool  # the header's in-use bit is clear
-    data: bytes  # the block's bytes as far as the scanned chunk holds them
+    pool_type: int  # the header's PoolType
+    data: bytes  # the block's bytes as far as they were read with the hit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +101,23 @@ class ScanResult:
     modules: List[ScannedModule] = dataclasses.field(default_factory=list)
     rejected: Dict[str, int] = dataclasses.field(default_factory=dict)
     ran: bool = False
+    #: "heap" when only the allocator's regions were read, "kernel half" otherwise.
+    extent: str = ""
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1
 
+    def object_state(self, address: int) -> Optional[str]:
+        """The allocation state of a callback object the scan found, None when it did not."""
+        for block in self.objects:
+            if block.address == address:
+                return block.state
+        return None
+
     def hidden_module_candidates(self) -> List[LoadedModule]:
         """Allocated loader entries found in pool, one per image base; the Attributor keeps
         those the module list does not cover. A freed entry is the remains of an unloaded
-        driver, no evidence of a hidden one."""
+        driver, and one of unknown state proves nothing: neither makes a hidden module."""
         chosen: Dict[int, ScannedModule] = {}
         for module in self.modules:
             if module.state == ALLOCATED:
@@ -126,73 +134,16 @@ class ScanTarget:
     #: Bytes the block must hold after its pool header; None when this kernel cannot validate
     #: such blocks (the target is then left out of the scan).
     body_size: Callable[["PoolScan"], Optional[int]]
-    validate: Callable[["PoolScan", PoolHit, ScanResult], None]
+    validate: Callable[["PoolScan", PoolHit, str, ScanResult], None]
 
 
 def builtin_targets() -> Tuple[ScanTarget, ...]:
     """The declared table of what the scan looks for."""
     return (
-        ScanTarget(REGISTRATIONS, (b"CBRe",), lambda scan: scan.kernel.registration.size, lambda s, h, r: s.validate_registration(h, r)),
-        ScanTarget(OBJECTS, (b"Call", b"Cal\xec"), lambda scan: scan.object_body_size(), lambda s, h, r: s.validate_object(h, r)),
-        ScanTarget(LOADER_ENTRIES, (b"MmLd",), lambda scan: scan.loader_entry_size(), lambda s, h, r: s.validate_loader_entry(h, r)),
+        ScanTarget(REGISTRATIONS, (b"CBRe",), lambda scan: scan.kernel.registration.size, lambda s, h, st, r: s.validate_registration(h, st, r)),
+        ScanTarget(OBJECTS, (b"Call", b"Cal\xec"), lambda scan: scan.object_body_size(), lambda s, h, st, r: s.validate_object(h, st, r)),
+        ScanTarget(LOADER_ENTRIES, (b"MmLd",), lambda scan: scan.loader_entry_size(), lambda s, h, st, r: s.validate_loader_entry(h, st, r)),
     )
-
-
-def pool_header_view(kernel: "KernelContext") -> StructView:
-    """The kernel's ``_POOL_HEADER``, or Volatility's pool-header table where the kernel's ISF
-    has none."""
-    if kernel.module.has_type("_POOL_HEADER"):
-        table = kernel.module.symbol_table_name
-    else:
-        from volatility3.plugins.windows import poolscanner  # imported late: it imports the Windows symbols
-
-        table = poolscanner.PoolScanner.get_pool_header_table(kernel.context, kernel.module.symbol_table_name)
-    return StructView.compile(
-        kernel.context, table + constants.BANG + "_POOL_HEADER", ["BlockSize", "PoolType", "PoolTag"], kernel.mask
-    )
-
-
-class PoolTagScanner(interfaces.layers.ScannerInterface):
-    """Finds pool headers carrying one of the tags in a chunk and checks their size."""
-
-    thread_safe = True
-    _version = (1, 0, 0)
-    _required_framework_version = (2, 0, 0)
-
-    def __init__(self, header: StructView, unit: int, minimum_sizes: Dict[bytes, int]) -> None:
-        super().__init__()
-        self.chunk_size = CHUNK_SIZE
-        self.overlap = MAX_BLOCK  # a block starting in this chunk is whole in its data
-        self._unit = unit
-        self._header_size = header.size
-        self._tag_offset = header.offset("PoolTag")
-        self._block_size = header.fields["BlockSize"]
-        self._pool_type = header.fields["PoolType"]
-        self._minimum = minimum_sizes
-        self._regex = re.compile(b"|".join(re.escape(tag) for tag in minimum_sizes))
-
-    def __call__(self, data: bytes, data_offset: int) -> Iterable[PoolHit]:
-        for match in self._regex.finditer(data):
-            position = match.start() - self._tag_offset
-            # Hits in the overlap belong to the next chunk (ScannerInterface contract).
-            if position < 0 or position >= self.chunk_size:
-                continue
-            address = data_offset + position
-            if address % self._unit:
-                continue
-            if position + self._header_size > len(data):
-                continue
-            block = self._block_size.unpack(data, position) * self._unit
-            tag = match.group()
-            if block < self._minimum[tag] or block > MAX_BLOCK:
-                continue
-            yield PoolHit(
-                header=address,
-                tag=tag,
-                block_size=block,
-                free=self._pool_type.unpack(data, position) == 0,
-                data=data[position : position + block],
-            )
 
 
 def kernel_half(kernel: "KernelContext") -> List[Tuple[int, int]]:
@@ -219,17 +170,49 @@ def without_ranges(sections: List[Tuple[int, int]], holes: Iterable[Tuple[int, i
     return result
 
 
+def coalesce(regions: Sequence[Region]) -> List[Tuple[int, int]]:
+    """Adjacent regions as one (start, length) range: subsegments tile their page segments."""
+    ranges: List[Tuple[int, int]] = []
+    for region in sorted(regions, key=lambda r: r.start):
+        if ranges and ranges[-1][0] + ranges[-1][1] == region.start:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + region.length)
+        else:
+            ranges.append((region.start, region.length))
+    return ranges
+
+
+class TagScanner(interfaces.layers.ScannerInterface):
+    """The header positions carrying a tag, for Volatility's ``layer.scan`` (the fallback where
+    physical memory cannot be searched directly)."""
+
+    thread_safe = True
+    _version = (1, 0, 0)
+    _required_framework_version = (2, 0, 0)
+
+    def __init__(self, tags: Sequence[bytes], tag_offset: int, unit: int) -> None:
+        super().__init__()
+        self.chunk_size = REGION_READ
+        self.overlap = 0  # a header is found in the chunk its position lies in
+        self._tags, self._tag_offset, self._unit = tags, tag_offset, unit
+
+    def __call__(self, data: bytes, data_offset: int) -> Iterable[Tuple[int, bytes]]:
+        return kernelspace.search_tags(data[: self.chunk_size], data_offset, self._tags, self._tag_offset, self._unit)
+
+
 class PoolScan:
     """One scanning pass over the kernel's pool and the validation of its hits."""
 
-    def __init__(self, kernel: "KernelContext", targets: Sequence[ScanTarget]) -> None:
+    def __init__(self, kernel: "KernelContext", targets: Sequence[ScanTarget], pool_map: PoolMap) -> None:
         self.kernel = kernel
+        self.pool_map = pool_map
         self.header = pool_header_view(kernel)
-        #: BlockSize unit and header alignment: 16 bytes on x64, 8 on x86.
-        self.unit = 0x10 if kernel.pointer_size == 8 else 8
+        self.unit = block_unit(kernel)
         self.headers = kernel.object_headers
         self._object_size = kernel.callback_object.size
         self._loader = entry_view(kernel)
+        self._tag_offset = self.header.offset("PoolTag")
+        self._block_size = self.header.fields["BlockSize"]
+        self._pool_type = self.header.fields["PoolType"]
         self._targets: Dict[bytes, ScanTarget] = {}
         self._minimum: Dict[bytes, int] = {}
         for target in targets:
@@ -251,39 +234,94 @@ class PoolScan:
     def loader_entry_size(self) -> Optional[int]:
         return self._loader.size if self._loader is not None else None
 
+    @property
+    def tags(self) -> List[bytes]:
+        return list(self._targets)
+
+    # -- where the hits come from ----------------------------------------------------------
+
+    def hits_in_regions(self, ranges: Sequence[Tuple[int, int]], progress: Optional[constants.ProgressCallback]) -> Iterator[PoolHit]:
+        """Hits in virtual ``ranges`` (the allocator's regions), read a megabyte at a time."""
+        total = sum(length for _start, length in ranges) or 1
+        done = 0
+        for start, length in ranges:
+            position = start
+            while position < start + length:
+                size = min(REGION_READ, start + length - position)
+                try:
+                    data = self.kernel.layer.read(position, size, pad=True)
+                except exceptions.InvalidAddressException:
+                    data = b""
+                for header, tag in kernelspace.search_tags(data, position, self.tags, self._tag_offset, self.unit):
+                    hit = self._hit(header, tag, data, header - position)
+                    if hit is not None:
+                        yield hit
+                position += size
+                done += size
+                if progress is not None:
+                    progress(100.0 * done / total, "Scanning the non-paged heap")
+
+    def hits_in_kernel_half(self, images: Sequence[Tuple[int, int]], progress: Optional[constants.ProgressCallback]) -> Iterator[PoolHit]:
+        """Hits anywhere in the kernel half (except loaded images): physical memory searched in
+        large reads, or Volatility's scan where that is not possible."""
+        found = kernelspace.physical_search(self.kernel, self.tags, self._tag_offset, self.unit, progress)
+        if found is None:
+            sections = without_ranges(kernel_half(self.kernel), images)
+            scanner = TagScanner(self.tags, self._tag_offset, self.unit)
+            for header, tag in self.kernel.layer.scan(self.kernel.context, scanner, progress, sections):
+                hit = self._hit(header, tag)
+                if hit is not None:
+                    yield hit
+            return
+        mappings = kernelspace.kernel_mappings(self.kernel, {hit.frame for hit in found})
+        for physical in found:
+            for page in mappings.get(physical.frame, ()):
+                header = (page + physical.offset) & self.kernel.mask
+                if any(base <= header < base + size for base, size in images):
+                    continue
+                hit = self._hit(header, physical.tag)
+                if hit is not None:
+                    yield hit
+
+    def _hit(self, header: int, tag: bytes, data: bytes = b"", offset: int = 0) -> Optional[PoolHit]:
+        """The hit at ``header`` if its pool header's size can hold the tag's structure; the block's
+        bytes come from ``data`` (where ``data[offset]`` is the header) or are read."""
+        if header % self.unit:
+            return None
+        block = data[offset : offset + MAX_BLOCK]
+        if len(block) < self.header.size:
+            try:
+                block = self.kernel.reader.read(header, self.header.size)
+            except exceptions.InvalidAddressException:
+                return None
+        size = self._block_size.unpack(block) * self.unit
+        if size < self._minimum[tag] or size > MAX_BLOCK:
+            return None
+        return PoolHit(header, tag, size, self._pool_type.unpack(block), block[:size])
+
     # -- the pass ------------------------------------------------------------------------
 
-    def run(
-        self,
-        progress_callback: Optional[constants.ProgressCallback] = None,
-        images: Iterable[Tuple[int, int]] = (),
-    ) -> ScanResult:
-        """Scan the kernel half except ``images`` ((base, size) of loaded modules)."""
-        result = ScanResult(ran=True)
-        if not self._targets:
-            return result
-        sections = without_ranges(
-            kernel_half(self.kernel), [(base, size) for base, size in images if 0 < size <= MAX_IMAGE_SIZE]
-        )
-        scanner = PoolTagScanner(self.header, self.unit, self._minimum)
+    def run(self, hits: Iterable[PoolHit], result: ScanResult) -> ScanResult:
         counts: Dict[str, int] = {}
-        for hit in self.kernel.layer.scan(self.kernel.context, scanner, progress_callback, sections):
+        for hit in hits:
             target = self._targets[hit.tag]
             counts[target.kind] = counts.get(target.kind, 0) + 1
             if counts[target.kind] > MAX_HITS_PER_KIND:
                 if counts[target.kind] == MAX_HITS_PER_KIND + 1:
                     self.kernel.log.warning(f"More than {MAX_HITS_PER_KIND} {target.kind} pool hits: rest ignored")
                 continue
-            target.validate(self, hit, result)
+            state = self.pool_map.state(hit.header, hit.pool_type)
+            if state == NOT_A_BLOCK:
+                # Inside a block the allocator knows, not at its start: data, not a pool header.
+                result.reject(f"{target.kind}: not at a block start")
+                continue
+            target.validate(self, hit, state, result)
         if result.rejected:
             vollog.info(f"Pool scan rejected: {result.rejected}")
         return result
 
-    def state(self, hit: PoolHit) -> str:
-        return FREED if hit.free else ALLOCATED
-
     def _block(self, hit: PoolHit, start: int, length: int) -> Optional[bytes]:
-        """Bytes ``start`` into the block: from the hit when the chunk held them."""
+        """Bytes ``start`` into the block: from the hit when it holds them."""
         if start + length <= len(hit.data):
             return hit.data[start : start + length]
         try:
@@ -293,7 +331,7 @@ class PoolScan:
 
     # -- validation ----------------------------------------------------------------------
 
-    def validate_registration(self, hit: PoolHit, result: ScanResult) -> None:
+    def validate_registration(self, hit: PoolHit, state: str, result: ScanResult) -> None:
         view = self.kernel.registration
         data = self._block(hit, self.header.size, view.size)
         if data is None:
@@ -308,10 +346,10 @@ class PoolScan:
             result.reject("registration CallbackObject not a kernel pointer")
             return
         body = (hit.header + self.header.size) & self.kernel.mask
-        result.registrations.append(ScannedBlock(body, self.state(hit)))
+        result.registrations.append(ScannedBlock(body, state))
 
-    def validate_object(self, hit: PoolHit, result: ScanResult) -> None:
-        if hit.free:
+    def validate_object(self, hit: PoolHit, state: str, result: ScanResult) -> None:
+        if state == FREED:
             # A freed object is no evidence of anything, and its registrations' rows are
             # reported through the objects that still exist.
             result.reject("object in freed pool")
@@ -348,9 +386,9 @@ class PoolScan:
         # Bytes inside optional headers can pass for a header by chance: prefer the candidate
         # whose body carries the signature, then the one nearest the block's end (the body
         # ends the allocation, which is why Volatility reads objects top-down on 8+).
-        result.objects.append(ScannedBlock(max(found)[2], self.state(hit)))
+        result.objects.append(ScannedBlock(max(found)[2], state))
 
-    def validate_loader_entry(self, hit: PoolHit, result: ScanResult) -> None:
+    def validate_loader_entry(self, hit: PoolHit, state: str, result: ScanResult) -> None:
         view = self._loader
         assert view is not None
         entry = (hit.header + self.header.size) & self.kernel.mask
@@ -374,7 +412,7 @@ class PoolScan:
             name = self.kernel.read_unicode(
                 record["BaseDllName.Length"], record["BaseDllName.MaximumLength"], record["BaseDllName.Buffer"]
             )
-        result.modules.append(ScannedModule(entry, base, size, name, self.state(hit)))
+        result.modules.append(ScannedModule(entry, base, size, name, state))
 
 
 def scan_pool(
@@ -382,19 +420,33 @@ def scan_pool(
     kinds: Collection[str] = ALL_KINDS,
     progress_callback: Optional[constants.ProgressCallback] = None,
     images: Iterable[Tuple[int, int]] = (),
+    full: bool = False,
 ) -> ScanResult:
-    """One pass for the scan targets of ``kinds``; loaded images ``images`` are not searched."""
+    """One pass for the scan targets of ``kinds``: the allocator's non-paged regions, or the
+    whole kernel half (loaded images ``images`` left out) when the allocator cannot say where
+    its blocks lie or ``full`` asks for it."""
+    pool_map = open_pool_map(kernel)
     try:
-        scan = PoolScan(kernel, [target for target in builtin_targets() if target.kind in kinds])
+        scan = PoolScan(kernel, [target for target in builtin_targets() if target.kind in kinds], pool_map)
     except ViewError as excp:
         kernel.log.warning(f"Pool headers cannot be decoded ({excp}): pool scan skipped")
         kernel.log.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "pool headers cannot be decoded")
         return ScanResult()
-    result = scan.run(progress_callback, images)
+    regions = None if full else pool_map.regions()
+    images = [(base, size) for base, size in images if 0 < size <= MAX_IMAGE_SIZE]
+    if regions is not None:
+        ranges = coalesce(regions)
+        result = scan.run(scan.hits_in_regions(ranges, progress_callback), ScanResult(ran=True, extent="heap"))
+        extent = f"{pool_map.name}, {sum(length for _s, length in ranges) >> 20} MiB"
+    else:
+        if not full and pool_map.name == "segment heap":
+            kernel.log.warning("The non-paged heap's metadata is incomplete: scanning the whole kernel half instead")
+        result = scan.run(scan.hits_in_kernel_half(images, progress_callback), ScanResult(ran=True, extent="kernel half"))
+        extent = f"kernel half, {pool_map.name}"
     kernel.log.route(
         ROUTE_NAME,
         diagnostics.COMPLETE,
-        f"{len(result.objects)} objects, {len(result.registrations)} registration blocks, "
+        f"{extent}: {len(result.objects)} objects, {len(result.registrations)} registration blocks, "
         f"{len(result.modules)} loader entries",
     )
     return result

@@ -70,9 +70,7 @@ class Report:
         ):
             counts.loose += 1
             owner = int(registration.callback_object)
-            row = rows.loose_row(
-                by_address[owner], registration, state == poolscan.FREED, owner in complete_lists, self.attributor
-            )
+            row = rows.loose_row(by_address[owner], registration, state, owner in complete_lists, self.attributor)
             counts.add(row)
             yield row
 
@@ -81,8 +79,10 @@ def collect(
     kernel: "KernelContext",
     scan: bool = True,
     progress_callback: Optional[constants.ProgressCallback] = None,
+    full_scan: bool = False,
 ) -> Report:
-    """Run the pool scan (unless ``scan`` is False) and every route, once."""
+    """Run the pool scan (unless ``scan`` is False; over the whole kernel half with
+    ``full_scan``) and every route, once."""
     modules = kernel.loaded_modules
     result = poolscan.ScanResult()
     if scan:
@@ -90,9 +90,10 @@ def collect(
             kernel,
             progress_callback=progress_callback,
             images=[(module.base, module.size) for module in modules.modules],
+            full=full_scan,
         )
     else:
         kernel.log.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
-    inventory = merge.collect_objects(kernel, scanned=[block.address for block in result.objects])
+    inventory = merge.collect_objects(kernel, scanned=[(block.address, block.state) for block in result.objects])
     attributor = Attributor(kernel, modules, hidden_modules=result.hidden_module_candidates())
     return Report(kernel, inventory, result, attributor, expected.load())

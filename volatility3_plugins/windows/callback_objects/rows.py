@@ -42,6 +42,7 @@ def object_facts(record: CallbackObjectRecord, registration_count: int) -> flags
         global_mismatch=record.global_mismatch,
         allow_multiple=None if is_absent(allow) else bool(allow),
         registration_count=registration_count,
+        allocation_unknown=record.routes == {routes.ROUTE_SCAN} and record.scan_state == flags.UNKNOWN_STATE,
     )
 
 
@@ -102,12 +103,12 @@ def object_rows(
 def loose_row(
     record: CallbackObjectRecord,
     registration: Registration,
-    freed: bool,
+    state: str,
     owner_list_complete: bool,
     attributor: Attributor,
 ) -> Row:
     """The row of a loose registration (found by the scan on no walked list), shown with the
-    object its ``CallbackObject`` names (``record``); ``owner_list_complete`` says whether that
-    object's list was walked to its end."""
+    object its ``CallbackObject`` names (``record``): ``state`` is its block's allocation state,
+    ``owner_list_complete`` says whether that object's list was walked to its end."""
     attribution, facts = routine_facts(registration, attributor)
-    return Row(record, registration, attribution, flags.classify_loose(facts, freed, owner_list_complete))
+    return Row(record, registration, attribution, flags.classify_loose(facts, state, owner_list_complete))

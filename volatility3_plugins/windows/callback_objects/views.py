@@ -223,6 +223,16 @@ def type_size(context: interfaces.context.ContextInterface, type_name: str) -> i
     return _table_type(context, type_name).size
 
 
+def array_member(context: interfaces.context.ContextInterface, type_name: str, path: str) -> Tuple[int, int, int]:
+    """(offset, element count, element size) of an array member of ``type_name``."""
+    offset, template = _resolve(context, _table_type(context, type_name), path)
+    count = template.vol.get("count")
+    subtype = template.vol.get("subtype")
+    if count is None or subtype is None:
+        raise ViewError(f"{type_name}.{path} is not an array")
+    return offset, count, _dereference(context, subtype).size
+
+
 def _table_type(context: interfaces.context.ContextInterface, type_name: str) -> interfaces.objects.Template:
     """The template of ``table!name`` from its own table, its members' references unresolved.
 

@@ -1,0 +1,85 @@
+"""What a pool reader answers: block allocation states and the regions blocks lie in."""
+
+import bisect
+import dataclasses
+from typing import Generic, List, Optional, Sequence, TypeVar
+
+#: Allocation states of a pool block.
+ALLOCATED = "allocated"
+FREED = "freed"
+UNKNOWN = "unknown"
+#: Inside memory the allocator accounts for, but not where a block starts: the bytes there are
+#: data of another block, not a pool header.
+NOT_A_BLOCK = "not a block"
+
+#: Pool types a reader can be asked for.
+NONPAGED = "NonPagedPool"
+NONPAGED_NX = "NonPagedPoolNx"
+PAGED = "PagedPool"
+NONPAGED_POOLS = (NONPAGED, NONPAGED_NX)
+
+
+class PoolMetadataUnavailable(Exception):
+    """The allocator's metadata cannot be read or does not validate."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A virtual range that holds pool blocks (an LFH or VS subsegment, a pool range)."""
+
+    start: int
+    length: int
+    kind: str
+    pool: str
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class PoolMap:
+    """The answers of one allocator reader. ``complete`` is False when some of the metadata
+    could not be walked: blocks may then lie outside :meth:`regions`."""
+
+    name = "pool"
+    complete = False
+
+    def regions(self, pools: Sequence[str] = NONPAGED_POOLS) -> Optional[List[Region]]:
+        """Where the blocks of ``pools`` lie, sorted; None when the allocator does not say
+        (then a scanner must read the whole kernel half)."""
+        return None
+
+    def state(self, header: int, pool_type: Optional[int] = None) -> str:
+        """ALLOCATED, FREED or UNKNOWN for the block whose ``_POOL_HEADER`` is at ``header``
+        (NOT_A_BLOCK when the allocator knows that no block starts there); ``pool_type`` is the
+        header's ``PoolType`` when the caller has already read it."""
+        return UNKNOWN
+
+
+class Unknown(PoolMap):
+    """No reader for this kernel (or its metadata is unusable): every block is unknown."""
+
+    name = "none"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+T = TypeVar("T", bound=Region)
+
+
+class RegionIndex(Generic[T]):
+    """Sorted, non-overlapping regions, searched by address."""
+
+    def __init__(self, regions: Sequence[T]) -> None:
+        self.regions: List[T] = sorted(regions, key=lambda region: region.start)
+        self._starts = [region.start for region in self.regions]
+
+    def find(self, address: int) -> Optional[T]:
+        index = bisect.bisect_right(self._starts, address) - 1
+        if index >= 0 and address < self.regions[index].end:
+            return self.regions[index]
+        return None
+
+    def __len__(self) -> int:
+        return len(self.regions)
