@@ -1,6 +1,7 @@
-"""python -m tests.forge SCENARIO --profile PROFILE --out DIR
+"""python -m tests.forge SCENARIO --profile PROFILE --out DIR [--seed N] [--memory-size 4G]
 
 Writes DIR/memory.raw, DIR/memory.dmp, DIR/symbols/ (pass it to ``vol -s``) and DIR/truth.json.
+``--seed`` varies the layout (frames, bases, pool placement, noise) but not what is planted.
 """
 
 import argparse
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 from .layout import BUILTIN_PROFILES, LayoutError
+from .machine import DEFAULT_SEED
 from .scenarios import SCENARIOS, forge_scenario
 
 
@@ -28,17 +30,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--format", choices=("both", "raw", "dmp"), default="both")
     parser.add_argument("--memory-size", type=parse_size, default=0,
-                        help="physical memory to pad the image to, e.g. 4G (default: just what is used)")
+                        help="the machine's RAM, e.g. 4G (default: what is used, grown in 8 MiB banks)")
+    parser.add_argument("--seed", type=lambda text: int(text, 0), default=DEFAULT_SEED,
+                        help=f"layout seed: frames, KASLR bases, pool placement, noise (default {DEFAULT_SEED})")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        image = forge_scenario(args.scenario, args.profile, args.memory_size)
+        image = forge_scenario(args.scenario, args.profile, args.memory_size, args.seed)
     except LayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     paths = image.write(args.out, raw=args.format in ("both", "raw"), crash_dump=args.format in ("both", "dmp"))
     rows = image.truth["rows"]
-    print(f"forged {args.scenario} on {image.truth['profile']} (build {image.truth['build']}) "
+    print(f"forged {args.scenario} on {image.truth['profile']} (build {image.truth['build']}, seed {args.seed}) "
           f"in {time.monotonic() - started:.1f}s: {len(rows)} expected rows")
     for kind, path in sorted(paths.items()):
         print(f"  {kind:8} {path}")

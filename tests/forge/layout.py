@@ -51,6 +51,8 @@ FORGE_SYMBOLS = (
     "ExpNumberOfNonPagedPools", "ExpNumberOfPagedPools", "ExpPoolFlags",
 )
 
+SEGMENT_HEAP_FIRST_BUILD = 18362
+
 #: Where the built-in profiles (JSON) live.
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -195,6 +197,17 @@ class KernelLayout:
     def protects_object_pool_tags(self) -> bool:
         """Windows 7 and older set the protected bit (0x80) in object pool tags."""
         return self.nt_version <= (6, 1)
+
+    @property
+    def uses_segment_heap(self) -> bool:
+        """Windows 10 1903 (build 18362) and later allocate kernel pool from the segment heap
+        (Bayet & Fariello, "Scoop the Windows 10 pool!", SSTIC 2020; ../shared/isf/VERSIONS.md).
+        17763 already has the heap's types (and ``ExPoolState``) but still the classic pool, and
+        18362 still has the classic pool's globals: the build decides. A table of unknown build
+        counts as segment heap when it has ``ExPoolState`` and no classic ``PoolVector``."""
+        if self.build is not None:
+            return self.build >= SEGMENT_HEAP_FIRST_BUILD
+        return self.has_symbol("ExPoolState") and not self.has_symbol("PoolVector")
 
     @property
     def module_entry_type(self) -> str:
