@@ -245,12 +245,11 @@ class ClassicPool(PoolAllocator):
         return page
 
     def _write_tail_header(self, page: _Page, tail: _Entry, previous_units: int) -> None:
-        """The free rest of a page: the kernel writes its size fields, not its tag."""
+        """The free rest of a page: the kernel writes its size fields, not its tag, which reads
+        0 there (the rest of a page was never handed out, so it is still zeroed)."""
         header = page.address + tail.offset * self.unit
-        self.machine.write_fields(header, "_POOL_HEADER", {
-            "BlockSize": tail.units, "PreviousSize": previous_units, "PoolType": POOL_TYPE_FREE,
-            "PoolIndex": self._pool_index(page.kind),
-        })
+        self.machine.space.write(header, self.headers.pack(tail.units, bytes(4), POOL_TYPE_FREE, previous_units,
+                                                           self._pool_index(page.kind)))
 
     # -- free ----------------------------------------------------------------------------
 

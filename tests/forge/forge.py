@@ -150,6 +150,13 @@ class ImageForge:
         return ForgedImage(self, truth.ground_truth(self))
 
 
+def truth_text(truth: Dict[str, Any]) -> str:
+    """truth.json: indented, but one line per pool block (tens of thousands on ``scale``)."""
+    text = json.dumps(dict(truth, blocks=[]), indent=1)
+    blocks = ",\n  ".join(json.dumps(block, separators=(",", ":")) for block in truth["blocks"])
+    return text.replace('"blocks": []', '"blocks": [\n  ' + blocks + "\n ]" if blocks else '"blocks": []', 1)
+
+
 @dataclass
 class ForgedImage:
     forge: ImageForge
@@ -193,7 +200,7 @@ class ForgedImage:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {"symbols": self.write_symbols(out_dir / self.SYMBOLS_DIR), "truth": out_dir / self.TRUTH_NAME}
-        paths["truth"].write_text(json.dumps(self.truth, indent=1))
+        paths["truth"].write_text(truth_text(self.truth))
         if raw:
             paths["raw"] = self.write_raw(out_dir / self.RAW_NAME)
         if crash_dump:

@@ -187,12 +187,15 @@ class Machine:
         self.space.write(address, self.layout.pack(type_name, values, size))
 
     def write_fields(self, address: int, type_name: str, values: Dict[str, int]) -> None:
-        """Change some members of a structure already in memory, leaving the rest alone."""
-        for path, value in values.items():
-            spec = self.layout.field(type_name, path)
-            buffer = bytearray(self.space.read(address + spec.offset, spec.size))
-            spec.encode_into(buffer, -spec.offset, value)
-            self.space.write(address + spec.offset, bytes(buffer))
+        """Change some members of a structure already in memory, leaving the rest alone
+        (one read and one write of the span the members cover)."""
+        specs = [(self.layout.field(type_name, path), value) for path, value in values.items()]
+        start = min(spec.offset for spec, _ in specs)
+        end = max(spec.offset + spec.size for spec, _ in specs)
+        buffer = bytearray(self.space.read(address + start, end - start))
+        for spec, value in specs:
+            spec.encode_into(buffer, -start, value)
+        self.space.write(address + start, bytes(buffer))
 
     def write_pointer(self, address: int, value: int) -> None:
         self.space.write(address, pack_pointer(canonical(value) if value else 0, self.layout.pointer_size))

@@ -81,8 +81,11 @@ def _object_flags(forge: "ImageForge", callback: CallbackObject) -> List[str]:
 
 
 def _registration_row(forge: "ImageForge", callback: Optional[CallbackObject], registration: Registration,
-                      reported: int, object_flags: List[str], scanning: bool) -> Dict[str, Any]:
-    facts = _routine_facts(forge, registration.routine, scanning)
+                      reported: int, object_flags: List[str], scanning: bool,
+                      facts_cache: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
+    if registration.routine not in facts_cache:  # a few dozen routines serve thousands of rows
+        facts_cache[registration.routine] = _routine_facts(forge, registration.routine, scanning)
+    facts = facts_cache[registration.routine]
     flags = list(object_flags)
     if registration.freed:
         # Freed pool is full of stale blocks: nothing in it is evidence of tampering.
@@ -130,6 +133,7 @@ def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str,
     names, with registration flags only; one naming no callback object is not reported.
     """
     rows: List[Dict[str, Any]] = []
+    facts: Dict[int, Dict[str, Any]] = {}
     by_address = {masked(c.address): c for c in forge.callbacks.live_objects}
     loose: List[Registration] = list(forge.callbacks.loose_registrations)
     for callback in forge.callbacks.live_objects:
@@ -139,7 +143,7 @@ def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str,
         columns = _object_columns(forge, callback, routes or ["scan"])
         visible = [r for r in callback.registrations if r.linked and r.reachable]
         for registration in visible:
-            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags, scanning))
+            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags, scanning, facts))
             rows.append(dict(row, requires_scan=requires_scan))
         if not visible:
             rows.append(dict(columns, Registration=None, Routine=None, Context=None, Busy=None,
@@ -156,7 +160,7 @@ def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str,
         if owner is None:
             continue
         columns = _object_columns(forge, owner, _object_routes(forge, owner, scanning) or ["scan"])
-        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, [], scanning), requires_scan=True))
+        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, [], scanning, facts), requires_scan=True))
     return rows
 
 
