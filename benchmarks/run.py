@@ -146,8 +146,11 @@ def machine() -> str:
         volatility = constants.PACKAGE_VERSION
     except ImportError:
         volatility = "?"
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f"; load average {os.getloadavg()[1]:.1f} when measuring started (other work shares the machine)"
     return (f"{cpu}, {os.cpu_count()} logical CPUs{memory}; {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}; Volatility 3 {volatility}")
+            f"Python {platform.python_version()}; Volatility 3 {volatility}{load}")
 
 
 def image_description(truth: Dict[str, object], profile: str, memory_size: str) -> str:
@@ -168,7 +171,8 @@ def report(results: Dict[str, Dict[str, Tuple[float, float]]], repeat: int, full
     for label in labels:
         cells = [f"{results[fmt][label][0]:.2f} | {results[fmt][label][1]:.1f}" for fmt in ("raw", "dump")]
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-    lines += ["", f"Median of {repeat} runs after a warm-up run per format; renderer `quick` to /dev/null.", "",
+    runs = f"Median of {repeat} runs" if repeat > 1 else "One run"
+    lines += ["", f"{runs} after a warm-up run per format; renderer `quick` to /dev/null.", "",
               "| ratio | raw | dump | target | met |", "|---|---|---|---|---|"]
     all_met = True
     for description, numerator, denominator, what, target in RATIOS:
@@ -197,6 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cache = args.out / "volatility-cache"
     cache.mkdir(parents=True, exist_ok=True)
+    conditions = machine()  # before the runs load the machine themselves
     out = args.out / f"{SCENARIO}-{args.profile}-{args.memory_size}-{args.seed}"
     truth = forge(out, args.profile, args.memory_size, args.seed)
     symbols = out / "symbols"
@@ -221,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         RESULTS.write_text(
             "# Benchmark results\n\n"
             f"Measured {datetime.date.today().isoformat()} with `.venv/bin/python benchmarks/run.py "
-            f"--write-results` on: {machine()}.\n\n" + section + "\n" + ANALYSIS
+            f"--write-results{'' if args.repeat == 3 else f' --repeat {args.repeat}'}` on: {conditions}.\n\n"
+            + section + "\n" + ANALYSIS
         )
         print(f"\nwrote {RESULTS}")
     return 0 if met else 1

@@ -11,7 +11,8 @@ The chain a reader walks, all of which the forge writes:
 - ``nt!ExPoolState`` (``_EX_POOL_HEAP_MANAGER_STATE``): ``HeapManager.Globals`` (its first
   pointer) leads to ``nt!RtlpHpHeapGlobals`` (``HeapKey``, ``LfhKey``); ``NumberOfPools`` (1);
   ``PoolNode[0].Heaps[0..3]``: 0 NonPaged (executable), 1 NonPagedNx, 2 and 3 Paged;
-  ``SpecialHeaps`` stay empty (no special pool).
+  ``SpecialHeaps`` stay empty (no special pool). Issue 12 says ``SpecialHeaps[4]``: that holds
+  from 19041; 18362's ISF has ``SpecialHeaps[3]`` (MemProcFS reads four entries regardless).
 - each ``_SEGMENT_HEAP``: ``Signature`` 0xDDEEDDEE; ``SegContexts[0]`` (``UnitShift`` 12,
   ``FirstDescriptorIndex``, ``SegmentListHead`` linking the page segments through their first
   ``LIST_ENTRY``); ``SegContexts[1]`` (64 KiB units) holds no segment here.
@@ -32,7 +33,12 @@ The chain a reader walks, all of which the forge writes:
   ``FullCommit`` 0 so that MemProcFS's whole-word compare holds too; its chunks start after the
   header (rounded to the heap granularity, PoolViewer) and tile it; each chunk header's
   ``HeaderBits`` ^ chunk VA ^ ``HeapKey`` gives ``UnsafeSize`` and ``UnsafePrevSize`` (in units
-  of the granularity) and ``Allocated``. An allocated chunk holds the pool header, then the
+  of the granularity) and ``Allocated``. On x64 the word is the first quadword and
+  ``Allocated`` its byte at bits 48-55 (the issue's "bit 0" is that byte's); on x86 it is a
+  32-bit word with ``UnsafeSize`` in bits 1-15 counting 8-byte units and ``Allocated`` bit 31
+  (Volatility 2's 19041 x86 overlay, MemProcFS's 32-bit path), and the descriptors' ``RangeFlags``
+  byte shares its top 3 bits with ``CommittedPageCount`` (readers mask 0x1F, MemProcFS does).
+  An allocated chunk holds the pool header, then the
   data; no chunk of a small block crosses a page (the forge never lets one: where a request
   does not fit the rest of a page, that rest becomes a free chunk, or joins the previous chunk
   when it is too small for a free chunk, which MemProcFS accepts as one extra unit).
