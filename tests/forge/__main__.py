@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--format", choices=("both", "raw", "dmp"), default="both")
     parser.add_argument("--memory-size", type=parse_size, default=0,
-                        help="the machine's RAM, e.g. 4G (default: what is used, grown in 8 MiB banks)")
+                        help="the machine's RAM, e.g. 4G (default: what is used, grown in 2 MiB banks)")
     parser.add_argument("--seed", type=lambda text: int(text, 0), default=DEFAULT_SEED,
                         help=f"layout seed: frames, KASLR bases, pool placement, noise (default {DEFAULT_SEED})")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ CANONICAL_HIGH = 0xFFFF_0000_0000_0000
 #: Frames below this address are never handed out: the DTB, the low stub and what firmware keeps.
 LOW_RESERVED = 0x200000
 #: Without a fixed memory size, RAM grows by this much whenever the shuffled frames run out.
-BANK_SIZE = 0x800000
+BANK_SIZE = 0x200000
 
 FillerContent = Callable[[int], bytes]
 
@@ -184,9 +184,25 @@ class PhysicalMemory:
             n for n in stored if n >= len(filler))
 
     def runs(self) -> Iterator[Tuple[int, int]]:
-        """Runs of physical pages as (first page number, page count): all of RAM, one run from
-        frame 0 (the forge models no firmware holes); frames are scattered over all of it."""
-        yield 0, self.size // PAGE_SIZE
+        """Runs of physical pages as (first page number, page count), as a dump's physical memory
+        descriptor lists them. With a fixed memory size, all of RAM from frame 0. Otherwise the
+        low range and the banks handed out so far (one run: frames are scattered over all of
+        it), then whatever lies above them in 1 MiB pieces (the x86 kernel, which the loader
+        puts at a fixed physical address)."""
+        if self.minimum_size:
+            yield 0, self.size // PAGE_SIZE
+            return
+        yield 0, self._bank_end
+        piece = 0x100000 // PAGE_SIZE
+        pieces: List[List[int]] = []  # [first, end) in pieces of 1 MiB
+        for index in sorted({number // piece for number in self._pages if number >= self._bank_end}):
+            if pieces and pieces[-1][1] == index:
+                pieces[-1][1] = index + 1
+            else:
+                pieces.append([index, index + 1])
+        for first, end in pieces:
+            start = max(first * piece, self._bank_end)
+            yield start, end * piece - start
 
     def page_bytes(self, number: int) -> bytes:
         page = self._pages.get(number)
