@@ -2,10 +2,12 @@
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 
+from tests.forge import dump
+from tests.forge.forge import ForgedImage
 from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import SHARED_ISF_DIR, real_isfs
 
@@ -19,21 +21,46 @@ def vol_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("volatility-cache")
 
 
-@pytest.fixture(scope="session")
-def forged(tmp_path_factory) -> Callable[[str, str], Dict[str, Path]]:
-    """forged(scenario, profile) -> paths of raw image, crash dump, symbols and truth."""
-    cache: Dict[Tuple[str, str], Dict[str, Path]] = {}
+def _label(profile: str) -> str:
+    """A short name for a profile: itself, or the start of a real ISF's GUID."""
+    return Path(profile).name.split("-")[0][:8] if "/" in profile else profile
 
-    def build(scenario: str, profile: str) -> Dict[str, Path]:
+
+def _forger(tmp_path_factory, prefix: str, write: Callable[[ForgedImage, Path], Dict[str, Any]]) -> Callable[[str, str], Dict[str, Any]]:
+    """A function (scenario, profile) -> what ``write`` wrote of that image, forged once."""
+    cache: Dict[Tuple[str, str], Dict[str, Any]] = {}
+
+    def build(scenario: str, profile: str) -> Dict[str, Any]:
         key = (scenario, profile)
         if key not in cache:
-            label = Path(profile).name.split("-")[0][:8] if "/" in profile else profile
-            out = tmp_path_factory.mktemp(f"{scenario}-{label}")
-            image = forge_scenario(scenario, profile)
-            cache[key] = dict(image.write(out), truth_data=image.truth)
+            out = tmp_path_factory.mktemp(f"{prefix}{scenario}-{_label(profile)}")
+            cache[key] = write(forge_scenario(scenario, profile), out)
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def forged(tmp_path_factory) -> Callable[[str, str], Dict[str, Any]]:
+    """forged(scenario, profile) -> paths of raw image, crash dump, symbols and truth."""
+    return _forger(tmp_path_factory, "", lambda image, out: dict(image.write(out), truth_data=image.truth))
+
+
+def _write_every_format(image: ForgedImage, out: Path) -> Dict[str, Any]:
+    physical, facts = image.forge.machine.physical, image.machine_facts()
+    entry: Dict[str, Any] = dict(image.write(out, formats=image.formats), truth_data=image.truth)
+    entry["ram"] = list(physical.runs())
+    entry["pages"] = {name: dump.select_pages(physical, facts, dump.FORMATS[name])
+                      for name in image.formats if dump.FORMATS[name].dump_type is not None}
+    return entry
+
+
+@pytest.fixture(scope="session")
+def forged_formats(tmp_path_factory) -> Callable[[str, str], Dict[str, Any]]:
+    """forged_formats(scenario, profile) -> the image in every format its architecture has
+    (``dump.FORMATS`` names as keys), ``symbols``, ``truth_data``, ``ram`` (the runs of physical
+    pages) and ``pages`` (for each crash-dump format, the runs of pages the dump holds)."""
+    return _forger(tmp_path_factory, "formats-", _write_every_format)
 
 
 MISSING_SHARED = f"real ISFs not found at {SHARED_ISF_DIR} (clone with ../shared beside the checkout)"

@@ -18,8 +18,10 @@ def test_plugin_directory_is_added_once_and_merged_with_the_users():
     assert _with_plugin_directory(["--plugin-dirs=mine"]) == [f"--plugin-dirs=mine;{PLUGIN_DIRECTORY}"]
 
 
-def test_installed_package_runs_without_the_checkout(forged, vol_cache, tmp_path):
-    """pip install puts the plugin, its ISF and its data where the installed plugin finds them."""
+def test_installed_package_runs_without_the_checkout(forged_formats, vol_cache, tmp_path):
+    """pip install puts the plugin, its ISF, its data and the crash-dump layer where the installed
+    plugin finds them: the installed command opens a live kernel dump (DumpType 6), which
+    Volatility alone does not."""
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", str(target), str(REPO)], check=True, capture_output=True)
@@ -27,12 +29,13 @@ def test_installed_package_runs_without_the_checkout(forged, vol_cache, tmp_path
     assert sorted(p.name for p in (installed / "symbols" / "windows").glob("*.json")) == [
         "callbackobjects-x64-win7.json", "callbackobjects-x64.json", "callbackobjects-x86-win7.json", "callbackobjects-x86.json"]
     assert (installed / "windows" / "callback_objects" / "expected_registrants.json").is_file()
+    assert (installed / "layers" / "crashdump.py").is_file()
     assert (target / "bin" / "vol-callbackobjects").is_file()
 
-    paths = forged("rootkit", "win10")
+    paths = forged_formats("rootkit", "win10")
     env = dict(os.environ, PYTHONPATH=str(target))
     command = [sys.executable, "-c", "from volatility3_plugins import main; main()", "-q", "--offline",
-               "--cache-path", str(vol_cache), "-s", str(paths["symbols"]), "-f", str(paths["raw"]),
+               "--cache-path", str(vol_cache), "-s", str(paths["symbols"]), "-f", str(paths["live"]),
                "windows.callbackobjects", "--suspicious"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -31,9 +31,12 @@ def run_vol(
     cache: Path,
     plugin_dir: Optional[Path] = PLUGIN_DIR,
     timeout: int = 300,
+    options: Sequence[str] = (),
 ) -> subprocess.CompletedProcess:
+    """``vol`` on ``image``; ``options`` are more of Volatility's own options (e.g. ``-v``)."""
     cache.mkdir(parents=True, exist_ok=True)
-    command = list(VOL) + ["-q", "-r", renderer, "--offline", "--cache-path", str(cache), "-s", str(symbols), "-f", str(image)]
+    command = list(VOL) + ["-q", *options, "-r", renderer, "--offline", "--cache-path", str(cache), "-s", str(symbols),
+                           "-f", str(image)]
     if plugin_dir is not None:
         command += ["-p", str(plugin_dir)]
     command += [plugin, *plugin_args]

@@ -80,6 +80,11 @@ class Registration:
     # False once a planted corruption cuts the list before it: a walker cannot reach it.
     reachable: bool = True
 
+    @property
+    def block_header(self) -> int:
+        """Its pool header's address (the block starts there)."""
+        return self.block.header
+
 
 @dataclass(eq=False)
 class CallbackObject:

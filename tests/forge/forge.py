@@ -6,6 +6,7 @@
     forge.register(power, driver.address_of("AcmePowerCallback"), context=0x1234)
     image = forge.build()
     image.write(Path("out"))          # memory.raw, memory.dmp, symbols/, truth.json
+    image.write(Path("out"), formats=image.formats)   # and every crash-dump format (dump.FORMATS)
 
 Anomalies are planted with the same calls (``in_callback_list=False``, ``backlink=...``,
 ``linked=False``...) or, for corruption of the lists themselves, with :meth:`after_linking`.
@@ -21,7 +22,7 @@ contents) but not what is planted.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import dump, truth
 from .callbacks import CallbackObject, CallbackPlanter, Registration
@@ -159,30 +160,45 @@ def truth_text(truth: Dict[str, Any]) -> str:
 
 @dataclass
 class ForgedImage:
+    """A built image: its ground truth, and writers for every output format of ``dump.FORMATS``."""
+
     forge: ImageForge
     truth: dict
 
-    RAW_NAME = "memory.raw"
-    DUMP_NAME = "memory.dmp"
+    RAW_NAME = dump.FORMATS["raw"].file_name
+    DUMP_NAME = dump.FORMATS["dump"].file_name
     TRUTH_NAME = "truth.json"
     SYMBOLS_DIR = "symbols"
 
-    def write_raw(self, path: Path) -> Path:
-        dump.write_raw(self.forge.machine.physical, path)
-        return path
+    @property
+    def formats(self) -> Tuple[str, ...]:
+        """The formats this image can be written in (the debugger engine's exist for x64 only)."""
+        return dump.formats_for(self.forge.layout.is_64bit)
 
-    def write_crash_dump(self, path: Path) -> Path:
+    def machine_facts(self) -> dump.MachineFacts:
+        """What a crash dump's first header says about this machine."""
         forge = self.forge
-        symbol = forge.layout.symbol
-        writer = dump.write_crash_dump if forge.layout.is_64bit else dump.write_crash_dump32
-        extra = {} if forge.layout.is_64bit else {"pae": forge.layout.pae}
-        writer(
-            forge.machine.physical, path, forge.machine.plan.dtb, forge.layout.build or 0,
-            canonical(forge.kernel.base + symbol("PsLoadedModuleList")),
-            canonical(forge.kernel.base + symbol("PsActiveProcessHead")) if forge.layout.has_symbol("PsActiveProcessHead") else 0,
-            canonical(forge.kernel.base + symbol("KdDebuggerDataBlock")) if forge.layout.has_symbol("KdDebuggerDataBlock") else 0,
-            **extra,
+        layout = forge.layout
+
+        def kernel_address(name: str) -> int:
+            return canonical(forge.kernel.base + layout.symbol(name)) if layout.has_symbol(name) else 0
+
+        return dump.MachineFacts(
+            is_64bit=layout.is_64bit, pae=layout.pae, dtb=forge.machine.plan.dtb, build=layout.build or 0,
+            ps_loaded_module_list=kernel_address("PsLoadedModuleList"),
+            ps_active_process_head=kernel_address("PsActiveProcessHead"),
+            kd_debugger_data_block=kernel_address("KdDebuggerDataBlock"),
         )
+
+    def write_format(self, name: str, path: Path) -> Path:
+        """Write the memory in format ``name`` (a key of ``dump.FORMATS``) to ``path``."""
+        if name not in dump.FORMATS:
+            raise ValueError(f"unknown format {name!r}; known: {', '.join(dump.FORMATS)}")
+        fmt = dump.FORMATS[name]
+        if fmt.dump_type is None:
+            dump.write_raw(self.forge.machine.physical, path)
+        else:
+            dump.write_crash_dump(self.forge.machine.physical, path, self.machine_facts(), fmt)
         return path
 
     def write_symbols(self, directory: Path) -> Path:
@@ -196,13 +212,15 @@ class ForgedImage:
             target.write_bytes(layout.isf_bytes())
         return directory
 
-    def write(self, out_dir: Path, raw: bool = True, crash_dump: bool = True) -> Dict[str, Path]:
+    def write(self, out_dir: Path, formats: Iterable[str] = dump.DEFAULT_FORMATS) -> Dict[str, Path]:
+        """Write ``symbols/``, ``truth.json`` and the image in each of ``formats`` (names of
+        ``dump.FORMATS``: ``raw``, ``dump``, ``bitmap``, ``live``, ``kernel``, ``kernel-user``,
+        ``complete``; ``self.formats`` lists those this image's architecture has). Returns the
+        paths by format name, plus ``symbols`` and ``truth``."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {"symbols": self.write_symbols(out_dir / self.SYMBOLS_DIR), "truth": out_dir / self.TRUTH_NAME}
         paths["truth"].write_text(truth_text(self.truth))
-        if raw:
-            paths["raw"] = self.write_raw(out_dir / self.RAW_NAME)
-        if crash_dump:
-            paths["dump"] = self.write_crash_dump(out_dir / self.DUMP_NAME)
+        for name in formats:
+            paths[name] = self.write_format(name, out_dir / dump.FORMATS[name].file_name)
         return paths

@@ -186,23 +186,26 @@ class PhysicalMemory:
     def runs(self) -> Iterator[Tuple[int, int]]:
         """Runs of physical pages as (first page number, page count), as a dump's physical memory
         descriptor lists them. With a fixed memory size, all of RAM from frame 0. Otherwise the
-        low range and the banks handed out so far (one run: frames are scattered over all of
-        it), then whatever lies above them in 1 MiB pieces (the x86 kernel, which the loader
-        puts at a fixed physical address)."""
+        low range with the banks handed out so far (one run: frames are scattered over all of
+        it), then the maximal runs of pages written above them (the x86 kernel, which the loader
+        puts at a fixed physical address; every written page when no bank was ever needed)."""
         if self.minimum_size:
             yield 0, self.size // PAGE_SIZE
             return
-        yield 0, self._bank_end
-        piece = 0x100000 // PAGE_SIZE
-        pieces: List[List[int]] = []  # [first, end) in pieces of 1 MiB
-        for index in sorted({number // piece for number in self._pages if number >= self._bank_end}):
-            if pieces and pieces[-1][1] == index:
-                pieces[-1][1] = index + 1
+        banked = self._bank_end if self._bank_end > LOW_RESERVED // PAGE_SIZE else 0
+        if banked:
+            yield 0, banked
+        start = previous = None
+        for number in sorted(n for n in self._pages if n >= banked):
+            if start is None:
+                start = previous = number
+            elif number == previous + 1:
+                previous = number
             else:
-                pieces.append([index, index + 1])
-        for first, end in pieces:
-            start = max(first * piece, self._bank_end)
-            yield start, end * piece - start
+                yield start, previous - start + 1
+                start = previous = number
+        if start is not None:
+            yield start, previous - start + 1
 
     def page_bytes(self, number: int) -> bytes:
         page = self._pages.get(number)

@@ -183,20 +183,18 @@ def corrupt(forge: ImageForge) -> Story:
     cycle_regs = [forge.register(cyclic, routine, context=n) for n in range(3)]
     forge.after_linking(lambda f: machine.write_pointer(cycle_regs[-1].address, cycle_regs[0].address))
 
-    # A list cut by a pointer into an unmapped page after its first entry.
+    # A list cut by a pointer into an unmapped page after its first entry: the Blinks still
+    # close the ring, so a two-way walk recovers every entry.
     dangling = forge.create_callback("CorruptDangling")
     dangling_regs = [forge.register(dangling, routine, context=n) for n in range(3)]
-    for lost in dangling_regs[1:]:
-        lost.reachable = False
     forge.after_linking(lambda f: machine.write_pointer(dangling_regs[0].address, unmapped))
 
-    # An object whose registration list head itself points nowhere.
+    # An object whose registration list head's Flink points nowhere (its Blink still closes).
     headless = forge.create_callback("CorruptHeadless")
-    headless_reg = forge.register(headless, routine)
-    headless_reg.reachable = False
+    forge.register(headless, routine)
     forge.after_linking(lambda f: machine.write_pointer(headless.address + f.callbacks.layout.registered_callbacks, unmapped))
 
-    # Mismatched Blinks: the walk follows Flinks; Blinks are not to be trusted.
+    # Mismatched Blinks: the Flinks close the ring, so the broken backward walk loses nothing.
     blinks = forge.create_callback("CorruptBlinks")
     blink_regs = [forge.register(blinks, routine, context=n) for n in range(2)]
     forge.after_linking(lambda f: machine.write_pointer(blink_regs[1].address + pointer, unmapped))

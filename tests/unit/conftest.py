@@ -1,17 +1,7 @@
-"""Make ``volatility3.plugins.windows.callback_objects`` importable the way ``vol -p
-volatility3_plugins`` does: our plugin folder goes first on ``volatility3.plugins.__path__``
-and its ``windows/__init__.py`` shim then extends the Windows package to the core folders."""
+"""Unit tests import the plugin's package under its installed name, ``volatility3_plugins``.
 
-import os
+Volatility's own Windows symbols must be imported before ``poolscanner`` (their modules import
+each other); a real run does so at start-up.
+"""
 
-import volatility3.plugins
-from volatility3.framework import constants
-
-PLUGIN_DIR = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "volatility3_plugins")
-)
-
-if PLUGIN_DIR not in volatility3.plugins.__path__:
-    volatility3.plugins.__path__ = [PLUGIN_DIR] + [
-        path for path in constants.PLUGINS_PATH if path != PLUGIN_DIR
-    ]
+import volatility3.framework.symbols.windows  # noqa: F401

@@ -1,12 +1,13 @@
-"""Hand-made kernel memory for unit tests: a sparse layer and a context with our ISF loaded."""
+"""Hand-made kernel memory for unit tests: a sparse layer and a run context over it."""
 
 import struct
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from volatility3.framework import contexts, exceptions
 from volatility3.framework.layers import physical
 
-from volatility3.plugins.windows.callback_objects import rawmem, structures
+from volatility3_plugins.windows.callback_objects import structures
+from volatility3_plugins.windows.callback_objects.kernel import KernelContext
 
 MASK48 = (1 << 48) - 1
 
@@ -20,6 +21,13 @@ class SparseLayer(physical.BufferDataLayer):
         super().__init__(context, config_path, name, b"")
         self._bits = bits
         self._regions: Dict[int, bytearray] = {}
+        #: Called after every change: run contexts cache pages, a test that rewrites memory
+        #: must not read the old bytes.
+        self.on_change: List[Callable[[], None]] = []
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     @property
     def maximum_address(self) -> int:
@@ -31,7 +39,7 @@ class SparseLayer(physical.BufferDataLayer):
 
     def map(self, base: int, size: int) -> None:
         self._regions[base & self.address_mask] = bytearray(size)
-        rawmem.forget(self)
+        self._changed()
 
     def _locate(self, offset: int, length: int) -> Optional[Tuple[bytearray, int]]:
         offset &= self.address_mask
@@ -61,9 +69,7 @@ class SparseLayer(physical.BufferDataLayer):
             raise exceptions.InvalidAddressException(self.name, address, "unmapped write")
         region, start = found
         region[start : start + len(data)] = data
-        # The plugin caches pages per layer for a run; a test that rewrites memory must not
-        # see the old bytes.
-        rawmem.forget(self)
+        self._changed()
 
     # convenience writers
     def ptr(self, address: int, value: int, size: int = 8) -> None:
@@ -86,3 +92,24 @@ def make_context(bits: int = 48):
 def load_our_table(context, is_64bit: bool = True, has_list: bool = True) -> str:
     layout = structures.Layout(is_64bit=is_64bit, has_callback_list=has_list)
     return structures.load_table(context, "test.symbols", layout)
+
+
+#: Where the test "kernel" module is based (its symbol table is ours: no kernel symbols).
+KERNEL_BASE = 0xFFFFF80010000000
+
+
+def make_kernel(bits: int = 48, has_list: bool = True):
+    """(run context, layer): a KernelContext over an empty sparse layer, our ISF loaded."""
+    context, layer = make_context(bits)
+    table = load_our_table(context, bits == 48, has_list)
+    module = context.module(table, layer_name="test", offset=KERNEL_BASE if bits == 48 else 0x82800000)
+    kernel = KernelContext(context, module.name, table, structures.Layout(bits == 48, has_list))
+    layer.on_change.append(kernel.reader.invalidate)
+    return kernel, layer
+
+
+def record(address: int, **values):
+    """A structure record as a view returns it, for tests that build rows by hand."""
+    from volatility3_plugins.windows.callback_objects.views import Record
+
+    return Record(address, dict(values), complete=True, zeroed=not any(values.values()))

@@ -3,13 +3,14 @@
 import struct
 
 from volatility3.framework import renderers
-from volatility3.plugins.windows.callback_objects import (
+from volatility3_plugins.windows.callback_objects import (
     attribution,
-    callback_object,
     expected,
-    inventory,
+    loaded_modules,
+    merge,
     pe_image,
     registrations,
+    rows,
 )
 
 from tests.unit import memory
@@ -50,19 +51,18 @@ def build_pe() -> bytes:
     return bytes(image)
 
 
-def _setup():
-    context, layer = memory.make_context()
-    table = memory.load_our_table(context)
+def _setup(complete=True):
+    kernel, layer = memory.make_kernel()
     layer.map(DRIVER, 0x3000)
     layer.write(DRIVER, build_pe())
     layer.map(KERNEL, 0x1000)  # kernel headers absent (zeros): not a PE
-    kernel = context.module(table, layer_name="test", offset=KERNEL)
     mods = [
-        attribution.LoadedModule(KERNEL & memory.MASK48, 0x100000, "ntoskrnl.exe", True),
-        attribution.LoadedModule(DRIVER & memory.MASK48, 0x3000, "test.sys", False),
-        attribution.LoadedModule(HIDDEN_HEADERS & memory.MASK48, 0x3000, "paged.sys", False),
+        loaded_modules.LoadedModule(KERNEL & memory.MASK48, 0x100000, "ntoskrnl.exe", True),
+        loaded_modules.LoadedModule(DRIVER & memory.MASK48, 0x3000, "test.sys", False),
+        loaded_modules.LoadedModule(HIDDEN_HEADERS & memory.MASK48, 0x3000, "paged.sys", False),
     ]
-    return context, layer, table, attribution.Attributor(context, kernel.name, mods)
+    module_list = loaded_modules.ModuleList(mods, available=True, complete=complete)
+    return kernel, layer, attribution.Attributor(kernel, module_list)
 
 
 def _addr(value):
@@ -70,8 +70,8 @@ def _addr(value):
 
 
 def test_pe_image_sections_and_exports():
-    context, _layer, _table, _attributor = _setup()
-    image = pe_image.read_pe_image(context, "test", DRIVER, 0x3000)
+    kernel, _layer, _attributor = _setup()
+    image = pe_image.read_pe_image(kernel, DRIVER, 0x3000)
     assert [(s.name, s.start, s.end, s.executable) for s in image.sections] == [
         (".text", 0x1000, 0x2000, True),
         (".rdata", 0x2000, 0x3000, False),
@@ -80,7 +80,7 @@ def test_pe_image_sections_and_exports():
 
 
 def test_export_symbol_and_executable_section():
-    _context, _layer, _table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     found = attributor.attribute(_addr(DRIVER + 0x1010))
     assert found.module.name == "test.sys"
     assert found.symbol == "AlphaRoutine"
@@ -88,27 +88,27 @@ def test_export_symbol_and_executable_section():
 
 
 def test_no_export_gives_module_offset():
-    _context, _layer, _table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     found = attributor.attribute(_addr(DRIVER + 0x1100))
     assert found.symbol == "test.sys+0x1100"
     assert found.executable is True
 
 
 def test_data_section_and_headers_are_not_executable():
-    _context, _layer, _table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     assert attributor.attribute(_addr(DRIVER + 0x2010)).executable is False
     assert attributor.attribute(_addr(DRIVER + 0x2010)).section == ".rdata"
     assert attributor.attribute(_addr(DRIVER + 0x100)).executable is False
 
 
 def test_outside_modules():
-    _context, _layer, _table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     found = attributor.attribute(_addr(0xFFFFF80055550000))
     assert found.module is None and found.symbol is None and not found.in_module
 
 
 def test_unreadable_headers_mean_unknown_not_non_executable():
-    _context, _layer, _table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     found = attributor.attribute(_addr(HIDDEN_HEADERS + 0x1234))
     assert found.module.name == "paged.sys"
     assert found.symbol == "paged.sys+0x1234"
@@ -116,61 +116,80 @@ def test_unreadable_headers_mean_unknown_not_non_executable():
 
 
 def test_kernel_without_isf_symbol_falls_back_to_offset():
-    _context, _layer, _table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     found = attributor.attribute(_addr(KERNEL + 0x4242))
     assert found.symbol == "ntoskrnl.exe+0x4242"
 
 
-def _record(context, table, name, allow_multiple):
+def _record(name, allow_multiple):
     obj = _addr(0xFFFFF80040000100)
-    body = callback_object.CallbackObjectBody(obj, 0x6C6C6143, allow_multiple, obj + 0x10)
-    return inventory.CallbackObjectRecord(
-        address=obj, name=name, routes={"list", "directory"}, body=body, layer_name="test",
-        table_name=table, pointer_size=8, list_walked=True, directory_walked=True,
+    body = memory.record(obj, Signature=0x6C6C6143, AllowMultipleCallbacks=allow_multiple)
+    return merge.CallbackObjectRecord(
+        address=obj, name=name, routes={"list", "directory"}, body=body, registrations_head=obj + 0x10,
+        list_state="complete", directory_complete=True,
     )
 
 
-def _reg(address, routine, owner):
-    return registrations.Registration(address, owner, routine, 0, 0, False)
+def _reg(address, routine, owner, zeroed=False):
+    return registrations.Registration(address, owner, routine, 0, 0, False, zeroed=zeroed)
+
+
+def _listed(*regs):
+    return registrations.RegistrationList(list(regs), complete=True)
 
 
 def test_rows_combine_attribution_rules_and_structure_checks():
-    context, _layer, table, attributor = _setup()
+    _kernel, _layer, attributor = _setup()
     rules = expected.parse({"objects": [{"name": "\\Callback\\Fixed", "allowed_modules": ["test.sys"]}]})
-    record = _record(context, table, "\\Callback\\Fixed", allow_multiple=False)
-    regs = [
+    record = _record("\\Callback\\Fixed", allow_multiple=False)
+    regs = _listed(
         _reg(1, _addr(DRIVER + 0x1010), record.address),  # allowed module, but a second one...
         _reg(2, _addr(0xFFFFF80055550000), record.address),  # outside any module
         _reg(3, _addr(DRIVER + 0x2010), record.address + 8),  # data section, wrong backlink
         _reg(4, renderers.UnreadableValue(), renderers.UnreadableValue()),
-    ]
-    rows = inventory.classify(record, regs, attributor, rules)
-    assert [row.flags for row in rows] == [
+        _reg(5, 0, 0, zeroed=True),  # a zeroed block: no evidence of anything
+        _reg(6, 0, record.address),  # a routine of zero: not "outside every module"
+    )
+    found = rows.object_rows(record, regs, attributor, rules)
+    assert [row.flags for row in found] == [
         ["multiple_on_exclusive"],
         ["outside_modules", "multiple_on_exclusive", "unexpected_registrant"],
         ["non_executable", "bad_backlink", "multiple_on_exclusive"],
         ["multiple_on_exclusive"],  # nothing readable: no guess about the routine
+        ["unreadable"],
+        ["multiple_on_exclusive"],
     ]
 
 
+def test_incomplete_module_list_proves_no_routine_outside_modules():
+    _kernel, _layer, attributor = _setup(complete=False)
+    rules = expected.parse({"objects": [{"name": "\\Callback\\Fixed", "allowed_modules": ["test.sys"]}]})
+    record = _record("\\Callback\\Fixed", allow_multiple=True)
+    regs = _listed(
+        _reg(1, _addr(0xFFFFF80055550000), record.address),  # in no module seen: maybe past the break
+        _reg(2, _addr(DRIVER + 0x1010), record.address),  # in a listed module: still attributed
+    )
+    found = rows.object_rows(record, regs, attributor, rules)
+    assert [row.flags for row in found] == [["list_incomplete"], []]
+    assert found[1].attribution.module.name == "test.sys"
+
+
 def test_object_without_registrations_gives_one_row():
-    context, _layer, table, attributor = _setup()
-    record = _record(context, table, None, allow_multiple=True)
+    _kernel, _layer, attributor = _setup()
+    record = _record(None, allow_multiple=True)
     record.directory_walked, record.routes = True, {"list"}
-    rows = inventory.classify(record, [], attributor, expected.ExpectedRegistrants({}))
-    assert len(rows) == 1 and rows[0].registration is None
-    assert rows[0].flags == ["not_in_directory"]
+    found = rows.object_rows(record, _listed(), attributor, expected.ExpectedRegistrants({}))
+    assert len(found) == 1 and found[0].registration is None
+    assert found[0].flags == ["not_in_directory"]
 
 
 def test_unavailable_module_list_raises_no_outside_modules():
-    context, _layer, table, _attributor = _setup()
-    # The test "kernel" module is named after its table, which has no PsLoadedModuleList:
-    # the module list cannot be read.
-    attributor = attribution.Attributor(context, table)
+    kernel, _layer, _attributor = _setup()
+    attributor = attribution.Attributor(kernel, loaded_modules.ModuleList())
     assert not attributor.modules_available
-    record = _record(context, table, None, allow_multiple=True)
-    rows = inventory.classify(
-        record, [_reg(1, _addr(0xFFFFF80055550000), record.address)], attributor,
+    record = _record(None, allow_multiple=True)
+    found = rows.object_rows(
+        record, _listed(_reg(1, _addr(0xFFFFF80055550000), record.address)), attributor,
         expected.ExpectedRegistrants({}),
     )
-    assert rows[0].flags == []
+    assert found[0].flags == []

@@ -2,7 +2,7 @@
 
 import json
 
-from volatility3.plugins.windows.callback_objects import expected
+from volatility3_plugins.windows.callback_objects import expected
 
 PATCHGUARD = "\\Callback\\542875F90F9B47F497B64BA219CACF69"
 

@@ -1,20 +1,22 @@
-"""The flag vocabulary, severity order and classification."""
+"""The flag vocabulary, severity order and classification, with the evidence rule: missing,
+unreadable or zeroed memory and walks that did not close never raise a suspicious flag."""
 
 import pytest
 
-from volatility3.plugins.windows.callback_objects import flags
+from volatility3_plugins.windows.callback_objects import flags
 
 CLEAN_OBJECT = dict(
-    found_by_directory=True,
-    directory_walked=True,
-    found_by_list=True,
-    list_walked=True,
+    body_readable=True,
     signature_ok=True,
+    list_state=flags.COMPLETE,
+    found_by_list=True,
+    directory_complete=True,
+    found_by_directory=True,
     global_mismatch=False,
     allow_multiple=True,
     registration_count=1,
 )
-CLEAN_REG = dict(backlink_ok=True, in_module=True, executable=True, unexpected_registrant=False)
+CLEAN_REG = dict(readable=True, backlink_ok=True, in_module=True, executable=True, unexpected_registrant=False)
 
 
 def _obj(**changes):
@@ -31,15 +33,14 @@ def test_vocabulary_is_the_contract():
         "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
         "unexpected_registrant", "global_mismatch",
     }
-    assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory"}
-    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 12
+    assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory", "list_incomplete", "unreadable"}
+    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 14
 
 
 def test_sort_puts_suspicious_before_informational_and_dedups():
     mixed = ["not_in_directory", "global_mismatch", "outside_modules", "not_in_directory"]
     assert flags.sort_flags(mixed) == ["outside_modules", "global_mismatch", "not_in_directory"]
-    assert flags.format_flags([]) == ""
-    assert flags.format_flags(["freed", "bad_backlink"]) == "bad_backlink,freed"
+    assert flags.sort_flags([]) == []
     ranks = [flags.SEVERITY_ORDER.index(f) for f in flags.SUSPICIOUS]
     assert max(ranks) < min(flags.SEVERITY_ORDER.index(f) for f in flags.INFORMATIONAL)
 
@@ -61,6 +62,10 @@ def test_clean_row_has_no_flags():
         ({}, {"unexpected_registrant": True}, ["unexpected_registrant"]),
         ({"global_mismatch": True}, {}, ["global_mismatch"]),
         ({"found_by_directory": False}, {}, ["not_in_directory"]),
+        ({"found_by_list": False, "list_state": flags.INCOMPLETE}, {}, ["list_incomplete"]),
+        ({}, {"in_module": None, "module_list_incomplete": True}, ["list_incomplete"]),
+        ({"body_readable": False, "signature_ok": False}, {}, ["unreadable"]),
+        ({}, {"readable": False}, ["unreadable"]),
     ],
 )
 def test_each_flag(obj_changes, reg_changes, expected):
@@ -70,10 +75,23 @@ def test_each_flag(obj_changes, reg_changes, expected):
 def test_unknowns_raise_nothing():
     # Unreadable fields and routes that could not run are not evidence of tampering.
     assert flags.classify(
-        _obj(list_walked=False, found_by_list=False, directory_walked=False,
+        _obj(list_state=None, found_by_list=False, directory_complete=False,
              found_by_directory=False, allow_multiple=None, registration_count=3),
         _reg(backlink_ok=None, in_module=None, executable=None),
     ) == []
+
+
+def test_unreadable_object_is_never_accused():
+    """A body that is missing or zeros: not bad_signature, not unlinked, not a global mismatch."""
+    result = flags.classify(
+        _obj(body_readable=False, signature_ok=False, found_by_list=False, global_mismatch=True)
+    )
+    assert result == ["unreadable"]
+
+
+def test_zeroed_registration_is_never_accused():
+    result = flags.classify(_obj(), _reg(readable=False, backlink_ok=False, in_module=False, executable=False))
+    assert result == ["unreadable"]
 
 
 def test_exclusive_object_with_one_registration_is_clean():
@@ -96,3 +114,18 @@ def test_combined_sorted_by_severity():
         "outside_modules", "bad_backlink", "multiple_on_exclusive",
         "unexpected_registrant", "global_mismatch", "not_in_directory",
     }
+
+
+def test_loose_registrations():
+    worst = flags.RegistrationFacts(
+        backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True
+    )
+    # Freed pool is full of stale blocks: nothing in it is evidence.
+    assert flags.classify_loose(worst, freed=True, owner_list_complete=True) == [flags.FREED]
+    assert flags.classify_loose(worst, freed=False, owner_list_complete=True) == [
+        flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.NON_EXECUTABLE, flags.ORPHAN_REGISTRATION
+    ]
+    clean = flags.RegistrationFacts(in_module=True, executable=True)
+    assert flags.classify_loose(clean, freed=False, owner_list_complete=True) == [flags.ORPHAN_REGISTRATION]
+    # The list of the object it names did not close: it may be a member past the break.
+    assert flags.classify_loose(clean, freed=False, owner_list_complete=False) == [flags.LIST_INCOMPLETE]

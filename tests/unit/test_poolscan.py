@@ -3,18 +3,21 @@ blocks found on no list, and hidden-driver attribution."""
 
 import struct
 
-from volatility3.plugins.windows.callback_objects import attribution, flags, poolscan, rawmem
+from volatility3_plugins.windows.callback_objects import attribution, flags, loaded_modules, poolscan, views
 
 from tests.unit import memory
 from tests.unit.test_attribution import DRIVER, _setup
 
 # x64 _POOL_HEADER: PreviousSize 0-7, PoolIndex 8-15, BlockSize 16-23, PoolType 24-31, then the tag.
-X64_POOL = poolscan.PoolLayout(
-    header_size=0x10,
-    unit=0x10,
-    tag_offset=4,
-    block_size=rawmem.BitField(0, 4, 16, 24),
-    pool_type=rawmem.BitField(0, 4, 24, 32),
+X64_POOL = views.StructView(
+    "_POOL_HEADER",
+    0x10,
+    [
+        views.Field("BlockSize", 0, 4, views.BITS, start_bit=16, bit_length=8),
+        views.Field("PoolType", 0, 4, views.BITS, start_bit=24, bit_length=8),
+        views.Field("PoolTag", 4, 4),
+    ],
+    memory.MASK48,
 )
 MINIMUM = {b"CBRe": 0x40, b"Call": 0x80, b"Cal\xec": 0x80, b"MmLd": 0x50}
 BASE = 0xFFFF9A8000000000 & memory.MASK48
@@ -25,7 +28,7 @@ def _header(units: int, pool_type: int, tag: bytes) -> bytes:
 
 
 def _scan(chunk: bytes, chunk_size: int = poolscan.CHUNK_SIZE):
-    scanner = poolscan.PoolTagScanner(X64_POOL, [b"CBRe", b"Call", b"Cal\xec"], MINIMUM)
+    scanner = poolscan.PoolTagScanner(X64_POOL, 0x10, {tag: MINIMUM[tag] for tag in (b"CBRe", b"Call", b"Cal\xec")})
     scanner.chunk_size = chunk_size
     return list(scanner(chunk, BASE))
 
@@ -64,35 +67,34 @@ def test_scanner_leaves_hits_in_the_overlap_to_the_next_chunk():
     assert len(_scan(bytes(chunk), chunk_size=0x1010)) == 1
 
 
-def test_freed_block_is_never_suspicious():
-    worst = flags.RegistrationFacts(
-        backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True
-    )
-    assert flags.classify_loose(worst, freed=True) == [flags.FREED]
-    assert flags.classify_loose(worst, freed=False) == [
-        flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.NON_EXECUTABLE, flags.ORPHAN_REGISTRATION
-    ]
-    clean = flags.RegistrationFacts(backlink_ok=None, in_module=True, executable=True, unexpected_registrant=False)
-    assert flags.classify_loose(clean, freed=False) == [flags.ORPHAN_REGISTRATION]
-
-
 def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():
+    clean_object = flags.ObjectFacts(True, True, flags.COMPLETE, True, True, True, False, True, 1)
     assert flags.classify(
-        flags.ObjectFacts(True, True, True, True, True, False, True, 1),
-        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True,
-                                unexpected_registrant=False, hidden_module=True),
+        clean_object,
+        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True, hidden_module=True),
     ) == [flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE]
 
 
+def test_only_allocated_loader_entries_are_hidden_module_candidates():
+    result = poolscan.ScanResult(ran=True)
+    result.modules = [
+        poolscan.ScannedModule(0x1000, 0x40000000, 0x3000, "ghost.sys", poolscan.ALLOCATED),
+        poolscan.ScannedModule(0x2000, 0x40000000, 0x3000, "ghost.sys", poolscan.FREED),
+        poolscan.ScannedModule(0x3000, 0x50000000, 0x3000, "unloaded.sys", poolscan.FREED),
+    ]
+    assert [(m.base, m.name, m.hidden) for m in result.hidden_module_candidates()] == [(0x40000000, "ghost.sys", True)]
+
+
 def test_hidden_modules_only_name_addresses_no_listed_module_covers():
-    context, _layer, table, listed = _setup()
+    kernel, _layer, listed = _setup()
     ghost_base = 0xFFFFF80040000000 & memory.MASK48  # beside every listed module
     hidden = [
-        attribution.LoadedModule(ghost_base, 0x3000, "ghost.sys", False, hidden=True),
+        loaded_modules.LoadedModule(ghost_base, 0x3000, "ghost.sys", False, hidden=True),
         # an entry for a listed driver (its MmLd block is in pool too): ignored
-        attribution.LoadedModule(DRIVER & memory.MASK48, 0x3000, "shadow.sys", False, hidden=True),
+        loaded_modules.LoadedModule(DRIVER & memory.MASK48, 0x3000, "shadow.sys", False, hidden=True),
     ]
-    attributor = attribution.Attributor(context, table, listed.modules, hidden_modules=hidden)
+    module_list = loaded_modules.ModuleList(listed.modules, available=True, complete=True)
+    attributor = attribution.Attributor(kernel, module_list, hidden_modules=hidden)
     assert [m.name for m in attributor.hidden_modules] == ["ghost.sys"]
     in_ghost = attributor.attribute(ghost_base + 0x1700)
     assert in_ghost.module.name == "ghost.sys" and in_ghost.hidden_module and not in_ghost.in_module
@@ -103,14 +105,16 @@ def test_hidden_modules_only_name_addresses_no_listed_module_covers():
 
 
 def test_canonical_kernel_pointers():
-    assert rawmem.is_kernel_pointer(0xFFFFF80312345678, 8)
-    assert not rawmem.is_kernel_pointer(0x00007FF612345678, 8)  # user space
-    assert not rawmem.is_kernel_pointer(0xDEADF80312345678, 8)  # not canonical
-    assert rawmem.is_kernel_pointer(0x82345678, 4) and not rawmem.is_kernel_pointer(0x7FFE0000, 4)
+    kernel, _layer = memory.make_kernel()
+    assert kernel.is_kernel_pointer(0xFFFFF80312345678)
+    assert not kernel.is_kernel_pointer(0x00007FF612345678)  # user space
+    assert not kernel.is_kernel_pointer(0xDEADF80312345678)  # not canonical
+    kernel32, _layer = memory.make_kernel(bits=32)
+    assert kernel32.is_kernel_pointer(0x82345678) and not kernel32.is_kernel_pointer(0x7FFE0000)
 
 
 def test_module_images_are_cut_out_of_the_scanned_sections():
-    from volatility3.plugins.windows.callback_objects.poolscan import without_ranges
+    from volatility3_plugins.windows.callback_objects.poolscan import without_ranges
 
     kernel_half = [(0x8000_0000_0000, 0x8000_0000_0000)]
     holes = [(0xF803_1240_0000, 0xD1_0000), (0xF803_1321_0000, 0xD000), (0x1000, 0x1000)]

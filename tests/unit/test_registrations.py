@@ -1,7 +1,7 @@
 """Reading callback objects and their registrations from hand-made memory with our ISF."""
 
 from volatility3.framework import renderers
-from volatility3.plugins.windows.callback_objects import callback_object, registrations, structures
+from volatility3_plugins.windows.callback_objects import registrations, structures
 
 from tests.unit import memory
 
@@ -37,39 +37,44 @@ def _link(layer, head, entries):
 
 
 def _setup():
-    context, layer = memory.make_context()
-    table = memory.load_our_table(context)
+    kernel, layer = memory.make_kernel()
     layer.map(BASE, 0x1000)
     _write_object(layer, OBJ, allow_multiple=1)
     _write_registration(layer, REG1, OBJ, ROUTINE, 0x1234, busy=2, waiting=1)
     _write_registration(layer, REG2, OBJ, ROUTINE + 0x10, 0)
     _link(layer, OBJ + 0x10, [REG1, REG2])
-    return context, layer, table
+    return kernel, layer
 
 
 def test_object_fields_read_exact_widths():
-    context, layer, table = _setup()
-    body = callback_object.read_callback_object(context, "test", table, OBJ)
-    assert body.signature == structures.CALLBACK_SIGNATURE  # 0xDEADBEEF padding ignored
-    assert body.signature_ok
-    assert body.allow_multiple is True  # one byte, garbage after it ignored
-    assert body.registrations_head == (OBJ + 0x10) & memory.MASK48
+    kernel, layer = _setup()
+    body = kernel.callback_object.read(kernel.reader, OBJ)
+    assert body.Signature == structures.CALLBACK_SIGNATURE  # 0xDEADBEEF padding ignored
+    assert body.AllowMultipleCallbacks is True  # one byte, garbage after it ignored
+    assert kernel.callback_object.offset("RegisteredCallbacks.Flink") == 0x10
+    assert body.complete and not body.zeroed
     layer.u8(OBJ + 0x20, 0)
-    assert callback_object.read_callback_object(context, "test", table, OBJ).allow_multiple is False
+    assert kernel.callback_object.read(kernel.reader, OBJ).AllowMultipleCallbacks is False
 
 
 def test_object_unmapped_is_unreadable_not_an_exception():
-    context, _layer, table = _setup()
-    body = callback_object.read_callback_object(context, "test", table, 0xFFFFF80099990000)
-    assert isinstance(body.signature, renderers.UnreadableValue)
-    assert isinstance(body.allow_multiple, renderers.UnreadableValue)
-    assert not body.signature_ok
+    kernel, _layer = _setup()
+    body = kernel.callback_object.read(kernel.reader, 0xFFFFF80099990000)
+    assert isinstance(body.Signature, renderers.UnreadableValue)
+    assert isinstance(body.AllowMultipleCallbacks, renderers.UnreadableValue)
+    assert not body.complete and body.zeroed
+
+
+def test_zeroed_object_is_told_apart():
+    kernel, layer = _setup()
+    assert kernel.callback_object.read(kernel.reader, BASE + 0xC00).zeroed
 
 
 def test_registrations_read():
-    context, _layer, table = _setup()
-    regs, walked = registrations.list_registrations(context, "test", table, OBJ + 0x10, 8)
-    assert walked.complete
+    kernel, _layer = _setup()
+    listed = registrations.list_registrations(kernel, OBJ + 0x10)
+    regs = listed.registrations
+    assert listed.complete
     assert [r.address for r in regs] == [REG1 & memory.MASK48, REG2 & memory.MASK48]
     first = regs[0]
     assert first.callback_object == OBJ & memory.MASK48
@@ -81,11 +86,11 @@ def test_registrations_read():
 
 
 def test_registration_partly_unmapped():
-    context, layer, table = _setup()
+    kernel, layer = _setup()
     # A registration at the very end of the mapped region: Link readable, the rest not.
     tail = BASE + 0x1000 - 0x10
     _link(layer, OBJ + 0x10, [REG1, tail])
-    regs, walked = registrations.list_registrations(context, "test", table, OBJ + 0x10, 8)
+    regs = registrations.list_registrations(kernel, OBJ + 0x10).registrations
     assert len(regs) == 2
     broken = regs[1]
     assert broken.address == tail & memory.MASK48
@@ -95,11 +100,9 @@ def test_registration_partly_unmapped():
 
 
 def test_registrations_bounded():
-    context, layer, table = _setup()
+    kernel, layer = _setup()
     entries = [BASE + 0x600 + 0x30 * i for i in range(20)]
     _link(layer, OBJ + 0x10, entries)
-    regs, walked = registrations.list_registrations(
-        context, "test", table, OBJ + 0x10, 8, max_entries=5
-    )
-    assert len(regs) == 5
-    assert not walked.complete
+    listed = registrations.list_registrations(kernel, OBJ + 0x10, max_entries=5)
+    assert len(listed.registrations) == 10  # five each way
+    assert not listed.complete

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from volatility3.plugins.windows.callback_objects import structures
+from volatility3_plugins.windows.callback_objects import structures
 
 from tests.unit import memory
 

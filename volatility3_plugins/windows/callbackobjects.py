@@ -1,27 +1,22 @@
 """``windows.callbackobjects``: every callback object, its registrations and their owners.
 
-The work lives in :mod:`volatility3.plugins.windows.callback_objects`; this module declares the
-requirements, exposes the reusable classmethods and renders the rows.
+The work lives in the ``callback_objects`` package beside this file; this module declares the
+requirements, exposes the reusable classmethods and renders the rows. An image goes to its rows
+through :mod:`.callback_objects.report` (routes, scan, merge) and
+:mod:`.callback_objects.rows` (classification).
 """
 
 import logging
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from volatility3.framework import constants, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
-from volatility3.plugins.windows import handles, modules, poolscanner
+from volatility3.framework.symbols import windows as windows_symbols  # noqa: F401 (before poolscanner: it breaks their import cycle)
+from volatility3.plugins.windows import poolscanner
 
-from volatility3.plugins.windows.callback_objects import (
-    attribution,
-    discovery,
-    expected,
-    flags,
-    inventory,
-    poolscan,
-    registrations,
-    structures,
-)
+from .callback_objects import merge, poolscan, registrations, report, rows, verdict
+from .callback_objects.kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
 
@@ -41,6 +36,8 @@ COLUMNS = [
     ("Flags", str),
 ]
 
+DEFAULT_CONFIG_PATH = "plugins.CallbackObjects"
+
 
 def _hex(value):
     """Hex for numbers, the absent value unchanged (UnreadableValue stays visible)."""
@@ -54,8 +51,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     and flags tampering."""
 
     _required_framework_version = (2, 0, 0)
-    # 1.1.0: pool scanning (scan route, orphan/freed rows, hidden modules), --no-scan
-    _version = (1, 1, 0)
+    # 2.0.0: one run context (KernelContext) for every step; classmethods take it
+    _version = (2, 0, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -64,12 +61,6 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 name="kernel",
                 description="Windows kernel",
                 architectures=["Intel32", "Intel64"],
-            ),
-            requirements.VersionRequirement(
-                name="modules", component=modules.Modules, version=(3, 0, 0)
-            ),
-            requirements.VersionRequirement(
-                name="handles", component=handles.Handles, version=(4, 0, 0)
             ),
             requirements.VersionRequirement(
                 name="poolscanner", component=poolscanner.PoolScanner, version=(3, 0, 0)
@@ -90,155 +81,143 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         ]
 
     @classmethod
-    def create_callback_symbol_table(
+    def build_kernel_context(
         cls,
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
-        config_path: str,
-    ) -> str:
-        """Loads our ISF for ``_CALLBACK_OBJECT``/``_CALLBACK_REGISTRATION`` with the layout
-        matching the kernel (pointer size; ExpCallbackListHead present = 8.1+ layout)."""
-        return structures.create_symbol_table(context, config_path, kernel_module_name)
+        config_path: str = DEFAULT_CONFIG_PATH,
+    ) -> KernelContext:
+        """Builds the state a run shares (layer, pointer size, our structure layouts, page
+        cache, ...), once; pass it to the other classmethods when calling several.
+
+        Args:
+            context: The context to retrieve required elements (layers, symbol tables) from
+            kernel_module_name: The name of the kernel module on which to operate
+            config_path: Where our symbol table's configuration goes
+
+        Returns:
+            The run context
+        """
+        return KernelContext.build(context, kernel_module_name, config_path)
 
     @classmethod
     def list_callback_objects(
         cls,
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
-        callback_table_name: Optional[str] = None,
-        config_path: str = "plugins.CallbackObjects",
+        config_path: str = DEFAULT_CONFIG_PATH,
         scan: Optional[poolscan.ScanResult] = None,
-        headers: Optional[discovery.ObjectHeaders] = None,
-    ) -> List[inventory.CallbackObjectRecord]:
-        """Every callback object found by the list, directory and global routes (and by the
-        pool scan ``scan`` when given), merged by body address and sorted by it. Loads our
-        ISF when ``callback_table_name`` is None."""
-        if callback_table_name is None:
-            callback_table_name = cls.create_callback_symbol_table(
-                context, kernel_module_name, config_path
-            )
-        return inventory.collect_objects(
-            context,
-            kernel_module_name,
-            callback_table_name,
-            scanned=scan.objects if scan is not None else None,
-            headers=headers,
-        )
+        kernel: Optional[KernelContext] = None,
+    ) -> List[merge.CallbackObjectRecord]:
+        """Every callback object found by the list, directory and global routes (and by a pool
+        scan's result when given), merged by body address and sorted by it.
 
-    @classmethod
-    def scan_pool(
-        cls,
-        context: interfaces.context.ContextInterface,
-        kernel_module_name: str,
-        callback_table_name: Optional[str] = None,
-        config_path: str = "plugins.CallbackObjects",
-        objects: bool = True,
-        registrations: bool = True,
-        modules: bool = True,
-        progress_callback: Optional[constants.ProgressCallback] = None,
-        headers: Optional[discovery.ObjectHeaders] = None,
-        loaded_modules: Optional[List[attribution.LoadedModule]] = None,
-    ) -> poolscan.ScanResult:
-        """One pass over kernel pool for callback objects (``Call``), registration blocks
-        (``CBRe``) and loader entries (``MmLd``), every hit validated (see ``poolscan``).
-        The images of ``loaded_modules`` (PsLoadedModuleList when None) are not searched."""
-        if callback_table_name is None:
-            callback_table_name = cls.create_callback_symbol_table(
-                context, kernel_module_name, config_path
-            )
-        if headers is None:
-            headers = inventory.object_headers(context, kernel_module_name)
-        if loaded_modules is None:
-            loaded_modules = attribution.list_loaded_modules(context, kernel_module_name)
-        scanner = poolscan.CallbackPoolScan(
-            context, kernel_module_name, callback_table_name, headers
-        )
-        images = [(module.base, module.size) for module in loaded_modules or []]
-        return scanner.run(objects, registrations, modules, progress_callback, images)
+        Args:
+            context: The context to retrieve required elements (layers, symbol tables) from
+            kernel_module_name: The name of the kernel module on which to operate
+            config_path: Where our symbol table's configuration goes
+            scan: A result of :meth:`scan_pool`, whose callback objects join the routes
+            kernel: A run context from :meth:`build_kernel_context` (built when None)
 
-    @classmethod
-    def scan_callback_objects(
-        cls,
-        context: interfaces.context.ContextInterface,
-        kernel_module_name: str,
-        callback_table_name: Optional[str] = None,
-        config_path: str = "plugins.CallbackObjects",
-    ) -> List[int]:
-        """Bodies of the callback objects found in pool (allocated, header type Callback)."""
-        return cls.scan_pool(
-            context, kernel_module_name, callback_table_name, config_path,
-            objects=True, registrations=False, modules=False,
-        ).objects
-
-    @classmethod
-    def scan_registrations(
-        cls,
-        context: interfaces.context.ContextInterface,
-        kernel_module_name: str,
-        callback_table_name: Optional[str] = None,
-        config_path: str = "plugins.CallbackObjects",
-    ) -> List[Tuple[int, bool]]:
-        """``(address, in freed pool)`` of every registration block found in pool whose
-        routine and CallbackObject are kernel pointers (linked ones included)."""
-        return cls.scan_pool(
-            context, kernel_module_name, callback_table_name, config_path,
-            objects=False, registrations=True, modules=False,
-        ).registrations
-
-    @staticmethod
-    def hidden_modules(scan: poolscan.ScanResult) -> List[attribution.LoadedModule]:
-        """Loader entries found in pool, one per image base (an allocated entry wins over a
-        freed one); the Attributor keeps those PsLoadedModuleList does not cover."""
-        chosen: Dict[int, poolscan.ScannedModule] = {}
-        for module in scan.modules:
-            current = chosen.get(module.base)
-            if current is None or (current.free and not module.free):
-                chosen[module.base] = module
-        return [
-            attribution.LoadedModule(m.base, m.size, m.name, is_kernel=False, hidden=True)
-            for m in list(chosen.values())[: attribution.MAX_MODULES]
-        ]
+        Returns:
+            One record per callback object
+        """
+        kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
+        scanned = [block.address for block in scan.objects] if scan is not None else []
+        return merge.collect_objects(kernel, scanned).objects
 
     @classmethod
     def list_registrations(
         cls,
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
-        callback_object: inventory.CallbackObjectRecord,
-    ) -> List[registrations.Registration]:
-        """The registrations linked from the object's ``RegisteredCallbacks`` (bounded)."""
-        regs, _walked = inventory.read_registrations(context, callback_object)
-        return regs
+        callback_object: merge.CallbackObjectRecord,
+        config_path: str = DEFAULT_CONFIG_PATH,
+        kernel: Optional[KernelContext] = None,
+    ) -> registrations.RegistrationList:
+        """The registrations linked from an object's ``RegisteredCallbacks`` list (bounded).
+
+        Args:
+            context: The context to retrieve required elements (layers, symbol tables) from
+            kernel_module_name: The name of the kernel module on which to operate
+            callback_object: A record from :meth:`list_callback_objects`
+            config_path: Where our symbol table's configuration goes
+            kernel: A run context from :meth:`build_kernel_context` (built when None)
+
+        Returns:
+            The registrations, and whether the list walk closed
+        """
+        kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
+        return registrations.list_registrations(kernel, callback_object.registrations_head)
 
     @classmethod
-    def classify(
+    def scan_pool(
         cls,
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
-        callback_object: inventory.CallbackObjectRecord,
-        registration_list: List[registrations.Registration],
-        attributor: Optional[attribution.Attributor] = None,
-        rules: Optional[expected.ExpectedRegistrants] = None,
-    ) -> List[inventory.Row]:
-        """The output rows of one object (one per registration, or one without), with owner
-        attribution and flags sorted by severity. Pass a shared ``attributor`` when
-        classifying many objects: it caches the module list and parsed PE headers."""
-        attributor = attributor or attribution.Attributor(context, kernel_module_name)
-        rules = rules if rules is not None else expected.load()
-        return inventory.classify(callback_object, registration_list, attributor, rules)
+        config_path: str = DEFAULT_CONFIG_PATH,
+        kinds=poolscan.ALL_KINDS,
+        progress_callback: Optional[constants.ProgressCallback] = None,
+        kernel: Optional[KernelContext] = None,
+    ) -> poolscan.ScanResult:
+        """One pass over kernel pool for the scan targets of ``kinds`` (callback objects,
+        registration blocks, loader entries; see ``poolscan.builtin_targets``), every hit
+        validated; the images of loaded modules are not searched.
+
+        Args:
+            context: The context to retrieve required elements (layers, symbol tables) from
+            kernel_module_name: The name of the kernel module on which to operate
+            config_path: Where our symbol table's configuration goes
+            kinds: Which targets to look for (``poolscan.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
+            progress_callback: Receives the scan's progress
+            kernel: A run context from :meth:`build_kernel_context` (built when None)
+
+        Returns:
+            The validated blocks, with their allocation state
+        """
+        kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
+        images = [(module.base, module.size) for module in kernel.loaded_modules.modules]
+        return poolscan.scan_pool(kernel, kinds, progress_callback, images)
+
+    @classmethod
+    def list_loose_registrations(
+        cls,
+        context: interfaces.context.ContextInterface,
+        kernel_module_name: str,
+        callback_objects: List[merge.CallbackObjectRecord],
+        scan: poolscan.ScanResult,
+        config_path: str = DEFAULT_CONFIG_PATH,
+        kernel: Optional[KernelContext] = None,
+    ) -> List[Tuple[registrations.Registration, str]]:
+        """The loose registrations: blocks the scan found on none of the objects' lists whose
+        ``CallbackObject`` names one of ``callback_objects``.
+
+        Args:
+            context: The context to retrieve required elements (layers, symbol tables) from
+            kernel_module_name: The name of the kernel module on which to operate
+            callback_objects: Records from :meth:`list_callback_objects`
+            scan: A result of :meth:`scan_pool` that looked for registrations
+            config_path: Where our symbol table's configuration goes
+            kernel: A run context from :meth:`build_kernel_context` (built when None)
+
+        Returns:
+            (registration, allocation state) pairs, grouped by the object they name
+        """
+        kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
+        linked = set()
+        for record in callback_objects:
+            listed = registrations.list_registrations(kernel, record.registrations_head)
+            linked.update(reg.address for reg in listed.registrations)
+        known = {record.address for record in callback_objects}
+        return registrations.loose_registrations(kernel, scan.registrations, linked, known)
 
     @staticmethod
-    def row_values(row: inventory.Row) -> Tuple:
+    def row_values(row: rows.Row) -> Tuple:
         """The TreeGrid values of a row, in ``COLUMNS`` order."""
         record = row.record
         na = renderers.NotApplicableValue
         name = record.name if record.name is not None else na()
-        values = [
-            format_hints.Hex(record.address),
-            name,
-            record.body.allow_multiple,
-            record.found_by,
-        ]
+        values = [format_hints.Hex(record.address), name, record.allow_multiple, record.found_by]
         reg = row.registration
         if reg is None:
             values += [na() for _ in range(7)]
@@ -261,77 +240,23 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         values.append(",".join(row.flags))
         return tuple(values)
 
-    def _generator(self) -> Iterator[Tuple[int, Tuple]]:
-        kernel_module_name = self.config["kernel"]
-        table_name = self.create_callback_symbol_table(
-            self.context, kernel_module_name, self.config_path
-        )
-        # Built once: the type map and header offsets serve both the scan and the routes, the
-        # module list both the scan (images it skips) and attribution.
-        headers = inventory.object_headers(self.context, kernel_module_name)
-        loaded_modules = attribution.list_loaded_modules(self.context, kernel_module_name)
-        scan: Optional[poolscan.ScanResult] = None
-        if not self.config.get("no_scan", False):
-            scan = self.scan_pool(
-                self.context,
-                kernel_module_name,
-                table_name,
-                progress_callback=self._progress_callback,
-                headers=headers,
-                loaded_modules=loaded_modules,
-            )
-        records = self.list_callback_objects(
-            self.context, kernel_module_name, table_name, scan=scan, headers=headers
-        )
-        attributor = attribution.Attributor(
-            self.context,
-            kernel_module_name,
-            loaded_modules=loaded_modules,
-            hidden_modules=self.hidden_modules(scan) if scan is not None else (),
-        )
-        rules = expected.load()
+    def _generator(self, found: report.Report) -> Iterator[Tuple[int, Tuple]]:
         only_suspicious = bool(self.config.get("suspicious", False))
-        counts = {"registrations": 0, "flagged": 0, "suspicious": 0}
-
-        def emit(row: inventory.Row) -> Iterator[Tuple[int, Tuple]]:
-            is_suspicious = any(flags.is_suspicious(f) for f in row.flags)
-            counts["flagged"] += bool(row.flags)
-            counts["suspicious"] += is_suspicious
-            # Counted before filtering: the log line describes the whole image.
-            if not (only_suspicious and not is_suspicious):
-                yield 0, self.row_values(row)
-
-        # Registrations reached by a list walk: a scanned block among them is not reported
-        # again. Only addresses are kept, so memory stays flat with the number of rows.
-        linked: Set[int] = set()
-        for record in records:
-            regs = self.list_registrations(self.context, kernel_module_name, record)
-            counts["registrations"] += len(regs)
-            if scan is not None:
-                linked.update(reg.address for reg in regs)
-            for row in self.classify(
-                self.context, kernel_module_name, record, regs, attributor, rules
-            ):
-                yield from emit(row)
-        loose = 0
-        if scan is not None:
-            by_address = {record.address: record for record in records}
-            kernel = self.context.modules[kernel_module_name]
-            found = poolscan.loose_registrations(
-                self.context, kernel.layer_name, table_name, scan.registrations, linked,
-                set(by_address),
-            )
-            # Grouped by the object they name, after every listed row.
-            found.sort(key=lambda item: (int(item[0].callback_object), item[0].address))
-            for reg, freed in found:
-                loose += 1
-                record = by_address[int(reg.callback_object)]
-                yield from emit(inventory.classify_loose(record, reg, freed, attributor))
-        vollog.info(
-            f"{len(records)} callback objects, {counts['registrations']} linked registrations"
-            + (f", {loose} unlinked or freed blocks from the pool scan" if scan is not None else "")
-            + f", {counts['flagged']} flagged rows ({counts['suspicious']} suspicious)"
-        )
+        for row in found.rows():
+            if only_suspicious and not row.suspicious:
+                continue
+            yield 0, self.row_values(row)
+        # Said at warning level: the responder sees it without -v, also with -q.
+        vollog.warning(verdict.verdict_line(found))
 
     def run(self) -> renderers.TreeGrid:
-        return renderers.TreeGrid(COLUMNS, self._generator())
+        """Refuses, before printing anything, an image that cannot support a verdict (wrong
+        symbol table, truncated or unreadable memory): an exception the command line explains,
+        with a non-zero exit, instead of a clean-looking table."""
+        kernel = self.build_kernel_context(self.context, self.config["kernel"], self.config_path)
+        verdict.check_symbols(kernel)
+        found = report.collect(
+            kernel, scan=not self.config.get("no_scan", False), progress_callback=self._progress_callback
+        )
+        verdict.check_usable(found)
+        return renderers.TreeGrid(COLUMNS, self._generator(found))

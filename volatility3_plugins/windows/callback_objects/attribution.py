@@ -1,42 +1,23 @@
 """Owner module, symbol and section of a routine address.
 
-Modules come from ``PsLoadedModuleList`` (Volatility's ``modules.Modules.list_modules``), each
-covering [DllBase, DllBase + SizeOfImage). Symbols: the kernel ISF for the kernel image,
-export names (read from memory, pefile) for drivers, otherwise ``module+0xOFFSET``. Sections
-come from the in-memory section headers and decide ``non_executable``.
+Modules come from ``PsLoadedModuleList`` (:mod:`.loaded_modules`), each covering
+[DllBase, DllBase + SizeOfImage). Symbols: the kernel ISF for the kernel image, export names
+(read from memory, pefile) for drivers, otherwise ``module+0xOFFSET``. Sections come from the
+in-memory section headers and decide ``non_executable``.
 """
 
 import bisect
 import dataclasses
-import itertools
 import logging
-from typing import Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
 
-from volatility3.framework import constants, exceptions, interfaces
-from volatility3.plugins.windows import modules as vol_modules
+from . import pe_image
+from .loaded_modules import MAX_MODULES, LoadedModule, ModuleList
 
-from volatility3.plugins.windows.callback_objects import pe_image
+if TYPE_CHECKING:
+    from .kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
-
-MAX_MODULES = 4096
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModule:
-    base: int
-    size: int
-    name: Optional[str]  # BaseDllName; None when unreadable
-    is_kernel: bool
-    #: Found by pool scanning (its loader entry), not in PsLoadedModuleList
-    hidden: bool = False
-
-    def contains(self, address: int) -> bool:
-        return self.base <= address < self.base + self.size
-
-    @property
-    def label(self) -> str:
-        return self.name if self.name else f"{self.base:#x}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,66 +38,27 @@ class Attribution:
         return self.module is not None and self.module.hidden
 
 
-def list_loaded_modules(
-    context: interfaces.context.ContextInterface, kernel_module_name: str
-) -> Optional[List[LoadedModule]]:
-    """The modules of PsLoadedModuleList, bounded, skipping entries without a usable range.
-    None when the list cannot be walked at all (then no routine can be called outside)."""
-    kernel = context.modules[kernel_module_name]
-    mask = context.layers[kernel.layer_name].address_mask
-    kernel_base = kernel.offset & mask
-    found: List[LoadedModule] = []
-    try:
-        listed = vol_modules.Modules.list_modules(context, kernel_module_name)
-        for mod in itertools.islice(listed, MAX_MODULES):
-            try:
-                base = int(mod.DllBase) & mask
-                size = int(mod.SizeOfImage)
-            except exceptions.InvalidAddressException:
-                vollog.debug(f"module entry at {mod.vol.offset:#x} unreadable, skipped")
-                continue
-            if not base or not size:
-                continue
-            try:
-                name: Optional[str] = mod.BaseDllName.get_string()
-            except exceptions.InvalidAddressException:
-                name = None
-            found.append(LoadedModule(base, size, name or None, base == kernel_base))
-    except exceptions.InvalidAddressException as excp:
-        vollog.warning(f"PsLoadedModuleList walk stopped early: {excp}")
-    except (exceptions.SymbolError, ValueError) as excp:
-        vollog.warning(f"PsLoadedModuleList unavailable ({excp}): routines not attributed")
-        return None
-    if not found:
-        vollog.warning("PsLoadedModuleList is empty: routines not attributed")
-        return None
-    return found
-
-
 class Attributor:
     """Resolves routine addresses to modules; parses each module's PE at most once."""
 
     def __init__(
         self,
-        context: interfaces.context.ContextInterface,
-        kernel_module_name: str,
-        loaded_modules: Optional[Iterable[LoadedModule]] = None,
+        kernel: "KernelContext",
+        module_list: Optional[ModuleList] = None,
         hidden_modules: Iterable[LoadedModule] = (),
     ) -> None:
-        self._context = context
-        self._kernel_module_name = kernel_module_name
-        kernel = context.modules[kernel_module_name]
-        self._layer_name = kernel.layer_name
-        if loaded_modules is None:
-            loaded_modules = list_loaded_modules(context, kernel_module_name)
-        #: False when the module list could not be read: "in no module" would then be a guess.
-        self.modules_available = loaded_modules is not None
-        self._modules = sorted(loaded_modules or [], key=lambda m: m.base)
+        self._kernel = kernel
+        module_list = module_list if module_list is not None else kernel.loaded_modules
+        #: The module list could be read at all.
+        self.modules_available = module_list.available
+        #: "In no module" is evidence only when the whole module list was read.
+        self.modules_complete = module_list.available and module_list.complete
+        self._modules = sorted(module_list.modules, key=lambda m: m.base)
         self._bases = [m.base for m in self._modules]
         # Driver images that scanning sees and the list does not: consulted only for an
         # address in no listed module.
         self._hidden = sorted(
-            (m for m in hidden_modules if self._listed_at(m.base) is None), key=lambda m: m.base
+            (m for m in list(hidden_modules)[:MAX_MODULES] if self._listed_at(m.base) is None), key=lambda m: m.base
         )
         self._images: Dict[int, Optional[pe_image.PeImage]] = {}
         # Many registrations share a routine (one driver registers on many objects).
@@ -150,25 +92,13 @@ class Attributor:
     def image(self, module: LoadedModule) -> Optional[pe_image.PeImage]:
         if module.base not in self._images:
             self._images[module.base] = pe_image.read_pe_image(
-                self._context,
-                self._layer_name,
+                self._kernel,
                 module.base,
                 module.size,
                 # The kernel's names come from its ISF, which also names non-exported code.
                 with_exports=not module.is_kernel,
             )
         return self._images[module.base]
-
-    def _kernel_symbol(self, address: int) -> Optional[str]:
-        kernel = self._context.modules[self._kernel_module_name]
-        try:
-            names = kernel.get_symbols_by_absolute_location(address)
-        except (exceptions.SymbolError, ValueError) as excp:
-            vollog.log(constants.LOGLEVEL_VVV, f"kernel symbol lookup {address:#x}: {excp}")
-            return None
-        if not names:
-            return None
-        return sorted(name.split(constants.BANG, 1)[-1] for name in names)[0]
 
     def attribute(self, address: int) -> Attribution:
         found = self._attributions.get(address)
@@ -184,7 +114,7 @@ class Attributor:
         image = self.image(module)
         symbol: Optional[str] = None
         if module.is_kernel:
-            symbol = self._kernel_symbol(address)
+            symbol = self._kernel.kernel_symbol_at(address)
         elif image is not None:
             symbol = image.exports.get(rva)
         if symbol is None:

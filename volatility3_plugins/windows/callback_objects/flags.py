@@ -3,6 +3,11 @@
 The names are the product's contract (see the project notes, "Detection flags"): users script
 against them, so never rename one. ``SEVERITY_ORDER`` is the single place that orders them:
 suspicious flags first, then informational ones; the ``Flags`` column is sorted by it.
+
+The evidence rule: a suspicious flag rests on something read from memory. Memory that is
+missing, unreadable or all zeros proves nothing, and neither does absence from a walk that did
+not reach its end: such rows get the informational ``unreadable`` or ``list_incomplete``
+instead, so the analyst sees what could not be judged.
 """
 
 import dataclasses
@@ -22,6 +27,8 @@ GLOBAL_MISMATCH = "global_mismatch"
 # Informational
 FREED = "freed"  # needs pool scanning
 NOT_IN_DIRECTORY = "not_in_directory"
+LIST_INCOMPLETE = "list_incomplete"
+UNREADABLE = "unreadable"
 
 SUSPICIOUS = (
     OUTSIDE_MODULES,
@@ -35,15 +42,17 @@ SUSPICIOUS = (
     UNEXPECTED_REGISTRANT,
     GLOBAL_MISMATCH,
 )
-INFORMATIONAL = (FREED, NOT_IN_DIRECTORY)
+INFORMATIONAL = (FREED, NOT_IN_DIRECTORY, LIST_INCOMPLETE, UNREADABLE)
 
 #: Most severe first. Within the suspicious group the order puts code-location findings
 #: (where the routine runs) before structure tampering, then data-driven findings.
 SEVERITY_ORDER = SUSPICIOUS + INFORMATIONAL
 _RANK = {name: rank for rank, name in enumerate(SEVERITY_ORDER)}
 
-# Object-level flags apply to every row of the object, registration-level ones to one row.
-OBJECT_FLAGS = frozenset({UNLINKED_OBJECT, BAD_SIGNATURE, GLOBAL_MISMATCH, NOT_IN_DIRECTORY})
+#: States of a list walk, as the facts carry them (None: no such list on this kernel, or the
+#: route could not run at all).
+COMPLETE = "complete"
+INCOMPLETE = "incomplete"
 
 
 def is_suspicious(flag: str) -> bool:
@@ -56,47 +65,58 @@ def sort_flags(flags: Iterable[str]) -> List[str]:
     return sorted(unique, key=lambda f: (_RANK.get(f, len(_RANK)), f))
 
 
-def format_flags(flags: Iterable[str]) -> str:
-    """The ``Flags`` column: comma-separated, most severe first, empty string when clean."""
-    return ",".join(sort_flags(flags))
-
-
 @dataclasses.dataclass
 class ObjectFacts:
-    """What the routes and the object read told us, as classification input."""
+    """What the routes and the object's read told us, as classification input."""
 
-    found_by_directory: bool
-    directory_walked: bool  # False: the \\Callback walk failed, not_in_directory is unknown
-    found_by_list: bool
-    list_walked: bool  # False on Windows 7 or when ExpCallbackListHead could not be read
+    #: The body was read and is not all zeros: only then can it be judged at all.
+    body_readable: bool
     signature_ok: bool
+    #: ``ExpCallbackListHead`` (8.1+): COMPLETE, INCOMPLETE, or None (no list / unavailable).
+    list_state: Optional[str]
+    found_by_list: bool
+    #: The ``\\Callback`` directory was walked to its end.
+    directory_complete: bool
+    found_by_directory: bool
+    #: A ``nt!ExCb*`` global points here and the object's header, read, names another object.
     global_mismatch: bool
     allow_multiple: Optional[bool]  # None when unreadable
+    #: Readable registrations on the object's list.
     registration_count: int
 
 
 @dataclasses.dataclass
 class RegistrationFacts:
-    backlink_ok: Optional[bool]  # None when CallbackObject is unreadable
-    in_module: Optional[bool]  # None when the routine is unreadable
-    executable: Optional[bool]  # None when unknown (no section headers, no module)
-    unexpected_registrant: bool
-    #: The routine lies in a driver image found by scanning, absent from the module list
+    #: Some byte of the block read as non-zero: only then is it evidence of anything.
+    readable: bool = True
+    backlink_ok: Optional[bool] = None  # None when CallbackObject is unreadable or zero
+    #: In a listed module (True), in none of a complete module list (False), or unknown (None:
+    #: routine unreadable or zero, or no module of an incomplete list holds it).
+    in_module: Optional[bool] = None
+    #: The routine lies in no module of a module list whose walk did not close.
+    module_list_incomplete: bool = False
+    executable: Optional[bool] = None  # None when unknown (no section headers, no module)
+    unexpected_registrant: bool = False
+    #: The routine lies in an allocated driver loader entry found by scanning, absent from a
+    #: complete module list.
     hidden_module: bool = False
 
 
 def classify_object(facts: ObjectFacts) -> Set[str]:
     """Flags that belong to the object, hence to each of its rows."""
     found: Set[str] = set()
+    if facts.directory_complete and not facts.found_by_directory:
+        found.add(NOT_IN_DIRECTORY)
+    if not facts.body_readable:
+        # Missing or zeroed memory: not even that it is a callback object can be told.
+        found.add(UNREADABLE)
+        return found
     if not facts.signature_ok:
         found.add(BAD_SIGNATURE)
     if facts.global_mismatch:
         found.add(GLOBAL_MISMATCH)
-    # Only meaningful when the list could be walked: otherwise every object would look unlinked.
-    if facts.list_walked and not facts.found_by_list:
-        found.add(UNLINKED_OBJECT)
-    if facts.directory_walked and not facts.found_by_directory:
-        found.add(NOT_IN_DIRECTORY)
+    if facts.list_state is not None and not facts.found_by_list:
+        found.add(UNLINKED_OBJECT if facts.list_state == COMPLETE else LIST_INCOMPLETE)
     return found
 
 
@@ -109,11 +129,15 @@ def classify_routine(facts: RegistrationFacts) -> Set[str]:
         found.add(HIDDEN_MODULE)
     if facts.executable is False:
         found.add(NON_EXECUTABLE)
+    if facts.module_list_incomplete:
+        found.add(LIST_INCOMPLETE)
     return found
 
 
 def classify_registration(facts: RegistrationFacts, object_facts: ObjectFacts) -> Set[str]:
     """Flags of one registration row (object-level flags not included)."""
+    if not facts.readable:
+        return {UNREADABLE}
     found = classify_routine(facts)
     if facts.backlink_ok is False:
         found.add(BAD_BACKLINK)
@@ -135,17 +159,20 @@ def classify(
     return sort_flags(found)
 
 
-def classify_loose(facts: RegistrationFacts, freed: bool) -> List[str]:
-    """Flags of a registration block found by scanning on no object's list.
+def classify_loose(facts: RegistrationFacts, freed: bool, owner_list_complete: bool) -> List[str]:
+    """Flags of a loose registration: a block the scan found on no walked list.
 
     Freed pool is full of stale blocks (the false positive of scanners that report them as
     live): a freed block is ``freed`` and nothing else, whatever its stale contents say. An
-    allocated one is ``orphan_registration`` plus what its routine's location says; the
-    object-level flags stay on the rows of the object its ``CallbackObject`` names.
+    allocated one is ``orphan_registration`` when the list of the object it names was walked
+    to its end (``list_incomplete`` when not: it may be a member past the break), plus what its
+    routine's location says; the object-level flags stay on the rows of that object.
     """
     if freed:
         return [FREED]
-    return sort_flags({ORPHAN_REGISTRATION} | classify_routine(facts))
+    return sort_flags(
+        {ORPHAN_REGISTRATION if owner_list_complete else LIST_INCOMPLETE} | classify_routine(facts)
+    )
 
 
 def vocabulary() -> Sequence[str]:

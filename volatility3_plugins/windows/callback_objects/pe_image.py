@@ -7,11 +7,14 @@ without limit.
 
 import dataclasses
 import logging
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import pefile
 
 from volatility3.framework import constants, exceptions, interfaces
+
+if TYPE_CHECKING:
+    from .kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
 
@@ -54,14 +57,13 @@ def _align_up(value: int, alignment: int) -> int:
 
 
 def read_pe_image(
-    context: interfaces.context.ContextInterface,
-    layer_name: str,
+    kernel: "KernelContext",
     base: int,
     size_of_image: int,
     with_exports: bool = True,
 ) -> Optional[PeImage]:
     """Parses the in-memory image at ``base``; None when its headers are unreadable or not a PE."""
-    layer = context.layers[layer_name]
+    layer = kernel.layer
     try:
         headers = layer.read(base, HEADER_READ_SIZE)
     except exceptions.InvalidAddressException:

@@ -1,138 +1,96 @@
-"""Walking ``RegisteredCallbacks`` of a callback object and reading each registration."""
+"""Registrations (``ExRegisterCallback`` blocks): read one, or walk an object's list of them."""
 
 import dataclasses
-import functools
-from typing import List, Tuple, Union
+import logging
+from typing import TYPE_CHECKING, Collection, Iterable, List, Tuple
 
-from volatility3.framework import exceptions, interfaces
+from . import walk
+from .views import Record, Value
 
-from volatility3.plugins.windows.callback_objects import fields, rawmem, structures, walk
+if TYPE_CHECKING:
+    from .kernel import KernelContext
+    from .poolscan import ScannedBlock
 
-Absent = interfaces.renderers.BaseAbsentValue
+vollog = logging.getLogger(__name__)
 
 MAX_REGISTRATIONS = 1024
 
 
 @dataclasses.dataclass
 class Registration:
+    """One ``_CALLBACK_REGISTRATION``; a field that could not be read is UnreadableValue.
+    Pointers are masked to the layer's width, as Volatility renders them."""
+
     address: int  # == address of its Link (offset 0)
-    callback_object: Union[int, Absent]
-    routine: Union[int, Absent]
-    context: Union[int, Absent]
-    busy: Union[int, Absent]
-    unregister_waiting: Union[bool, Absent]
+    callback_object: Value
+    routine: Value
+    context: Value
+    busy: Value
+    unregister_waiting: Value
+    #: Every byte that could be read is zero (or none could): the block proves nothing.
+    zeroed: bool = False
+
+    @classmethod
+    def from_record(cls, record: Record) -> "Registration":
+        return cls(
+            address=record.address,
+            callback_object=record.CallbackObject,
+            routine=record.CallbackFunction,
+            context=record.CallbackContext,
+            busy=record.Busy,
+            unregister_waiting=record.UnregisterWaiting,
+            zeroed=record.zeroed,
+        )
 
 
-@dataclasses.dataclass(frozen=True)
-class RegistrationLayout:
-    """Where the fields of ``_CALLBACK_REGISTRATION`` are, from our ISF."""
+@dataclasses.dataclass
+class RegistrationList:
+    """The registrations an object's ``RegisteredCallbacks`` list holds."""
 
-    size: int
-    pointer_size: int
-    callback_object: rawmem.Field
-    routine: rawmem.Field
-    context: rawmem.Field
-    busy: rawmem.Field
-    unregister_waiting: rawmem.Field
+    registrations: List[Registration]
+    #: A walk closed on the head: a block on no list of this object is really off it.
+    complete: bool
 
 
-@functools.lru_cache(maxsize=16)
-def _layout(context: interfaces.context.ContextInterface, table_name: str) -> RegistrationLayout:
-    name = structures.type_name(table_name, "_CALLBACK_REGISTRATION")
-    template = context.symbol_space.get_type(name)
-
-    def member(field: str) -> rawmem.Field:
-        return rawmem.member_field(context, name, field)
-
-    pointer = member("CallbackObject")
-    return RegistrationLayout(
-        size=template.size,
-        pointer_size=pointer.size,
-        callback_object=pointer,
-        routine=member("CallbackFunction"),
-        context=member("CallbackContext"),
-        busy=member("Busy"),
-        unregister_waiting=rawmem.Field(member("UnregisterWaiting").offset, 1),
-    )
-
-
-def registration_layout(
-    context: interfaces.context.ContextInterface, table_name: str
-) -> RegistrationLayout:
-    return _layout(context, table_name)
-
-
-def parse_registration(layout: RegistrationLayout, address: int, data: bytes, mask: int) -> Registration:
-    """A registration from the bytes of the whole structure (``data[0]`` is ``address``)."""
-    return Registration(
-        address=address,
-        callback_object=layout.callback_object.get(data) & mask,
-        routine=layout.routine.get(data) & mask,
-        context=layout.context.get(data) & mask,
-        busy=layout.busy.get(data),
-        unregister_waiting=layout.unregister_waiting.get(data) != 0,
-    )
-
-
-def read_registration(
-    context: interfaces.context.ContextInterface,
-    layer_name: str,
-    table_name: str,
-    address: int,
-) -> Registration:
-    """Reads one ``_CALLBACK_REGISTRATION``; each unreadable field becomes UnreadableValue.
-
-    Pointers come back masked to the layer's address width (Volatility's Pointer does so).
-    The whole structure is read at once from the page cache; only when that fails are the
-    fields read one by one, so a partly mapped block still shows what can be read.
-    """
-    reader = rawmem.shared_reader(context, layer_name)
-    address &= reader.mask
-    layout = _layout(context, table_name)
-    try:
-        data = reader.read(address, layout.size)
-    except exceptions.InvalidAddressException:
-        pass
-    else:
-        return parse_registration(layout, address, data, reader.mask)
-    reg = context.object(
-        structures.type_name(table_name, "_CALLBACK_REGISTRATION"),
-        layer_name=layer_name,
-        offset=address,
-    )
-    return Registration(
-        address=address,
-        callback_object=fields.read_member(reg, "CallbackObject"),
-        routine=fields.read_member(reg, "CallbackFunction"),
-        context=fields.read_member(reg, "CallbackContext"),
-        busy=fields.read_member(reg, "Busy"),
-        unregister_waiting=fields.read_member(reg, "UnregisterWaiting", fields.to_bool),
-    )
+def read_registration(kernel: "KernelContext", address: int) -> Registration:
+    return Registration.from_record(kernel.registration.read(kernel.reader, address))
 
 
 def list_registrations(
-    context: interfaces.context.ContextInterface,
-    layer_name: str,
-    table_name: str,
-    registrations_head: int,
-    pointer_size: int,
-    max_entries: int = MAX_REGISTRATIONS,
-) -> Tuple[List[Registration], walk.ListWalk]:
-    """Reads every registration linked from the ``RegisteredCallbacks`` head at
-    ``registrations_head``. ``Link`` is at offset 0, so each list entry is the registration."""
-    link_offset = structures.member_offset(context, table_name, "_CALLBACK_REGISTRATION", "Link")
+    kernel: "KernelContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS
+) -> RegistrationList:
+    """Every registration linked from the ``RegisteredCallbacks`` head at ``registrations_head``
+    (walked both ways, bounded). ``Link`` is the registration's first member, so each list entry
+    address is the registration's address minus the link offset."""
+    link = kernel.registration.offset("Link.Flink")
     walked = walk.walk_list(
-        context,
-        layer_name,
-        registrations_head,
-        pointer_size,
-        max_entries=max_entries,
-        what=f"registrations of object list head {registrations_head:#x}",
+        kernel, registrations_head, f"registrations of the object list head {registrations_head:#x}", max_entries
     )
-    return (
-        [
-            read_registration(context, layer_name, table_name, entry - link_offset)
-            for entry in walked.entries
-        ],
-        walked,
-    )
+    return RegistrationList([read_registration(kernel, entry - link) for entry in walked.entries], walked.complete)
+
+
+def loose_registrations(
+    kernel: "KernelContext",
+    scanned: Iterable["ScannedBlock"],
+    linked: Collection[int],
+    known_objects: Collection[int],
+) -> List[Tuple[Registration, str]]:
+    """The *loose* registrations: blocks the pool scan found that no walked list holds, whose
+    ``CallbackObject`` names a known callback object; with their allocation state, sorted by
+    the object they name, then by address. A block on a list is reported by its walk, never
+    twice; a block naming no known object is dropped as noise (said at debug level)."""
+    found: List[Tuple[Registration, str]] = []
+    dropped = 0
+    for block in sorted(set(scanned), key=lambda b: b.address):
+        if block.address in linked:
+            continue
+        registration = read_registration(kernel, block.address)
+        owner = registration.callback_object
+        if isinstance(owner, int) and owner in known_objects:
+            found.append((registration, block.state))
+        else:
+            dropped += 1
+    if dropped:
+        vollog.debug(f"{dropped} loose registration blocks name no known callback object: not reported")
+    found.sort(key=lambda item: (int(item[0].callback_object), item[0].address))
+    return found

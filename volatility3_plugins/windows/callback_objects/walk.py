@@ -1,101 +1,107 @@
 """A bounded, cycle-safe walker for doubly linked ``LIST_ENTRY`` lists in hostile memory.
 
-Membership is decided by following ``Flink`` from the list head only: an unlinked entry keeps
-stale pointers into the list, and ``Blink`` pointers are not trusted (the kernel itself
-iterates forward). The walk stops at the first broken link (unreadable or null pointer, a
-cycle that does not close at the head, the bound); what lies behind a break is for pool
-scanning to find (``orphan_registration``), not for the list walk to claim.
+The list is walked from its head in both directions: forward by ``Flink`` and backward by
+``Blink``. An entry is on the list when either walk reaches it, and the list is *complete* when
+either walk comes back to the head: then an entry reached by neither is really off the list
+(an unlinked entry keeps stale pointers into the list, but no member points at it). When
+neither walk closes (a zeroed page, an unmapped pointer, a cycle, smear), the list is
+*incomplete*: what no walk reached may still be a member, so its absence proves nothing.
+
+Each walk stops at its first broken link: an unreadable or null pointer, a cycle that does not
+close at the head, or the bound. An entry is returned only when its own link in the walk's
+direction could be read: a pointer into unmapped memory is a broken link, not an entry.
 """
 
 import dataclasses
-import logging
-from typing import List, Optional
+from typing import TYPE_CHECKING, FrozenSet, List, Optional, Tuple
 
-from volatility3.framework import exceptions, interfaces
+from volatility3.framework import exceptions
 
-from volatility3.plugins.windows.callback_objects import rawmem
-
-vollog = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .kernel import KernelContext
 
 DEFAULT_MAX_ENTRIES = 4096
 
 
 @dataclasses.dataclass
 class ListWalk:
-    """The result of walking one list."""
+    """The result of walking one list both ways."""
 
     head: int
+    #: Entry addresses (of their LIST_ENTRY) in list order: the forward walk's, then those only
+    #: the backward walk reached.
     entries: List[int] = dataclasses.field(default_factory=list)
-    #: True when the Flink chain came back to the head without incident.
-    complete: bool = False
-    #: True when the head itself could not be read: the list's membership is unknown.
+    forward_closed: bool = False
+    backward_closed: bool = False
+    #: The head itself could not be read: nothing is known of the list.
     head_unreadable: bool = False
     problems: List[str] = dataclasses.field(default_factory=list)
+    members: FrozenSet[int] = frozenset()
+
+    @property
+    def complete(self) -> bool:
+        """Some walk came back to the head: membership is known."""
+        return self.forward_closed or self.backward_closed
+
+    def __contains__(self, address: int) -> bool:
+        return address in self.members
 
 
-def read_pointer(
-    context: interfaces.context.ContextInterface,
-    layer_name: str,
-    address: int,
-    pointer_size: int,
-) -> int:
-    """Reads a little-endian pointer masked to the layer's address width, as Volatility's
-    ``Pointer`` does (48 bits on x64), so addresses compare equal to the ones it renders.
-    Raises InvalidAddressException. Reads go through the run's shared page cache."""
-    return rawmem.shared_reader(context, layer_name).pointer(address, pointer_size)
+def _walk_one_way(
+    kernel: "KernelContext", head: int, first: int, link_offset: int, max_entries: int
+) -> Tuple[List[int], bool, Optional[str]]:
+    """Follow the link at ``link_offset`` of each entry from ``first``: (entries, closed, problem)."""
+    entries: List[int] = []
+    seen = {head}
+    current, following = head, first
+    while True:
+        if following == head:
+            return entries, True, None
+        if following == 0:
+            return entries, False, f"null link in {current:#x}"
+        if following in seen:
+            return entries, False, f"cycle: {current:#x} links back to {following:#x}, not the head"
+        if len(entries) >= max_entries:
+            return entries, False, f"bound of {max_entries} entries reached"
+        try:
+            after = kernel.read_pointer(following + link_offset)
+        except exceptions.InvalidAddressException:
+            return entries, False, f"{current:#x} links to unreadable {following:#x}"
+        seen.add(following)
+        entries.append(following)
+        current, following = following, after
 
 
 def walk_list(
-    context: interfaces.context.ContextInterface,
-    layer_name: str,
+    kernel: "KernelContext",
     head: int,
-    pointer_size: int,
+    what: str,
     max_entries: int = DEFAULT_MAX_ENTRIES,
-    what: Optional[str] = None,
 ) -> ListWalk:
-    """Walks the list whose LIST_ENTRY head is at ``head`` and returns the addresses of the
-    LIST_ENTRY of every entry (not of the containing records), in list order.
-
-    An entry is returned only when its own ``Flink`` is readable: a pointer into unmapped
-    memory is a broken link, not an entry. Each entry appears once; at most ``max_entries``
-    are returned. Problems are logged as warnings (``what`` names the list) and kept in
-    the result.
-    """
-    layer = context.layers[layer_name]
-    head &= layer.address_mask
+    """Walk the list whose LIST_ENTRY head is at ``head`` both ways, at most ``max_entries``
+    entries each way. A list that no walk could close is reported once as a warning naming
+    ``what``: the analyst must know that its members may not all be listed."""
+    head &= kernel.mask
     result = ListWalk(head=head)
-    seen = {head}
     try:
-        nxt = read_pointer(context, layer_name, head, pointer_size)
+        flink = kernel.read_pointer(head)
+        blink = kernel.read_pointer(head + kernel.pointer_size)
     except exceptions.InvalidAddressException:
         result.head_unreadable = True
         result.problems.append(f"list head {head:#x} unreadable")
-        nxt = None
-    current = head
-    while nxt is not None:
-        if nxt == head:
-            result.complete = True
-            break
-        if nxt == 0:
-            result.problems.append(f"null Flink in {current:#x}")
-            break
-        if nxt in seen:
-            result.problems.append(f"cycle: Flink of {current:#x} returns to {nxt:#x}, not the head")
-            break
-        if len(result.entries) >= max_entries:
-            result.problems.append(f"bound of {max_entries} entries reached")
-            break
-        try:
-            after = read_pointer(context, layer_name, nxt, pointer_size)
-        except exceptions.InvalidAddressException:
-            result.problems.append(f"Flink of {current:#x} points to unreadable {nxt:#x}")
-            break
-        seen.add(nxt)
-        result.entries.append(nxt)
-        current, nxt = nxt, after
-    if result.problems:
-        # A kernel list that does not close is smear or tampering: the analyst must know
-        # that what follows the break was not listed (only a pool scan can still find it).
-        label = what or f"list at {head:#x}"
-        vollog.warning(f"{label}: " + "; ".join(result.problems))
+        kernel.log.warning(f"{what}: list head {head:#x} unreadable")
+        return result
+    forward, result.forward_closed, problem = _walk_one_way(kernel, head, flink, 0, max_entries)
+    if problem:
+        result.problems.append(f"forward: {problem}")
+    backward, result.backward_closed, problem = _walk_one_way(kernel, head, blink, kernel.pointer_size, max_entries)
+    if problem:
+        result.problems.append(f"backward: {problem}")
+    reached = set(forward)
+    result.entries = forward + [entry for entry in reversed(backward) if entry not in reached]
+    result.members = frozenset(result.entries)
+    if not result.complete:
+        kernel.log.warning(f"{what} incomplete: " + "; ".join(result.problems))
+    elif result.problems:
+        kernel.log.info(f"{what}: " + "; ".join(result.problems) + " (the other direction closed)")
     return result

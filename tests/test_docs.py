@@ -1,0 +1,112 @@
+"""Docs that cannot drift: every Volatility plugin README.md and docs/ name exists in the
+installed Volatility 3, and every shell command they give either runs on the demo image or is
+marked as an example for a real image.
+
+Shell blocks (```sh) start with a comment saying what they are:
+- ``# On the demo image:`` each command runs here, in a folder holding the demo image that
+  ``./scripts/demo`` forges (``demo/``), and must succeed without a traceback;
+- ``# Example for a real image`` ... not run (there is no real image here); its plugin names are
+  still checked;
+- ``# In a checkout`` ... the README's two commands, run from a clean clone by
+  ``tests/test_packaging.py`` (running the suite from inside itself would recurse).
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
+
+import pytest
+
+from tests.forge.scenarios import forge_scenario
+from tests.volatility_harness import PLUGIN_DIR, REPO
+
+DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+DEMO = "# On the demo image:"
+EXAMPLE = "# Example for a real image"
+CHECKOUT = "# In a checkout"
+PLUGIN_NAME = re.compile(r"(?<![\w./-])(windows(?:\.[a-z_][a-z0-9_]*)+)(?:\.[A-Z]\w*)?")
+BIN = Path(sys.executable).parent
+
+
+def shell_blocks() -> List[Tuple[Path, List[str]]]:
+    blocks = []
+    for path in DOCS:
+        for match in re.finditer(r"^```sh\n(.*?)^```", path.read_text(), re.S | re.M):
+            blocks.append((path, match.group(1).strip("\n").splitlines()))
+    return blocks
+
+
+def commands(lines: List[str]) -> List[str]:
+    """The commands of a block: comment lines dropped, trailing comments cut."""
+    found = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            found.append(line.split("  #")[0].strip())
+    return found
+
+
+@pytest.fixture(scope="module")
+def volatility_plugins() -> Set[str]:
+    """Plugin names the installed Volatility lists (with this project's folder), in both forms:
+    ``windows.modscan`` and ``windows.modscan.ModScan``."""
+    result = subprocess.run([str(BIN / "vol"), "-p", str(PLUGIN_DIR), "-h"], capture_output=True, text=True)
+    names: Set[str] = set()
+    for name in re.findall(r"^\s{4}(\w+(?:\.\w+)+)", result.stdout, re.M):
+        names.add(name)
+        names.add(name.rsplit(".", 1)[0])
+    assert "windows.modules" in names and "windows.callbackobjects" in names, result.stdout[-2000:]
+    return names
+
+
+def test_every_plugin_the_docs_name_exists(volatility_plugins):
+    named: Dict[str, List[str]] = {}
+    for path in DOCS:
+        for match in PLUGIN_NAME.finditer(path.read_text()):
+            named.setdefault(match.group(1), []).append(path.name)
+    assert named, "the docs name no plugin?"
+    unknown = {name: files for name, files in named.items() if name not in volatility_plugins}
+    assert not unknown, f"plugins named in the docs that Volatility does not have: {unknown}"
+
+
+def test_every_shell_block_says_what_it_is():
+    for path, lines in shell_blocks():
+        assert lines and lines[0].startswith((DEMO, EXAMPLE, CHECKOUT)), (path.name, lines[:2])
+        if lines[0].startswith(EXAMPLE):
+            assert all("IMAGE" in command for command in commands(lines) if "-f" in command.split()), (path.name, lines)
+
+
+def test_checkout_commands_are_the_ones_the_packaging_tests_run():
+    packaging = (REPO / "tests" / "test_packaging.py").read_text()
+    for path, lines in shell_blocks():
+        if lines[0].startswith(CHECKOUT):
+            for command in commands(lines):
+                assert f'"{command.split()[0]}"' in packaging, (path.name, command)
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory) -> Path:
+    """A folder holding ``demo/`` as ``./scripts/demo`` forges it (rootkit, win10, raw)."""
+    folder = tmp_path_factory.mktemp("docs-demo")
+    forge_scenario("rootkit", "win10").write(folder / "demo", formats=("raw",))
+    return folder
+
+
+def demo_commands() -> List[Tuple[str, str]]:
+    return [(path.name, command) for path, lines in shell_blocks() if lines[0].startswith(DEMO) for command in commands(lines)]
+
+
+@pytest.mark.parametrize("doc,command", demo_commands())
+def test_demo_commands_run(demo_folder, tmp_path, doc, command):
+    argv = shlex.split(command)
+    assert argv[0] in ("vol-callbackobjects", "vol"), command
+    argv[0] = str(BIN / argv[0])
+    env = dict(os.environ, HOME=str(tmp_path))  # Volatility caches under ~/.cache: one per test
+    result = subprocess.run(argv, cwd=demo_folder, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, (command, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr
+    assert result.stdout.strip(), command

@@ -1,0 +1,90 @@
+"""A bounded page cache over a Volatility layer: every structure of a run is read through it.
+
+Why: the hot paths (list walks, registrations, object bodies and headers, pool-scan validation)
+touch the same pool pages again and again; reading a page once and slicing it is much cheaper
+than one ``layer.read`` per field. A memory image does not change during a run, so caching is
+safe; the cache is bounded and belongs to one run (:class:`..kernel.KernelContext` owns it).
+"""
+
+from typing import Dict, Optional
+
+from volatility3.framework import exceptions, interfaces
+
+PAGE_SIZE = 0x1000
+#: Pages kept (4 MiB): enough for the pool pages of tens of thousands of blocks, small against
+#: the peak memory of a Volatility run.
+MAX_CACHED_PAGES = 1024
+
+
+class PageReader:
+    """Reads a layer through a bounded page cache; raises ``InvalidAddressException`` for
+    memory that is not there, as ``layer.read`` does. Addresses are masked to the layer's
+    width first, so a canonical x64 pointer and its 48-bit rendering read the same bytes."""
+
+    def __init__(
+        self, layer: interfaces.layers.DataLayerInterface, max_pages: int = MAX_CACHED_PAGES
+    ) -> None:
+        self._layer = layer
+        self.mask: int = layer.address_mask
+        self._max_pages = max_pages
+        self._pages: Dict[int, Optional[bytes]] = {}
+
+    def invalidate(self) -> None:
+        """Forget every cached page (for layers a test writes to; an image never changes)."""
+        self._pages.clear()
+
+    def _page(self, page: int) -> Optional[bytes]:
+        try:
+            return self._pages[page]
+        except KeyError:
+            pass
+        if len(self._pages) >= self._max_pages:
+            # Simple and bounded: accesses are local (one pool page holds many blocks), so
+            # dropping everything now and then costs little.
+            self._pages.clear()
+        try:
+            data: Optional[bytes] = self._layer.read(page, PAGE_SIZE)
+        except exceptions.InvalidAddressException:
+            data = None
+        self._pages[page] = data
+        return data
+
+    def read(self, address: int, length: int) -> bytes:
+        address &= self.mask
+        if length <= 0:
+            return b""
+        page = address & ~(PAGE_SIZE - 1)
+        start = address - page
+        if start + length <= PAGE_SIZE:
+            data = self._page(page)
+            if data is not None:
+                return data[start : start + length]
+            # A layer whose mapped ranges are not page-granular (hand-made test layers, the
+            # tail of a truncated file): ask it directly, uncached; it raises if absent.
+            return self._layer.read(address, length)
+        pieces = []
+        position, remaining = address, length
+        while remaining > 0:
+            page = position & ~(PAGE_SIZE - 1)
+            take = min(remaining, page + PAGE_SIZE - position)
+            data = self._page(page)
+            if data is None:
+                return self._layer.read(address, length)
+            pieces.append(data[position - page : position - page + take])
+            position += take
+            remaining -= take
+        return b"".join(pieces)
+
+    def is_readable(self, address: int, length: int = 1) -> bool:
+        try:
+            self.read(address, length)
+        except exceptions.InvalidAddressException:
+            return False
+        return True
+
+    def pointer(self, address: int, pointer_size: int) -> int:
+        """A little-endian pointer masked to the layer's width, as Volatility renders them."""
+        return int.from_bytes(self.read(address, pointer_size), "little") & self.mask
+
+    def u8(self, address: int) -> int:
+        return self.read(address, 1)[0]

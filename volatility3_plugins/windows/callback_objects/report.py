@@ -1,0 +1,98 @@
+"""From an image to its rows: the routes and the scan run once, then rows come one at a time.
+
+:func:`collect` does the eager part (pool scan, routes, merge) so that a plugin can refuse an
+image before printing anything; :meth:`Report.rows` then yields each object's rows (its list
+walked, every registration attributed and classified) and finally the loose registrations.
+"""
+
+import dataclasses
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Set
+
+from volatility3.framework import constants
+
+from . import diagnostics, expected, merge, poolscan, registrations, routes, rows
+from .attribution import Attributor
+
+if TYPE_CHECKING:
+    from .kernel import KernelContext
+
+
+@dataclasses.dataclass
+class Counts:
+    """What the rows of a whole image add up to (counted before any filtering)."""
+
+    objects: int = 0
+    registrations: int = 0
+    loose: int = 0
+    flagged: int = 0
+    suspicious: int = 0
+    by_flag: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def add(self, row: rows.Row) -> None:
+        self.flagged += bool(row.flags)
+        self.suspicious += row.suspicious
+        for flag in row.flags:
+            self.by_flag[flag] = self.by_flag.get(flag, 0) + 1
+
+
+@dataclasses.dataclass
+class Report:
+    kernel: "KernelContext"
+    inventory: merge.ObjectInventory
+    scan: poolscan.ScanResult
+    attributor: Attributor
+    rules: expected.ExpectedRegistrants
+    counts: Counts = dataclasses.field(default_factory=Counts)
+
+    def rows(self) -> Iterator[rows.Row]:
+        """Every row: each object's, in address order, then the loose registrations grouped by
+        the object they name. Only addresses of linked blocks are kept, so memory stays flat
+        with the number of rows."""
+        counts = self.counts
+        counts.objects = len(self.inventory.objects)
+        linked: Set[int] = set()
+        complete_lists: Set[int] = set()
+        for record in self.inventory.objects:
+            listed = registrations.list_registrations(self.kernel, record.registrations_head)
+            counts.registrations += len(listed.registrations)
+            if self.scan.ran:
+                linked.update(reg.address for reg in listed.registrations)
+                if listed.complete:
+                    complete_lists.add(record.address)
+            for row in rows.object_rows(record, listed, self.attributor, self.rules):
+                counts.add(row)
+                yield row
+        if not self.scan.ran:
+            return
+        by_address = self.inventory.by_address()
+        for registration, state in registrations.loose_registrations(
+            self.kernel, self.scan.registrations, linked, set(by_address)
+        ):
+            counts.loose += 1
+            owner = int(registration.callback_object)
+            row = rows.loose_row(
+                by_address[owner], registration, state == poolscan.FREED, owner in complete_lists, self.attributor
+            )
+            counts.add(row)
+            yield row
+
+
+def collect(
+    kernel: "KernelContext",
+    scan: bool = True,
+    progress_callback: Optional[constants.ProgressCallback] = None,
+) -> Report:
+    """Run the pool scan (unless ``scan`` is False) and every route, once."""
+    modules = kernel.loaded_modules
+    result = poolscan.ScanResult()
+    if scan:
+        result = poolscan.scan_pool(
+            kernel,
+            progress_callback=progress_callback,
+            images=[(module.base, module.size) for module in modules.modules],
+        )
+    else:
+        kernel.log.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
+    inventory = merge.collect_objects(kernel, scanned=[block.address for block in result.objects])
+    attributor = Attributor(kernel, modules, hidden_modules=result.hidden_module_candidates())
+    return Report(kernel, inventory, result, attributor, expected.load())

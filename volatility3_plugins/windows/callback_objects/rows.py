@@ -1,0 +1,113 @@
+"""Turning objects and their registrations into output rows with their flags.
+
+One row per registration; an object without registrations gives one row with the
+registration columns absent. A registration found only by the pool scan, on no walked list
+(a *loose* registration), is shown under the object its ``CallbackObject`` names.
+"""
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+from . import flags, routes
+from .attribution import Attribution, Attributor
+from .expected import ExpectedRegistrants
+from .merge import CallbackObjectRecord
+from .registrations import Registration, RegistrationList
+from .views import is_absent
+
+
+@dataclasses.dataclass
+class Row:
+    """One output row: an object with one of its registrations (or with none)."""
+
+    record: CallbackObjectRecord
+    registration: Optional[Registration]
+    attribution: Optional[Attribution]
+    flags: List[str]
+
+    @property
+    def suspicious(self) -> bool:
+        return any(flags.is_suspicious(flag) for flag in self.flags)
+
+
+def object_facts(record: CallbackObjectRecord, registration_count: int) -> flags.ObjectFacts:
+    allow = record.allow_multiple
+    return flags.ObjectFacts(
+        body_readable=record.body_readable,
+        signature_ok=record.signature_ok,
+        list_state=record.list_state,
+        found_by_list=routes.ROUTE_LIST in record.routes,
+        directory_complete=record.directory_complete,
+        found_by_directory=routes.ROUTE_DIRECTORY in record.routes,
+        global_mismatch=record.global_mismatch,
+        allow_multiple=None if is_absent(allow) else bool(allow),
+        registration_count=registration_count,
+    )
+
+
+def _nonzero(value: object) -> Optional[int]:
+    """A pointer read from memory and not zero: only such a value is evidence."""
+    return None if is_absent(value) or not value else int(value)  # type: ignore[arg-type]
+
+
+def routine_facts(
+    registration: Registration, attributor: Attributor
+) -> Tuple[Optional[Attribution], flags.RegistrationFacts]:
+    """Where the routine lies, as classification input (no backlink or registrant facts).
+
+    A routine of zero or that could not be read says nothing; a routine in no module of a
+    module list that was not read to its end may lie in a module past the break: no
+    ``outside_modules`` then (``list_incomplete`` says why)."""
+    facts = flags.RegistrationFacts(readable=not registration.zeroed)
+    routine = _nonzero(registration.routine)
+    if routine is None or not facts.readable:
+        return None, facts
+    attribution = attributor.attribute(routine)
+    if attribution.in_module:
+        facts.in_module = True
+    elif attributor.modules_complete:
+        facts.in_module = False
+        facts.hidden_module = attribution.hidden_module
+    elif attributor.modules_available:
+        facts.module_list_incomplete = True
+    facts.executable = attribution.executable
+    return attribution, facts
+
+
+def object_rows(
+    record: CallbackObjectRecord,
+    registrations: RegistrationList,
+    attributor: Attributor,
+    rules: ExpectedRegistrants,
+) -> List[Row]:
+    """The rows of one object with their flags, sorted by severity."""
+    regs = registrations.registrations
+    obj_facts = object_facts(record, sum(1 for reg in regs if not reg.zeroed))
+    if not regs:
+        return [Row(record, None, None, flags.classify(obj_facts))]
+    rows: List[Row] = []
+    name = record.name if isinstance(record.name, str) else None
+    for reg in regs:
+        attribution, facts = routine_facts(reg, attributor)
+        owner = _nonzero(reg.callback_object)
+        if owner is not None:
+            facts.backlink_ok = owner == record.address
+        if facts.in_module is not None:
+            module = attribution.module if attribution is not None and facts.in_module else None
+            facts.unexpected_registrant = rules.is_unexpected(name, module.name if module else None)
+        rows.append(Row(record, reg, attribution, flags.classify(obj_facts, facts)))
+    return rows
+
+
+def loose_row(
+    record: CallbackObjectRecord,
+    registration: Registration,
+    freed: bool,
+    owner_list_complete: bool,
+    attributor: Attributor,
+) -> Row:
+    """The row of a loose registration (found by the scan on no walked list), shown with the
+    object its ``CallbackObject`` names (``record``); ``owner_list_complete`` says whether that
+    object's list was walked to its end."""
+    attribution, facts = routine_facts(registration, attributor)
+    return Row(record, registration, attribution, flags.classify_loose(facts, freed, owner_list_complete))

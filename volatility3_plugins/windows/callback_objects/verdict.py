@@ -1,0 +1,147 @@
+"""Whether an image can support a verdict, and the verdict line every run ends with.
+
+An image that cannot support a verdict must say so instead of printing a clean table: a dump
+truncated in transit, an acquisition that lost the pages that matter, or the symbol table of
+another build all give an empty or meaningless table. :func:`check_symbols` compares kernel
+anchors with what the image holds before anything else is read; :func:`check_usable` looks at
+what the routes found. Both raise an exception whose message names the likely cause and what to
+try: :class:`ImageUnusable` is an ``InvalidAddressException`` and :class:`SymbolsMismatch` a
+``SymbolError``, so Volatility's command line explains them as a missing page and a bad symbol
+table, and exits non-zero.
+"""
+
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+from volatility3.framework import exceptions
+
+from . import diagnostics, flags, loaded_modules
+
+if TYPE_CHECKING:
+    from .kernel import KernelContext
+    from .report import Report
+
+TRY_TRUNCATED = (
+    "check that the file is whole (its size against the acquisition log, or a crash dump's "
+    "RequiredDumpSpace), re-acquire if possible, or run on another copy or format of the same memory"
+)
+TRY_SYMBOLS = (
+    "check which kernel symbol table Volatility used (-vvv names the ISF it loaded), remove stale "
+    "or hand-made ISFs from the symbol directories, clear the cache (--clear-cache) and let "
+    "Volatility pick the table matching the kernel's PDB GUID"
+)
+
+
+class ImageUnusable(exceptions.InvalidAddressException):
+    """The memory the verdict needs is not in the image."""
+
+
+class SymbolsMismatch(exceptions.SymbolError):
+    """The kernel's symbol table does not describe this image."""
+
+
+Anchor = Tuple[str, Optional[bool]]  # (what was checked, confirmed / contradicted / unknown)
+
+
+def symbol_anchors(kernel: "KernelContext") -> List[Anchor]:
+    """Kernel globals whose contents a matching symbol table predicts: ``ExCallbackObjectType``
+    points at the object type named ``Callback``; ``PsLoadedModuleList`` starts with the kernel's
+    own image. Each is confirmed, contradicted (read, and not what it must be), or unknown
+    (missing or zero memory proves nothing)."""
+    anchors: List[Anchor] = []
+    headers = kernel.object_headers
+    pointer = kernel.read_global_pointer("ExCallbackObjectType")
+    found = headers.read_type(pointer) if headers is not None and pointer else None
+    anchors.append(("nt!ExCallbackObjectType names the Callback type", None if found is None else found[1] == "Callback"))
+    anchors.append(("nt!PsLoadedModuleList starts with the kernel image", _first_module_is_kernel(kernel)))
+    return anchors
+
+
+def _first_module_is_kernel(kernel: "KernelContext") -> Optional[bool]:
+    head = kernel.symbol(loaded_modules.LIST_SYMBOL)
+    view = loaded_modules.entry_view(kernel)
+    if head is None or view is None:
+        return None
+    try:
+        first = kernel.read_pointer(head)
+    except exceptions.InvalidAddressException:
+        return None
+    if not first:
+        return None
+    record = view.read(kernel.reader, first - view.offset("InLoadOrderLinks.Flink"))
+    if record.zeroed or not record.readable("DllBase"):
+        return None
+    return record.DllBase == kernel.base
+
+
+def check_symbols(kernel: "KernelContext") -> None:
+    """Raise :class:`SymbolsMismatch` when every anchor that could be read contradicts the
+    symbol table (and at least one could); warn when the anchors disagree."""
+    anchors = symbol_anchors(kernel)
+    contradicted = [what for what, state in anchors if state is False]
+    confirmed = [what for what, state in anchors if state is True]
+    if contradicted and not confirmed:
+        raise SymbolsMismatch(
+            "ExCallbackObjectType",
+            kernel.module.symbol_table_name,
+            "the kernel symbol table does not match this image (" + "; ".join(f"not true: {c}" for c in contradicted)
+            + f"). Try: {TRY_SYMBOLS}.",
+        )
+    if contradicted:
+        kernel.log.warning(
+            "Kernel symbols doubtful: " + "; ".join(f"not true: {c}" for c in contradicted)
+            + " (smear, or a symbol table of another build)"
+        )
+
+
+def check_usable(found: "Report") -> None:
+    """Raise :class:`ImageUnusable` when the routes found nothing a verdict can rest on; warn
+    once, naming them, when some routes failed but the image is still usable."""
+    kernel = found.kernel
+    problems = []
+    if not found.attributor.modules_available:
+        problems.append("the loaded-module list (nt!PsLoadedModuleList) is unreadable")
+    if kernel.object_headers is None:
+        problems.append("object headers cannot be decoded")
+    if not any(record.body_readable for record in found.inventory.objects):
+        problems.append("no route reached a single readable callback object")
+    if problems:
+        raise ImageUnusable(
+            kernel.layer_name,
+            kernel.symbol(loaded_modules.LIST_SYMBOL) or 0,
+            "windows.callbackobjects cannot give a verdict on this image: " + "; ".join(problems)
+            + ". Likely causes: a truncated or incomplete image (the pages these live in are missing), "
+            f"or a kernel symbol table that does not match the image. Try: {TRY_TRUNCATED}; {TRY_SYMBOLS}.",
+        )
+    failed = [
+        f"{name} {state}" for name, state in kernel.log.routes.items()
+        if state.state in (diagnostics.INCOMPLETE, diagnostics.UNAVAILABLE)
+    ]
+    if failed:
+        kernel.log.warning(
+            "Degraded image: " + ", ".join(failed) + ". What they could not show is marked "
+            f"{flags.LIST_INCOMPLETE} or {flags.UNREADABLE}, never accused"
+        )
+
+
+def verdict_line(found: "Report") -> str:
+    """One line for the end of every run: objects, registrations, suspicious rows by flag,
+    routes and their state."""
+    counts = found.counts
+    suspicious = sorted(
+        ((flag, count) for flag, count in counts.by_flag.items() if flags.is_suspicious(flag)),
+        key=lambda item: flags.SEVERITY_ORDER.index(item[0]),
+    )
+    informational = sorted(
+        ((flag, count) for flag, count in counts.by_flag.items() if not flags.is_suspicious(flag)),
+        key=lambda item: flags.SEVERITY_ORDER.index(item[0]),
+    )
+    parts = [
+        f"{counts.objects} callback objects",
+        f"{counts.registrations} registrations" + (f" and {counts.loose} loose" if found.scan.ran else ""),
+        f"{counts.suspicious} suspicious rows"
+        + (" (" + ", ".join(f"{flag} {count}" for flag, count in suspicious) + ")" if suspicious else ""),
+    ]
+    if informational:
+        parts.append("informational: " + ", ".join(f"{flag} {count}" for flag, count in informational))
+    routes = ", ".join(f"{name} {state}" for name, state in found.kernel.log.routes.items())
+    return "Verdict: " + "; ".join(parts) + f"; routes: {routes}"
