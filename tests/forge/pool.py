@@ -66,8 +66,6 @@ class FreedHow:
     PENDING = "pending"  # classic: the pool descriptor's pending-frees list, next link at body+0
     LIST = "list"  # classic: the descriptor's ListHeads, PoolType 0, LIST_ENTRY at body
 
-    ALL = (LFH, VS, VS_DELAY, LOOKASIDE, PENDING, LIST)
-
 
 ALLOCATED = "allocated"
 FREED = "freed"
