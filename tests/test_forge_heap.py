@@ -114,7 +114,7 @@ def test_busy_generator_on_a_small_machine(tmp_path, vol_cache):
     inconsistency, most of RAM is mapped and in use, no mapped page is all zeros, and decoys
     are there (the 4 GiB image is the benchmark's, never built here)."""
     image = forge_scenario("busy", "win10", memory_size=64 << 20)
-    paths = dict(image.write(tmp_path), truth_data=image.truth)
+    paths = dict(image.write(tmp_path, formats=("dump",)), truth_data=image.truth)
     notes = image.truth["notes"]["busy"]
     reading = check_pool(paths, "dump", vol_cache)
     heap = notes["heap_noise"]

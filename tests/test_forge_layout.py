@@ -7,7 +7,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.forge.machine import KERNEL_ALIGNMENT_WIN10, WIN10_IMAGE_RANGE, WIN7_KERNEL_RANGE
+from tests.forge.layout import KernelLayout
+from tests.forge.machine import KERNEL_ALIGNMENT_WIN10, WIN10_IMAGE_RANGE, WIN7_KERNEL_RANGE, AddressPlan, streams
 from tests.forge.memory import PAGE_SIZE
 from tests.forge.scenarios import forge_scenario
 
@@ -54,11 +55,11 @@ def test_another_seed_moves_everything_but_the_inventory(seeded):
 
 @pytest.mark.parametrize("profile", ["win10", "win7"])
 def test_kernel_base_in_the_loader_range(profile):
-    for seed in range(1, 6):
-        base = forge_scenario("baseline", profile, seed=seed).forge.kernel.base
-        start, span = WIN10_IMAGE_RANGE if profile == "win10" else WIN7_KERNEL_RANGE
-        assert start <= base < start + span
-        assert base % (KERNEL_ALIGNMENT_WIN10 if profile == "win10" else PAGE_SIZE) == 0
+    layout = KernelLayout.builtin(profile)
+    bases = {AddressPlan(layout, streams(seed, "layout")).kernel_base for seed in range(1, 50)}
+    start, span = WIN10_IMAGE_RANGE if profile == "win10" else WIN7_KERNEL_RANGE
+    assert len(bases) > 40 and all(start <= base < start + span for base in bases)
+    assert all(base % (KERNEL_ALIGNMENT_WIN10 if profile == "win10" else PAGE_SIZE) == 0 for base in bases)
 
 
 def test_frames_are_scattered(seeded):
