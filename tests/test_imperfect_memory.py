@@ -16,7 +16,7 @@ from tests.conftest import real_isf_params, require_real_isf
 from tests.forge.damage import Damage, truncate, untouched_rows, write_mismatched_symbols
 from tests.forge.layout import KernelLayout
 from tests.forge.scenarios import forge_scenario
-from tests.test_plugin_truth import PLUGIN, SUSPICIOUS
+from tests.test_plugin_truth import ISSUE_14, PLUGIN, SUSPICIOUS
 from tests.volatility_harness import run_vol
 
 
@@ -65,6 +65,7 @@ def assert_damage_never_accuses(rows, truth_rows, damage):
 # -- fixed cases --------------------------------------------------------------------------
 
 
+@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_zeroed_page_under_an_object(tmp_path, vol_cache):
     image, damage = forge("baseline", "win10")
     power = next(c for c in image.forge.callbacks.callback_objects if c.name == "PowerState")
@@ -76,6 +77,7 @@ def test_zeroed_page_under_an_object(tmp_path, vol_cache):
     assert all("directory" in row["FoundBy"] for row in zeroed)  # its directory entry is intact
 
 
+@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_zeroed_page_under_a_registration(tmp_path, vol_cache):
     image, damage = forge("baseline", "win10")
     power = next(c for c in image.forge.callbacks.callback_objects if c.name == "PowerState")
@@ -85,6 +87,7 @@ def test_zeroed_page_under_a_registration(tmp_path, vol_cache):
     assert any("unreadable" in flags_of(row) for row in rows if row["Registration"] in damage.touched_registrations)
 
 
+@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_zeroed_page_under_the_list_head(tmp_path, vol_cache):
     """The kernel page holding nt!ExpCallbackListHead (and the ExCb* globals) is lost: no object
     is reached by the list, none may be called unlinked."""
@@ -99,6 +102,7 @@ def test_zeroed_page_under_the_list_head(tmp_path, vol_cache):
     assert "list incomplete" in result.stderr and "Degraded image" in result.stderr
 
 
+@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_global_list_cut_with_the_ring_intact_is_recovered_by_blink(tmp_path, vol_cache):
     image, damage = forge("baseline", "win10")
     listed = [c for c in image.forge.callbacks.callback_objects if c.in_callback_list]
@@ -108,6 +112,7 @@ def test_global_list_cut_with_the_ring_intact_is_recovered_by_blink(tmp_path, vo
     assert not any(flags_of(row) & ({"list_incomplete", "unlinked_object"}) for row in rows)
 
 
+@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_global_list_cut_both_ways(tmp_path, vol_cache):
     """A Flink and, further on, a Blink cut: the objects between the cuts are reached by no
     walk; they are list_incomplete, never unlinked_object."""
@@ -181,7 +186,13 @@ TRIALS = [
          ("corrupt", "win10"), ("baseline", "win10x86"), ("rootkit_unlinked", "win10"), ("baseline", "win7x86nopae")] * 2
     )
 ]
-@pytest.mark.parametrize("seed,scenario,profile", TRIALS)
+#: Trials on segment-heap profiles whose damage leaves the freed history visible: today's scan
+#: reports its blocks as live (issue 14). Trial 6's damage makes the plugin refuse the image.
+ISSUE_14_TRIALS = {0, 1, 4, 5, 8, 9, 12, 13, 14}
+
+
+@pytest.mark.parametrize("seed,scenario,profile", [
+    pytest.param(*trial, marks=[ISSUE_14] if trial[0] in ISSUE_14_TRIALS else []) for trial in TRIALS])
 def test_random_damage_never_accuses(tmp_path, vol_cache, seed, scenario, profile):
     """Sixteen seeded trials, about two seconds each."""
     rng = random.Random(seed)

@@ -1,10 +1,11 @@
-"""python -m tests.forge SCENARIO --profile PROFILE --out DIR [--format FORMATS]
+"""python -m tests.forge SCENARIO --profile PROFILE --out DIR [--format FORMATS] [--seed N] [--memory-size 4G]
 
 Writes DIR/symbols/ (pass it to ``vol -s``), DIR/truth.json and the image in each format of
 FORMATS, a comma-separated list of names from ``dump.FORMATS`` (raw, dump, bitmap, live, kernel,
 kernel-user, complete), or ``all`` for every format the profile's architecture has; the default
 ``raw,dump`` writes memory.raw and memory.dmp (``both`` and ``dmp`` are kept as older spellings
-of ``raw,dump`` and ``dump``).
+of ``raw,dump`` and ``dump``). ``--seed`` varies the layout (frames, bases, pool placement,
+noise) but not what is planted.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from typing import Tuple
 
 from .dump import DEFAULT_FORMATS, FORMATS
 from .layout import BUILTIN_PROFILES, LayoutError
+from .machine import DEFAULT_SEED
 from .scenarios import SCENARIOS, forge_scenario
 
 
@@ -50,7 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--format", default=",".join(DEFAULT_FORMATS),
                         help=f"comma-separated formats: {', '.join(FORMATS)}, or all (default: %(default)s)")
     parser.add_argument("--memory-size", type=parse_size, default=0,
-                        help="physical memory to pad the image to, e.g. 4G (default: just what is used)")
+                        help="the machine's RAM, e.g. 4G (default: what is used, grown in 2 MiB banks)")
+    parser.add_argument("--seed", type=lambda text: int(text, 0), default=DEFAULT_SEED,
+                        help=f"layout seed: frames, KASLR bases, pool placement, noise (default {DEFAULT_SEED})")
     args = parser.parse_args(argv)
     try:
         formats = parse_formats(args.format)
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
         parser.error(str(error))
     started = time.monotonic()
     try:
-        image = forge_scenario(args.scenario, args.profile, args.memory_size)
+        image = forge_scenario(args.scenario, args.profile, args.memory_size, args.seed)
         if formats == ("all",):
             formats = image.formats
         paths = image.write(args.out, formats=formats)
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     rows = image.truth["rows"]
-    print(f"forged {args.scenario} on {image.truth['profile']} (build {image.truth['build']}) "
+    print(f"forged {args.scenario} on {image.truth['profile']} (build {image.truth['build']}, seed {args.seed}) "
           f"in {time.monotonic() - started:.1f}s: {len(rows)} expected rows")
     for kind, path in sorted(paths.items()):
         print(f"  {kind:8} {path}")

@@ -18,6 +18,7 @@ from .layout import pointer_format
 from .machine import Machine
 from .memory import canonical
 from .objects import KernelObject, ObjectManager
+from .pool import PoolBlock
 
 CALLBACK_SIGNATURE = 0x6C6C6143  # "Call"
 REGISTRATION_TAG = b"CBRe"
@@ -67,7 +68,7 @@ class Registration:
     """One ExRegisterCallback block, and how it is (or is not) linked."""
 
     address: int
-    block_header: int
+    block: PoolBlock
     owner: Optional["CallbackObject"]  # the object whose list holds it
     backlink: int  # what its CallbackObject field says
     routine: int
@@ -75,9 +76,14 @@ class Registration:
     busy: int = 0
     unregister_waiting: bool = False
     linked: bool = True
-    freed: bool = False
+    freed: bool = False  # unregistered: off its list (stale links) and its block freed
     # False once a planted corruption cuts the list before it: a walker cannot reach it.
     reachable: bool = True
+
+    @property
+    def block_header(self) -> int:
+        """Its pool header's address (the block starts there)."""
+        return self.block.header
 
 
 @dataclass(eq=False)
@@ -92,6 +98,8 @@ class CallbackObject:
     signature: int = CALLBACK_SIGNATURE
     name_readable: bool = True
     registrations: List[Registration] = field(default_factory=list)
+    # Deleted (ObDeleteObject): off every list with stale links, its pool blocks freed.
+    deleted: bool = False
 
     @property
     def address(self) -> int:
@@ -126,7 +134,12 @@ class CallbackPlanter:
         creator_info: bool = False,
         signature: int = CALLBACK_SIGNATURE,
         name_length: Optional[int] = None,
+        deleted: bool = False,
     ) -> CallbackObject:
+        """``deleted``: an object that existed and is gone (ExpDeleteCallback took it off
+        ExpCallbackListHead, its name left \\Callback): its blocks are freed at build time."""
+        if deleted:
+            in_directory = in_callback_list = False
         kernel_object = self.objects.create_object(
             "Callback", self.layout.object_size, name=name, creator_info=creator_info,
             permanent=name is not None, name_length=name_length,
@@ -140,7 +153,7 @@ class CallbackPlanter:
         callback = CallbackObject(
             name, allow_multiple, kernel_object, in_directory and name is not None,
             in_callback_list and self.layout.callback_list is not None, signature,
-            name_readable=name_length is None,
+            name_readable=name_length is None, deleted=deleted,
         )
         self.callback_objects.append(callback)
         return callback
@@ -157,11 +170,13 @@ class CallbackPlanter:
         freed: bool = False,
     ) -> Registration:
         """A registration block; ``backlink`` may name another object than the list owner."""
-        block = self.machine.nonpaged.allocate(self.layout.registration_size, REGISTRATION_TAG, free=freed)
+        """``freed``: a registration that was undone (ExUnregisterCallback): off its object's list
+        with stale links, its block freed at build time, its contents stale but readable."""
+        block = self.machine.pool.allocate(self.layout.registration_size, REGISTRATION_TAG, role="registration")
         if backlink is None:
             backlink = callback.address if callback is not None else 0
         registration = Registration(
-            block.body, block.header, callback if linked else None, backlink, routine, context,
+            block.body, block, callback if linked else None, backlink, routine, context,
             busy, unregister_waiting, linked and callback is not None and not freed, freed,
         )
         data = bytearray(self.layout.registration_size)
@@ -197,9 +212,13 @@ class CallbackPlanter:
             if not self.machine.layout.has_symbol(global_name):
                 continue
             if global_name not in self.globals:
-                self.globals[global_name] = next((c for c in self.callback_objects if c.name == short_name), None)
+                self.globals[global_name] = next((c for c in self.live_objects if c.name == short_name), None)
             target = self.globals[global_name]
             self.machine.write_pointer(self.kernel_base + self.machine.layout.symbol(global_name), target.address if target else 0)
+
+    @property
+    def live_objects(self) -> List[CallbackObject]:
+        return [c for c in self.callback_objects if not c.deleted]
 
     def globals_pointing_at(self, callback: CallbackObject) -> List[str]:
         return sorted(name for name, target in self.globals.items() if target is callback)

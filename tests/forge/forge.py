@@ -10,20 +10,28 @@
 
 Anomalies are planted with the same calls (``in_callback_list=False``, ``backlink=...``,
 ``linked=False``...) or, for corruption of the lists themselves, with :meth:`after_linking`.
+History is planted the same way: ``register(..., freed=True)``, ``create_callback(...,
+deleted=True)`` and :meth:`add_unloaded_driver` leave what Windows leaves when a registration
+is undone, an object deleted or a driver unloaded; the blocks are freed through the build's pool
+allocator once every list is written (so that they keep stale links, as the kernel leaves them).
+
+``seed`` varies the layout (physical frames, kernel and driver bases, pool placement, noise
+contents) but not what is planted.
 """
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import dump, truth
 from .callbacks import CallbackObject, CallbackPlanter, Registration
 from .layout import FORGE_SYMBOLS, KernelLayout
-from .machine import Machine
+from .machine import DEFAULT_SEED, Machine
 from .memory import canonical
 from .modules import KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
 from .objects import ObjectManager
+from .pool import PoolBlock, PoolKind
 
 SYSTEM_ROOT = "\\SystemRoot\\system32"
 
@@ -31,10 +39,12 @@ SYSTEM_ROOT = "\\SystemRoot\\system32"
 class ImageForge:
     """Builds one Windows kernel memory image, step by step."""
 
-    def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
-        """``memory_size`` pads physical memory with zero pages, like a machine with that much RAM."""
+    def __init__(self, layout: KernelLayout, memory_size: int = 0, seed: int = DEFAULT_SEED) -> None:
+        """``memory_size``: the machine's RAM (frames are scattered over all of it); without it,
+        RAM grows as pages are needed. ``seed``: see the module's docstring."""
         self.layout = layout
-        self.machine = Machine(layout, memory_size)
+        self.seed = seed
+        self.machine = Machine(layout, memory_size, seed)
         self.loader = ModuleLoader(self.machine)
         symbols = layout.symbols(FORGE_SYMBOLS)
         self.kernel = self.loader.load(
@@ -43,18 +53,22 @@ class ImageForge:
             symbols=layout.symbols(), physical_base=self.machine.plan.kernel_physical,
         )
         self.machine.write_low_stub(self.kernel.base + symbols.get("KiSystemStartup", self.kernel.image.entry_point_rva))
+        self.pool = self.machine.install_pool(self.kernel.base)
         self.hal = self.add_driver("hal.dll", path=f"{SYSTEM_ROOT}\\hal.dll", functions={"HalpPowerStub": 0x1200}, exported=("HalpPowerStub",))
         self.objects = ObjectManager(self.machine, self.kernel.base)
         self.callbacks = CallbackPlanter(self.machine, self.objects, self.kernel.base)
         # Objects whose registrants are fixed, as the plugin's expected-registrant data says.
         self.expected_registrants: Dict[str, List[str]] = {}
         self._after_linking: List[Callable[["ImageForge"], None]] = []
+        self._to_free: List[PoolBlock] = []
+        # What a scenario wants the ground truth to say beyond the inventory (truth.json "notes").
+        self.notes: Dict[str, Any] = {}
         self._built = False
 
     @classmethod
-    def for_profile(cls, profile: str, memory_size: int = 0) -> "ImageForge":
+    def for_profile(cls, profile: str, memory_size: int = 0, seed: int = DEFAULT_SEED) -> "ImageForge":
         """A built-in profile name (see ``layout.BUILTIN_PROFILES``) or the path of a real kernel ISF."""
-        return cls(KernelLayout.resolve(profile), memory_size)
+        return cls(KernelLayout.resolve(profile), memory_size, seed)
 
     # -- modules -------------------------------------------------------------------------
 
@@ -73,9 +87,17 @@ class ImageForge:
                              is_64bit=self.layout.is_64bit)
         return self.loader.load(image, path or f"{SYSTEM_ROOT}\\drivers\\{name}", functions, in_module_list=in_module_list)
 
+    def add_unloaded_driver(self, name: str, functions: Optional[Dict[str, int]] = None,
+                            text_size: int = 0x8000) -> LoadedModule:
+        """A driver that was loaded and has been unloaded: routines that pointed into it now
+        point into unmapped memory; its loader entry stays in pool, freed."""
+        functions = functions or {}
+        image = driver_image(name, text_size=text_size, functions=functions, is_64bit=self.layout.is_64bit)
+        return self.loader.unload(image, f"{SYSTEM_ROOT}\\drivers\\{name}", functions)
+
     def allocate_code_outside_modules(self, size: int = 0x200, tag: bytes = b"Hook") -> int:
         """Executable code in non-paged pool, as a rootkit's shellcode: in no module at all."""
-        block = self.machine.nonpaged.allocate(size, tag)
+        block = self.pool.allocate(size, tag, PoolKind.NONPAGED_EXECUTE, role="shellcode")
         if self.layout.is_64bit:
             code = b"\x48\x83\xec\x28\x90\x90\x48\x83\xc4\x28\xc3"  # sub rsp, 28h; nop; nop; add rsp, 28h; ret
         else:
@@ -91,11 +113,17 @@ class ImageForge:
 
     def create_callback(self, name: Optional[str], **options) -> CallbackObject:
         """``ExCreateCallback``; see :meth:`CallbackPlanter.create` for the options."""
-        return self.callbacks.create(name, **options)
+        callback = self.callbacks.create(name, **options)
+        if callback.deleted:
+            self._to_free.extend(callback.kernel_object.blocks)
+        return callback
 
     def register(self, callback: Optional[CallbackObject], routine: int, **options) -> Registration:
         """``ExRegisterCallback``; see :meth:`CallbackPlanter.register` for the options."""
-        return self.callbacks.register(callback, routine, **options)
+        registration = self.callbacks.register(callback, routine, **options)
+        if registration.freed:
+            self._to_free.append(registration.block)
+        return registration
 
     def point_global(self, global_name: str, callback: Optional[CallbackObject]) -> None:
         """Make ``nt!<global_name>`` point at ``callback`` whatever its name."""
@@ -111,12 +139,23 @@ class ImageForge:
         if self._built:
             raise RuntimeError("an ImageForge builds one image")
         self._built = True
-        self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
-        self.objects.set_type_count("Callback", len(self.callbacks.callback_objects))
+        self._to_free += self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
+        self.objects.set_type_count("Callback", len(self.callbacks.live_objects))
         self.callbacks.link()
+        # What was undone is freed now that its stale links are written, in the order planted.
+        for block in self._to_free:
+            self.pool.free(block)
         for mutation in self._after_linking:
             mutation(self)
+        self.pool.finish()
         return ForgedImage(self, truth.ground_truth(self))
+
+
+def truth_text(truth: Dict[str, Any]) -> str:
+    """truth.json: indented, but one line per pool block (tens of thousands on ``scale``)."""
+    text = json.dumps(dict(truth, blocks=[]), indent=1)
+    blocks = ",\n  ".join(json.dumps(block, separators=(",", ":")) for block in truth["blocks"])
+    return text.replace('"blocks": []', '"blocks": [\n  ' + blocks + "\n ]" if blocks else '"blocks": []', 1)
 
 
 @dataclass
@@ -181,7 +220,7 @@ class ForgedImage:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {"symbols": self.write_symbols(out_dir / self.SYMBOLS_DIR), "truth": out_dir / self.TRUTH_NAME}
-        paths["truth"].write_text(json.dumps(self.truth, indent=1))
+        paths["truth"].write_text(truth_text(self.truth))
         for name in formats:
             paths[name] = self.write_format(name, out_dir / dump.FORMATS[name].file_name)
         return paths

@@ -1,13 +1,13 @@
 """Kernel layouts: where a given Windows build puts each structure field and global.
 
 A :class:`KernelLayout` is the single source of offsets for everything the forge writes. It is
-built either from a built-in profile (tables of facts under ``profiles/``, extracted from real
-symbol tables, so the suite runs on a clean clone) or from a real Volatility 3 ISF, in which
-case every field and every global lands exactly where that build has it.
+built either from a built-in profile (JSON tables of facts under ``profiles/``, written by
+``tools/extract_profile.py`` from real symbol tables, so the suite runs on a clean clone) or
+from a real Volatility 3 ISF, in which case every field and every global lands exactly where
+that build has it.
 """
 
 import hashlib
-import importlib
 import json
 import lzma
 import struct
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 # Builds of the real ISFs this project is tested against, by PDB GUID. An ISF carries no
-# version number; these are the builds their publisher gives (../shared/isf/VERSIONS.md).
+# version number; these are the builds the tables' publisher gives (JPCERTCC/Windows-Symbol-
+# Tables, copied into ../shared/isf/VERSIONS.md).
 KNOWN_BUILDS: Dict[str, int] = {
     "339E74133576439CBCDF7E0229DA3773": 7601,
     "169C65213E3E42DDBEB4E3AC66312B82": 9600,
@@ -44,7 +45,16 @@ FORGE_SYMBOLS = (
     "PipKsrCallback", "HalpKsrCallbackRoutine", "ExpMicrocodePowerStateCallback",
     "ExpPowerStateTransitionCallbackForLicensing", "PpmHypervisorEnlightenmentCallback",
     "SepImageVerificationCallbackWorker", "KeRegisterProcessorChangeCallback",
+    # the pool allocators' globals (tests/forge/segment_heap.py, tests/forge/classic_pool.py)
+    "ExPoolState", "RtlpHpHeapGlobals", "KiProcessorBlock", "KeNumberProcessors", "PoolVector",
+    "NonPagedPoolDescriptor", "ExpNonPagedPoolDescriptor", "ExpPagedPoolDescriptor",
+    "ExpNumberOfNonPagedPools", "ExpNumberOfPagedPools", "ExpPoolFlags",
 )
+
+SEGMENT_HEAP_FIRST_BUILD = 18362
+
+#: Where the built-in profiles (JSON) live.
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 BUILTIN_PROFILES: Dict[str, str] = {
     "win10": "win10_19041_x64",
@@ -122,27 +132,22 @@ class KernelLayout:
         """
         if profile not in BUILTIN_PROFILES:
             raise LayoutError(f"unknown built-in profile {profile!r}; known: {sorted(BUILTIN_PROFILES)}")
-        table = importlib.import_module(f"{__package__}.profiles.{BUILTIN_PROFILES[profile]}")
-        guid = hashlib.md5(f"callbackobjects-forge-{profile}".encode()).hexdigest().upper()
+        table = load_profile(BUILTIN_PROFILES[profile])
+        forge = table["metadata"]["forge_profile"]
+        pdb = dict(table["metadata"]["windows"]["pdb"])
+        pdb.update(GUID=hashlib.md5(f"callbackobjects-forge-{profile}".encode()).hexdigest().upper(), age=1)
         isf = {
             "metadata": {
-                "format": "6.1.0",
+                "format": table["metadata"].get("format", "6.1.0"),
                 "producer": {"name": "callbackobjects-forge", "version": "1.0.0"},
-                "windows": {
-                    "pdb": {
-                        "GUID": guid,
-                        "age": 1,
-                        "database": getattr(table, "PDB_NAME", "ntkrnlmp.pdb"),
-                        "machine_type": MACHINE_AMD64 if table.POINTER_SIZE == 8 else MACHINE_I386,
-                    }
-                },
+                "windows": {"pdb": pdb},
             },
-            "base_types": table.BASE_TYPES,
-            "user_types": table.USER_TYPES,
-            "enums": table.ENUMS,
-            "symbols": {name: {"address": address} for name, address in table.SYMBOLS.items()},
+            "base_types": table["base_types"],
+            "user_types": table["user_types"],
+            "enums": table["enums"],
+            "symbols": {name: {"address": address} for name, address in table["symbols"].items()},
         }
-        return cls(profile, isf, table.BUILD)
+        return cls(profile, isf, forge["build"])
 
     @classmethod
     def from_isf(cls, path: Path) -> "KernelLayout":
@@ -192,6 +197,17 @@ class KernelLayout:
     def protects_object_pool_tags(self) -> bool:
         """Windows 7 and older set the protected bit (0x80) in object pool tags."""
         return self.nt_version <= (6, 1)
+
+    @property
+    def uses_segment_heap(self) -> bool:
+        """Windows 10 1903 (build 18362) and later allocate kernel pool from the segment heap
+        (Bayet & Fariello, "Scoop the Windows 10 pool!", SSTIC 2020; ../shared/isf/VERSIONS.md).
+        17763 already has the heap's types (and ``ExPoolState``) but still the classic pool, and
+        18362 still has the classic pool's globals: the build decides. A table of unknown build
+        counts as segment heap when it has ``ExPoolState`` and no classic ``PoolVector``."""
+        if self.build is not None:
+            return self.build >= SEGMENT_HEAP_FIRST_BUILD
+        return self.has_symbol("ExPoolState") and not self.has_symbol("PoolVector")
 
     @property
     def module_entry_type(self) -> str:
@@ -279,6 +295,28 @@ class KernelLayout:
         for path, value in values.items():
             self.field(type_name, path).encode_into(buffer, 0, value)
         return bytes(buffer)
+
+
+def load_profile(name: str) -> Dict[str, Any]:
+    """A built-in profile's JSON table (``profiles/NAME.json``).
+
+    A profile may be a variant of another: ``{"based_on": "other", "metadata": {...}}`` takes
+    every table of ``other`` and overrides its PDB record and profile metadata (the non-PAE
+    Windows 7 x86 kernel has the PAE one's structures under another PDB name).
+    """
+    path = PROFILE_DIR / f"{name}.json"
+    if not path.exists():
+        raise LayoutError(f"no built-in profile table {path}")
+    table = json.loads(path.read_text())
+    base_name = table.pop("based_on", None)
+    if base_name is None:
+        return table
+    base = load_profile(base_name)
+    metadata = json.loads(json.dumps(base["metadata"]))
+    variant = table.get("metadata", {})
+    metadata["forge_profile"].update(variant.get("forge_profile", {}))
+    metadata["windows"]["pdb"].update(variant.get("windows", {}).get("pdb", {}))
+    return dict(base, metadata=metadata)
 
 
 def pointer_format(pointer_size: int) -> str:

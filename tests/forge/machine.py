@@ -1,4 +1,4 @@
-"""The bare machine of a forged image: paging, fixed kernel pages, pools and typed writes.
+"""The bare machine of a forged image: paging, fixed kernel pages, its pool and typed writes.
 
 Placement follows what Volatility's automagic looks for on a real Windows machine.
 
@@ -7,22 +7,29 @@ x64:
   near 0x1AD000 with a randomised self-map index; Windows 7 uses the fixed index 0x1ED);
 - ``KUSER_SHARED_DATA`` at 0xFFFFF78000000000 with the NT version in it;
 - the processor start block ("low stub") in the first physical megabyte, whose CR3 and
-  long-mode target lead Volatility's PDB scanner to the kernel image.
+  long-mode target lead Volatility's PDB scanner to the kernel image;
+- the kernel and drivers at randomised bases inside the range the loader uses (KASLR), the
+  pool's virtual regions at randomised places.
 
 x86 (PAE or not):
 - the DTB at 0x185000, inside the range the fixed-index scan covers (PAE: PDPT there, the four
   page directories in the four pages after it, as on a booted Windows 7);
 - ``KUSER_SHARED_DATA`` at 0xFFDF0000, whose NtMajorVersion Volatility checks;
 - no low stub: the loader maps the kernel at a fixed offset, virtual = physical + 0x80000000,
-  which is how Volatility's PDB scanner finds a 32-bit kernel (``method_fixed_mapping``).
+  which is how Volatility's PDB scanner finds a 32-bit kernel (``method_fixed_mapping``); the
+  x86 layout is not randomised.
+
+A seed varies the layout (frames, bases, pool placement, noise contents) but never what is
+planted: the same scenario on the same build with another seed holds the same inventory.
 """
 
+import random
 import struct
 from typing import Dict, Optional, Sequence, Tuple
 
 from .layout import KernelLayout, pack_pointer
 from .memory import PAGE_SIZE, AddressSpace, KernelAddressSpace, PaeAddressSpace, PhysicalMemory, X86AddressSpace, canonical
-from .pool import POOL_TYPE_NONPAGED, POOL_TYPE_PAGED, PoolAllocator, PoolBlock
+from .pool import PoolAllocator, PoolBlock, PoolKind
 
 KUSER_SHARED_DATA = 0xFFFF_F780_0000_0000
 KUSER_SHARED_DATA_X86 = 0xFFDF_0000
@@ -32,47 +39,89 @@ LOW_STUB_SIGNATURE = 0x0000_0001_0006_00E9  # JMP opcode, its offset and Complet
 LOW_STUB_LM_TARGET = 0x70
 LOW_STUB_CR3 = 0xA0
 
+#: The seed of every image forged without one: images stay the same from run to run.
+DEFAULT_SEED = 1
+
+# Windows 10 x64 loads the kernel on a 2 MiB boundary in 0xFFFFF800`00000000-0xFFFFF807`FFFFFFFF
+# (the top PML4 slot before the self-map was randomised); drivers follow it in that range.
+WIN10_IMAGE_RANGE = (0xFFFF_F800_0000_0000, 0x7_0000_0000)
+KERNEL_ALIGNMENT_WIN10 = 0x20_0000
+# Windows 7 x64: the kernel a few MiB into 0xFFFFF800`00000000, drivers from 0xFFFFF880`00000000.
+WIN7_KERNEL_RANGE = (0xFFFF_F800_0240_0000, 0x40_0000)
+WIN7_DRIVER_RANGE = (0xFFFF_F880_00C0_0000, 0x100_0000)
+# PML4 slots (0x100-0x1FE) Windows 10 x64 never hands to the dynamic kernel regions the forge
+# places at random: KUSER_SHARED_DATA's (0x1EF) and the kernel images' (0x1F0).
+WIN10_RESERVED_SLOTS = (0x1EF, 0x1F0)
+#: A dynamic region starts at a random 2 MiB boundary in the first 16 GiB of its PML4 slot.
+REGION_SPREAD = 0x4_0000_0000
+REGION_ALIGNMENT = 0x20_0000
+
+
+def streams(seed: int, name: str) -> random.Random:
+    """An independent random stream per purpose, so that adding draws to one leaves the others."""
+    return random.Random(f"callbackobjects-forge:{seed}:{name}")
+
 
 class AddressPlan:
-    """Virtual and physical placement for one Windows generation."""
+    """Virtual and physical placement for one Windows generation, varied by ``rng``."""
 
-    def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
+    def __init__(self, layout: KernelLayout, rng: random.Random) -> None:
         # Physical frame of the kernel image when the loader maps it at a fixed offset (x86).
         self.kernel_physical: Optional[int] = None
         if not layout.is_64bit:
             self.dtb = 0x185000
             self.self_ref_index = 3 if layout.pae else 0x300
             self.kernel_base = 0x8284_0000
+            self.driver_base: Optional[int] = None  # drivers follow the kernel
             self.kernel_physical = self.kernel_base - X86_KERNEL_MAPPING
             self.nonpaged_pool = 0x8440_0000
             self.paged_pool = 0x8A20_0000
+            self.system_region = 0x8F80_0000
+            self.filler_region: Optional[int] = None  # no room for bulk in 2 GiB of kernel space
             self.kuser_shared_data = KUSER_SHARED_DATA_X86
             self.unmapped = 0x9F0D_E000
             return
         self.kuser_shared_data = KUSER_SHARED_DATA
         if layout.nt_version >= (10, 0):
             self.dtb = 0x1AD000
-            self.self_ref_index = 0x1B2
-            self.kernel_base = 0xFFFF_F803_1240_0000
-            self.nonpaged_pool = 0xFFFF_9A80_0000_0000
-            self.paged_pool = 0xFFFF_A001_0000_0000
+            candidates = [slot for slot in range(0x100, 0x1FF) if slot not in WIN10_RESERVED_SLOTS]
+            self_ref, nonpaged, paged, system, filler, unmapped = rng.sample(candidates, 6)
+            self.self_ref_index = self_ref
+            start, span = WIN10_IMAGE_RANGE
+            self.kernel_base = start + rng.randrange(span // KERNEL_ALIGNMENT_WIN10) * KERNEL_ALIGNMENT_WIN10
+            self.driver_base = None
+            self.nonpaged_pool = self._region(nonpaged, rng)
+            self.paged_pool = self._region(paged, rng)
+            self.system_region = self._region(system, rng)
+            self.filler_region: Optional[int] = self._region(filler, rng)
+            self.unmapped = self._region(unmapped, rng) + 0xDEAD_0000
         else:
             self.dtb = 0x187000
             self.self_ref_index = 0x1ED
-            self.kernel_base = 0xFFFF_F800_0260_0000
-            self.nonpaged_pool = 0xFFFF_FA80_0000_0000
-            self.paged_pool = 0xFFFF_F8A0_0000_0000
-        # Addresses that never get a page: targets for planted dangling pointers.
-        self.unmapped = 0xFFFF_9F00_DEAD_0000 if layout.nt_version >= (10, 0) else 0xFFFF_FA00_DEAD_0000
+            start, span = WIN7_KERNEL_RANGE
+            self.kernel_base = start + rng.randrange(span // PAGE_SIZE) * PAGE_SIZE
+            start, span = WIN7_DRIVER_RANGE
+            self.driver_base = start + rng.randrange(span // 0x10000) * 0x10000
+            self.nonpaged_pool = 0xFFFF_FA80_0000_0000 + rng.randrange(0x400) * 0x100000
+            self.paged_pool = 0xFFFF_F8A0_0000_0000 + rng.randrange(0x400) * 0x100000
+            self.system_region = 0xFFFF_F880_0040_0000
+            self.filler_region = 0xFFFF_FA81_0000_0000
+            # Addresses that never get a page: targets for planted dangling pointers.
+            self.unmapped = 0xFFFF_FA00_DEAD_0000
+
+    @staticmethod
+    def _region(slot: int, rng: random.Random) -> int:
+        return canonical((slot << 39) + rng.randrange(REGION_SPREAD // REGION_ALIGNMENT) * REGION_ALIGNMENT)
 
 
 class Machine:
-    """Physical memory, one kernel address space, and typed writers over it."""
+    """Physical memory, one kernel address space, its pool allocator and typed writers."""
 
-    def __init__(self, layout: KernelLayout, memory_size: int = 0) -> None:
+    def __init__(self, layout: KernelLayout, memory_size: int = 0, seed: int = DEFAULT_SEED) -> None:
         self.layout = layout
-        self.plan = AddressPlan(layout)
-        self.physical = PhysicalMemory(minimum_size=memory_size)
+        self.seed = seed
+        self.plan = AddressPlan(layout, streams(seed, "layout"))
+        self.physical = PhysicalMemory(streams(seed, "frames"), minimum_size=memory_size)
         self.space: KernelAddressSpace
         if layout.is_64bit:
             self.space = AddressSpace(self.physical, self.plan.dtb, self.plan.self_ref_index)
@@ -80,9 +129,33 @@ class Machine:
             self.space = PaeAddressSpace(self.physical, self.plan.dtb)
         else:
             self.space = X86AddressSpace(self.physical, self.plan.dtb)
-        self.nonpaged = PoolAllocator(self.space, layout, self.plan.nonpaged_pool, POOL_TYPE_NONPAGED)
-        self.paged = PoolAllocator(self.space, layout, self.plan.paged_pool, POOL_TYPE_PAGED)
+        self._pool: Optional[PoolAllocator] = None
+        self._next_system_page = self.plan.system_region
         self._map_shared_user_data()
+
+    # -- the pool --------------------------------------------------------------------------
+
+    def install_pool(self, kernel_base: int) -> PoolAllocator:
+        """The build's allocator, its globals written into the (mapped) kernel image."""
+        from .classic_pool import ClassicPool
+        from .segment_heap import SegmentHeapPool
+
+        allocator = SegmentHeapPool if self.layout.uses_segment_heap else ClassicPool
+        self._pool = allocator(self, kernel_base, streams(self.seed, "pool"))
+        return self._pool
+
+    @property
+    def pool(self) -> PoolAllocator:
+        if self._pool is None:
+            raise RuntimeError("the pool exists once the kernel image is mapped (Machine.install_pool)")
+        return self._pool
+
+    def allocate_system_pages(self, count: int) -> int:
+        """Non-pool kernel memory (processor blocks, descriptor arrays): fresh mapped pages."""
+        address = self._next_system_page
+        self.space.map_range(address, count * PAGE_SIZE, executable=False)
+        self._next_system_page += (count + 1) * PAGE_SIZE  # a guard page between allocations
+        return address
 
     # -- fixed pages ---------------------------------------------------------------------
 
@@ -114,12 +187,15 @@ class Machine:
         self.space.write(address, self.layout.pack(type_name, values, size))
 
     def write_fields(self, address: int, type_name: str, values: Dict[str, int]) -> None:
-        """Change some members of a structure already in memory, leaving the rest alone."""
-        for path, value in values.items():
-            spec = self.layout.field(type_name, path)
-            buffer = bytearray(self.space.read(address + spec.offset, spec.size))
-            spec.encode_into(buffer, -spec.offset, value)
-            self.space.write(address + spec.offset, bytes(buffer))
+        """Change some members of a structure already in memory, leaving the rest alone
+        (one read and one write of the span the members cover)."""
+        specs = [(self.layout.field(type_name, path), value) for path, value in values.items()]
+        start = min(spec.offset for spec, _ in specs)
+        end = max(spec.offset + spec.size for spec, _ in specs)
+        buffer = bytearray(self.space.read(address + start, end - start))
+        for spec, value in specs:
+            spec.encode_into(buffer, -start, value)
+        self.space.write(address + start, bytes(buffer))
 
     def write_pointer(self, address: int, value: int) -> None:
         self.space.write(address, pack_pointer(canonical(value) if value else 0, self.layout.pointer_size))
@@ -157,9 +233,10 @@ class Machine:
             f"{prefix}.Buffer": canonical(buffer) if buffer else 0,
         }
 
-    def allocate_string(self, text: str, tag: bytes = b"ObNm", paged: bool = True) -> Tuple[PoolBlock, int]:
+    def allocate_string(self, text: str, tag: bytes = b"ObNm", kind: PoolKind = PoolKind.PAGED,
+                        role: str = "name") -> Tuple[PoolBlock, int]:
         """A NUL-terminated UTF-16 string in pool; returns the block and the buffer address."""
         data = text.encode("utf-16-le") + b"\x00\x00"
-        block = (self.paged if paged else self.nonpaged).allocate(len(data), tag)
+        block = self.pool.allocate(len(data), tag, kind, role=role)
         self.space.write(block.body, data)
         return block, block.body

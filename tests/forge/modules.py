@@ -6,13 +6,15 @@ data sections, with a small read-only section right after the headers for the de
 directories (within the first 4 MiB, where Volatility's PDB scanner looks).
 """
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .layout import FORGE_SYMBOLS, KernelLayout
-from .machine import Machine
+from .machine import Machine, streams
 from .memory import PAGE_SIZE, masked
 from .pe import CODE, READ_ONLY_DATA, WRITABLE_DATA, CodeView, PeImage, Section
+from .pool import PoolBlock, PoolKind
 
 KERNEL_CODE_SYMBOLS = frozenset(
     {
@@ -31,6 +33,8 @@ CODE_SECTION_NAMES = (".text", "PAGE", "INIT", "PAGEKD", "PAGEVRFY")
 ROUTINE_PROLOGUE_X64 = b"\x48\x89\x5c\x24\x08\xc3"  # mov [rsp+8], rbx; ret
 ROUTINE_PROLOGUE_X86 = b"\x8b\xff\x55\x8b\xec\xc3"  # mov edi, edi; push ebp; mov ebp, esp; ret
 DATA_SECTION_NAMES = (".data", "ALMOSTRO", "CACHEALI", "PAGEDATA", "PAGEVRFD")
+# Kernel globals larger than a few pointers: the image must extend past their end.
+DATA_SYMBOL_TYPES = {"ExPoolState": "_EX_POOL_HEAP_MANAGER_STATE", "NonPagedPoolDescriptor": "_POOL_DESCRIPTOR"}
 
 
 def _page_floor(value: int) -> int:
@@ -41,7 +45,9 @@ def kernel_image(layout: KernelLayout) -> PeImage:
     """ntoskrnl.exe with sections placed around the layout's code and data symbols."""
     symbols = layout.symbols(FORGE_SYMBOLS)
     points = sorted((rva, name in KERNEL_CODE_SYMBOLS) for name, rva in symbols.items())
-    size_of_image = (points[-1][0] + 0x20000) & ~0xFFFF
+    ends = [rva + layout.size_of(DATA_SYMBOL_TYPES[name]) for name, rva in symbols.items()
+            if name in DATA_SYMBOL_TYPES and layout.has_type(DATA_SYMBOL_TYPES[name])]
+    size_of_image = (max([points[-1][0]] + ends) + 0x20000) & ~0xFFFF
     used_pages = {_page_floor(rva) for rva, _ in points}
     metadata_page = next((page for page in range(0x1000, 0x400000, PAGE_SIZE) if page not in used_pages), None)
     if metadata_page is None:
@@ -116,6 +122,8 @@ class LoadedModule:
     symbols: Dict[str, int] = field(default_factory=dict)  # names a reader can resolve (RVA)
     entry: Optional[int] = None  # its loader entry, when in PsLoadedModuleList
     in_module_list: bool = True
+    unloaded: bool = False  # unloaded: its range is unmapped, its loader entry freed
+    blocks: List[PoolBlock] = field(default_factory=list)  # loader entry and its two names
     _names_by_rva: Optional[Dict[int, str]] = field(default=None, repr=False)
 
     @property
@@ -147,15 +155,27 @@ class ModuleLoader:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.modules: List[LoadedModule] = []
+        self.unloaded: List[LoadedModule] = []
+        self._by_base: List[LoadedModule] = []
+        self._bases: List[int] = []
         self._next_base = machine.plan.kernel_base
+        self._rng = streams(machine.seed, "modules")
+
+    def _reserve(self, image: PeImage) -> int:
+        """The next base: 64 KiB aligned, a random distance after the previous image; on
+        Windows 7 x64 drivers start in their own region once the kernel is placed."""
+        base = self._next_base
+        self._next_base = ((base + image.size_of_image + 0x10FFFF) & ~0xFFFF) + self._rng.randrange(16) * 0x10000
+        if not self.modules and not self.unloaded and self.machine.plan.driver_base is not None:
+            self._next_base = self.machine.plan.driver_base
+        return base
 
     def load(self, image: PeImage, path: str, functions: Optional[Dict[str, int]] = None,
              symbols: Optional[Dict[str, int]] = None, in_module_list: bool = True,
              physical_base: Optional[int] = None) -> LoadedModule:
         """Map ``image`` at the next free base; with ``physical_base``, onto contiguous frames
         from there (how the x86 loader maps the kernel: virtual = physical + 0x80000000)."""
-        base = self._next_base
-        self._next_base = (base + image.size_of_image + 0x10FFFF) & ~0xFFFF
+        base = self._reserve(image)
         space = self.machine.space
         for section in [None] + list(image.sections):
             start, size, executable = (0, PAGE_SIZE, False) if section is None else (section.rva, section.virtual_size, section.executable)
@@ -174,20 +194,32 @@ class ModuleLoader:
         self.modules.append(module)
         return module
 
-    def write_module_list(self, list_head: int) -> None:
-        """Allocate a loader entry per module and link the listed ones behind ``PsLoadedModuleList``.
+    def unload(self, image: PeImage, path: str, functions: Optional[Dict[str, int]] = None) -> LoadedModule:
+        """A driver that was loaded and is gone: its former range is unmapped (and no later
+        image reuses it); its loader entry is written with the others and then freed."""
+        module = LoadedModule(image.dll_name, path, self._reserve(image), image, dict(functions or {}),
+                              {}, None, in_module_list=False, unloaded=True)
+        self.unloaded.append(module)
+        return module
+
+    def write_module_list(self, list_head: int) -> List[PoolBlock]:
+        """Allocate a loader entry per module and link the listed ones behind ``PsLoadedModuleList``;
+        returns the blocks of unloaded drivers' entries, to be freed once written.
 
         A hidden module keeps its entry in pool with stale links into the list, as after a
         rootkit unlinks itself (DKOM): module scanning still finds it, the list walk does not.
+        An unloaded driver's entry was taken off the list the same way before it was freed.
         """
         machine = self.machine
         layout = machine.layout
         entry_type = layout.module_entry_type
-        for module in self.modules:
-            block = machine.nonpaged.allocate(layout.size_of(entry_type), b"MmLd")
+        everything = self.modules + self.unloaded
+        for module in everything:
+            block = machine.pool.allocate(layout.size_of(entry_type), b"MmLd", role="module_entry")
             module.entry = block.body
-            _, full = machine.allocate_string(module.path, b"MmLn", paged=False)
-            _, base_name = machine.allocate_string(module.name, b"MmLn", paged=False)
+            full_block, full = machine.allocate_string(module.path, b"MmLn", PoolKind.NONPAGED, role="module_name")
+            name_block, base_name = machine.allocate_string(module.name, b"MmLn", PoolKind.NONPAGED, role="module_name")
+            module.blocks = [block, full_block, name_block]
             values = {
                 "DllBase": module.base,
                 "EntryPoint": module.base + module.image.entry_point_rva,
@@ -198,10 +230,15 @@ class ModuleLoader:
             values.update(machine.unicode_string_values("FullDllName", module.path, full))
             values.update(machine.unicode_string_values("BaseDllName", module.name, base_name))
             machine.write_struct(block.body, entry_type, values)
-        machine.write_list(list_head, [(module.entry, module.in_module_list) for module in self.modules])
+        machine.write_list(list_head, [(module.entry, module.in_module_list) for module in everything])
+        return [block for module in self.unloaded for block in module.blocks]
 
     def owner_of(self, address: int) -> Optional[LoadedModule]:
-        for module in self.modules:
-            if module.contains(address):
-                return module
+        """The loaded (mapped) module holding ``address``, if any."""
+        if len(self._by_base) != len(self.modules):
+            self._by_base = sorted(self.modules, key=lambda module: masked(module.base))
+            self._bases = [masked(module.base) for module in self._by_base]
+        index = bisect_right(self._bases, masked(address)) - 1
+        if index >= 0 and self._by_base[index].contains(address):
+            return self._by_base[index]
         return None

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 from .layout import KernelLayout
 from .machine import Machine
 from .memory import masked
-from .pool import tag_value
+from .pool import PoolBlock, PoolKind, tag_value
 
 # Optional object headers by InfoMask bit, closest to the object header first.
 INFO_CREATOR = 0x01
@@ -61,6 +61,10 @@ TYPES_WINDOWS_7 = (
 )
 # Pool tags (ObjectType->Key) of the types whose objects the forge allocates.
 TYPE_POOL_TAGS = {"Type": b"ObjT", "Directory": b"Dire", "Callback": b"Call", "Driver": b"Driv", "Device": b"Devi"}
+# The pool each type's objects come from (its TypeInfo.PoolType): directories are paged.
+TYPE_POOLS = {"Directory": PoolKind.PAGED}
+# What the ground truth calls the pool block of an object of each type.
+TYPE_ROLES = {"Type": "type_object", "Directory": "directory_object", "Callback": "callback_object"}
 
 
 def directory_hash(name: str) -> int:
@@ -89,6 +93,7 @@ class KernelObject:
     name_info: Optional[int] = None
     directory: Optional["KernelObject"] = None
     entries: List[int] = field(default_factory=list)  # directory entries that point at it
+    blocks: List[PoolBlock] = field(default_factory=list)  # its pool block, then its name's
 
 
 class ObjectManager:
@@ -141,7 +146,7 @@ class ObjectManager:
             type_object = self.create_object("Type", size, name=name, permanent=True)
             self.types[name] = type_object
             body = type_object.body
-            _, buffer = self.machine.allocate_string(name, b"ObNm")
+            _, buffer = self.machine.allocate_string(name, b"ObNm", role="type_name")
             values = {"Index": self.type_indices[name], "TotalNumberOfObjects": 0,
                       "Key": tag_value(TYPE_POOL_TAGS.get(name, name[:4].ljust(4).encode()))}
             values.update(self.machine.unicode_string_values("Name", name, buffer))
@@ -182,7 +187,8 @@ class ObjectManager:
         """Allocate an object with its headers; ``name_length`` may lie about the name."""
         mask = (INFO_CREATOR if creator_info else 0) | (INFO_NAME if name is not None else 0) | (INFO_QUOTA if quota_info else 0)
         optional = sum(self.optional_header_size(bit) for bit in OPTIONAL_HEADER_TYPES if mask & bit)
-        block = self.machine.nonpaged.allocate(optional + self.body_offset + body_size, self.pool_tag(type_name))
+        block = self.machine.pool.allocate(optional + self.body_offset + body_size, self.pool_tag(type_name),
+                                           TYPE_POOLS.get(type_name, PoolKind.NONPAGED), role=TYPE_ROLES.get(type_name, "object"))
         header = block.body + optional
         body = header + self.body_offset
         flags = OBJ_FLAG_KERNEL_OBJECT | (OBJ_FLAG_PERMANENT if permanent else 0)
@@ -193,7 +199,7 @@ class ObjectManager:
             "InfoMask": mask,
             "Flags": flags,
         }, size=self.body_offset)
-        obj = KernelObject(type_name, header, body, block.header, name)
+        obj = KernelObject(type_name, header, body, block.header, name, blocks=[block])
         if mask & INFO_CREATOR:
             creator = header - self.optional_header_size(INFO_CREATOR)
             self.machine.write_struct(creator, "_OBJECT_HEADER_CREATOR_INFO", {"CreatorUniqueProcess": 4})
@@ -202,7 +208,8 @@ class ObjectManager:
         if name is not None:
             offset = sum(self.optional_header_size(bit) for bit in (INFO_CREATOR, INFO_NAME) if mask & bit)
             obj.name_info = header - offset
-            _, buffer = self.machine.allocate_string(name, b"ObNm")
+            name_block, buffer = self.machine.allocate_string(name, b"ObNm", role="object_name")
+            obj.blocks.append(name_block)
             self.machine.write_struct(obj.name_info, "_OBJECT_HEADER_NAME_INFO",
                                       self.machine.unicode_string_values("Name", name, buffer, name_length))
         return obj
@@ -218,7 +225,8 @@ class ObjectManager:
             raise ValueError("only named objects can be inserted into a directory")
         hash_value = directory_hash(obj.name)
         bucket = directory.body + self.layout.offset_of("_OBJECT_DIRECTORY", "HashBuckets") + (hash_value % DIRECTORY_BUCKETS) * self.layout.pointer_size
-        block = self.machine.paged.allocate(self.layout.size_of("_OBJECT_DIRECTORY_ENTRY"), b"ObDi")
+        block = self.machine.pool.allocate(self.layout.size_of("_OBJECT_DIRECTORY_ENTRY"), b"ObDi", PoolKind.PAGED,
+                                           role="directory_entry")
         self.machine.write_struct(block.body, "_OBJECT_DIRECTORY_ENTRY", {
             "ChainLink": self.machine.read_pointer(bucket),
             "Object": obj.body,

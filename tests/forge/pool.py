@@ -1,25 +1,114 @@
-"""Kernel pool allocations with the pool headers Windows puts in front of them.
+"""What every kernel pool allocator of the forge shares: blocks, their states, pool headers.
 
-Each pool page is carved into blocks of 16-byte units on x64 and 8-byte units on x86 (the size
-of the build's ``_POOL_HEADER``). Every block starts with a ``_POOL_HEADER`` (BlockSize,
-PreviousSize, PoolType, PoolTag) exactly as the kernel writes it,
-and the tail of every page is closed by a free block, so a pool scanner walking a page sees an
-unbroken chain. A freed block keeps its contents; only its header says it is free.
+Two allocators model how Windows hands out and takes back small pool blocks, each in a module
+of its own that answers the same two questions, "place a block of this size and pool type"
+(:meth:`PoolAllocator.allocate`) and "free it" (:meth:`PoolAllocator.free`, which returns how the
+kernel took it back):
+
+- ``classic_pool.ClassicPool``: the pool of Windows 7 to 10 1809 (builds up to 17763), pages
+  carved into blocks behind ``_POOL_HEADER``s, frees to per-processor lookaside lists, the
+  descriptor's pending list or its ``ListHeads``;
+- ``segment_heap.SegmentHeapPool``: the kernel's segment heap of Windows 10 1903 and later
+  (build 18362+), LFH and VS subsegments in page segments under ``nt!ExPoolState``.
+
+Scenario code asks them and never computes a heap offset itself. Every block starts with the
+build's ``_POOL_HEADER`` (tag, ``BlockSize`` in units of the header's size, pool type), then
+holds the caller's data at ``PoolBlock.body``.
 """
 
+import abc
+import enum
+import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .layout import KernelLayout
-from .memory import PAGE_SIZE, KernelAddressSpace
+from .memory import canonical
 
+if TYPE_CHECKING:
+    from .machine import Machine
+
+# Vista and later keep the base pool type with an in-use bit (0x2) in the header: allocated
+# non-paged blocks read 2 (even), paged ones 3 (odd), as Volatility's POOL_HEADER_VISTA decodes
+# them. The WRK (Server 2003) stores type + 1 with an in-use bit 0x4 instead; the Vista+
+# encoding cannot be checked against published source here, it is the one Volatility and the
+# ISF-era tools agree on. Non-paged NX pool (0x200) does not fit the 8-bit header field: its
+# blocks read 2 as well.
 POOL_TYPE_FREE = 0
-# Vista and later store the pool type plus one: non-paged allocations read as 2 (even), paged
-# ones as 3 (odd); Volatility's POOL_HEADER_VISTA decodes them that way.
 POOL_TYPE_NONPAGED = 2
 POOL_TYPE_PAGED = 3
+POOL_IN_USE_BIT = 0x2
 
-BLOCK_UNIT = 0x10  # x64; x86 pools count in 8-byte units, the size of its _POOL_HEADER
+
+class PoolKind(enum.Enum):
+    """Which pool a block comes from."""
+
+    NONPAGED = "nonpaged"  # NonPagedPoolNx from Windows 8 on (no execute), NonPagedPool before
+    NONPAGED_EXECUTE = "nonpaged_execute"  # NonPagedPool: executable pages (shellcode, old drivers)
+    PAGED = "paged"
+
+    @property
+    def header_pool_type(self) -> int:
+        return POOL_TYPE_PAGED if self is PoolKind.PAGED else POOL_TYPE_NONPAGED
+
+    @property
+    def executable(self) -> bool:
+        return self is PoolKind.NONPAGED_EXECUTE
+
+
+class FreedHow:
+    """How the kernel took a freed block back (``PoolBlock.how``)."""
+
+    LFH = "lfh"  # segment heap LFH: bitmap bits cleared, no byte of the block changed
+    VS = "vs"  # segment heap VS: chunk header says free, the free-tree node overwrote the pool header
+    VS_DELAY = "vs_delay"  # segment heap VS delay-free list: chunk still decodes allocated, link over the pool header
+    LOOKASIDE = "lookaside"  # classic: per-processor lookaside list, next link at body+0
+    PENDING = "pending"  # classic: the pool descriptor's pending-frees list, next link at body+0
+    LIST = "list"  # classic: the descriptor's ListHeads, PoolType 0, LIST_ENTRY at body
+
+
+ALLOCATED = "allocated"
+FREED = "freed"
+
+
+@dataclass(eq=False)
+class PoolBlock:
+    """One pool allocation: where it is, what holds it, and what became of it."""
+
+    header: int  # virtual address of its _POOL_HEADER
+    body: int  # the caller's data, right after the header
+    size: int  # bytes of the block, header included (BlockSize in bytes)
+    tag: bytes
+    kind: PoolKind
+    container: str  # "lfh", "vs" (segment heap) or "page" (classic pool page)
+    subsegment: Optional[int] = None  # LFH/VS subsegment holding it (segment heap)
+    role: str = "noise"  # what the forge put in it (registration, callback_object, ...)
+    state: str = ALLOCATED
+    how: Optional[str] = None  # a FreedHow value once freed
+    # False once the free wrote over the pool header (tag gone) or unmapped it: a tag scanner
+    # cannot find the block any more.
+    header_intact: bool = True
+
+    @property
+    def freed(self) -> bool:
+        return self.state == FREED
+
+    def record(self) -> Dict[str, object]:
+        """The ground truth's view of the block (addresses as Volatility renders them)."""
+        mask = (1 << 48) - 1
+        return {
+            "header": self.header & mask,
+            "body": self.body & mask,
+            "size": self.size,
+            "tag": self.tag.decode("latin-1"),
+            "pool": self.kind.value,
+            "container": self.container,
+            "subsegment": None if self.subsegment is None else self.subsegment & mask,
+            "role": self.role,
+            "state": self.state,
+            "how": self.how,
+            "header_intact": self.header_intact,
+        }
 
 
 def tag_value(tag: bytes) -> int:
@@ -28,64 +117,109 @@ def tag_value(tag: bytes) -> int:
     return int.from_bytes(tag, "little")
 
 
-@dataclass(frozen=True)
-class PoolBlock:
-    header: int  # address of the _POOL_HEADER
-    body: int  # address the allocator returned to its caller
-    size: int  # bytes of the whole block, header included
-    tag: bytes
-    free: bool
+class PoolHeaders:
+    """Packs the build's ``_POOL_HEADER`` (cached: scenarios write tens of thousands)."""
 
-
-class PoolAllocator:
-    """A bump allocator over a virtual pool region, one page at a time."""
-
-    def __init__(self, space: KernelAddressSpace, layout: KernelLayout, base: int, pool_type: int) -> None:
-        self._space = space
+    def __init__(self, layout: KernelLayout) -> None:
         self._layout = layout
-        self._pool_type = pool_type
-        self._header_size = layout.size_of("_POOL_HEADER")
-        # The pool granularity is the header size: 16 bytes on x64, 8 on x86.
-        self._unit = BLOCK_UNIT if layout.is_64bit else self._header_size
-        self._next_page = base
-        self._page: Optional[int] = None
-        self._used = 0
-        self._previous_units = 0
+        self.size = layout.size_of("_POOL_HEADER")
+        # The pool's granularity is its header's size: 16 bytes on x64, 8 on x86.
+        self.unit = self.size
+        self._cache: Dict[Tuple[int, int, int, int, bytes], bytes] = {}
 
-    def allocate(self, size: int, tag: bytes, free: bool = False) -> PoolBlock:
-        """Allocate ``size`` bytes; the returned body follows a fresh pool header."""
-        unit = self._unit
-        units = (self._header_size + size + unit - 1) // unit
-        if units * unit > PAGE_SIZE:
-            raise ValueError(f"{size:#x} bytes do not fit a small pool block; the forge has no big-pool allocations")
-        if self._page is None or self._used + units * unit > PAGE_SIZE:
-            self._new_page()
-        assert self._page is not None
-        header = self._page + self._used
-        self._write_header(header, units, self._previous_units, tag, POOL_TYPE_FREE if free else self._pool_type)
-        self._space.write(header + self._header_size, bytes(units * unit - self._header_size))
-        self._used += units * unit
-        self._previous_units = units
-        self._close_page()
-        return PoolBlock(header, header + self._header_size, units * unit, tag, free)
+    def units(self, size: int) -> int:
+        """Units of a block holding ``size`` bytes of caller data behind its header."""
+        return (self.size + size + self.unit - 1) // self.unit
 
-    def _new_page(self) -> None:
-        self._page = self._next_page
-        self._next_page += PAGE_SIZE
-        self._space.map_page(self._page, executable=False)
-        self._used = 0
-        self._previous_units = 0
+    def pack(self, block_units: int, tag: bytes, pool_type: int, previous_units: int = 0, pool_index: int = 0) -> bytes:
+        key = (block_units, previous_units, pool_type, pool_index, tag)
+        packed = self._cache.get(key)
+        if packed is None:
+            packed = self._layout.pack("_POOL_HEADER", {
+                "BlockSize": block_units, "PreviousSize": previous_units, "PoolType": pool_type,
+                "PoolIndex": pool_index, "PoolTag": tag_value(tag),
+            })
+            self._cache[key] = packed
+        return packed
 
-    def _close_page(self) -> None:
-        """Mark the rest of the current page as one free block so the chain stays walkable."""
-        assert self._page is not None
-        remaining = PAGE_SIZE - self._used
-        if remaining >= self._unit:
-            self._write_header(self._page + self._used, remaining // self._unit, self._previous_units, b"Free", POOL_TYPE_FREE)
 
-    def _write_header(self, address: int, units: int, previous_units: int, tag: bytes, pool_type: int) -> None:
-        header = self._layout.pack(
-            "_POOL_HEADER",
-            {"BlockSize": units, "PreviousSize": previous_units, "PoolType": pool_type, "PoolTag": tag_value(tag)},
-        )
-        self._space.write(address, header)
+class PoolAllocator(abc.ABC):
+    """Places pool blocks and takes them back as the build's kernel does."""
+
+    #: truth.json's name of the allocator
+    name: str
+
+    def __init__(self) -> None:
+        self.blocks: List[PoolBlock] = []
+
+    @abc.abstractmethod
+    def allocate(self, size: int, tag: bytes, kind: PoolKind = PoolKind.NONPAGED, role: str = "noise") -> PoolBlock:
+        """A block for ``size`` bytes of caller data; its pool header is written, its body zeroed."""
+
+    @abc.abstractmethod
+    def free(self, block: PoolBlock) -> str:
+        """Free ``block`` as ``ExFreePoolWithTag`` would; returns the :class:`FreedHow`."""
+
+    @abc.abstractmethod
+    def finish(self) -> None:
+        """Write the metadata that summarises the blocks (lists, bitmaps, trees, counters)."""
+
+    @abc.abstractmethod
+    def describe(self) -> Dict[str, object]:
+        """Where the allocator's roots are, for the ground truth."""
+
+    def _record(self, block: PoolBlock) -> PoolBlock:
+        self.blocks.append(block)
+        return block
+
+    def _noise(self, machine: "Machine", plan: random.Random, rng: random.Random, kind: PoolKind,
+               sizes: Sequence[int]) -> None:
+        """What a booted kernel leaves behind: blocks of these data sizes, in this order, with
+        common tags and random contents (``rng``: they vary with the seed); a third of them,
+        chosen by ``plan`` (which does not), freed again in allocation order."""
+        blocks = []
+        for size in sizes:
+            block = self.allocate(size, rng.choice(NOISE_TAGS), kind)
+            machine.space.write(block.body, rng.getrandbits(8 * size).to_bytes(size, "little"))
+            blocks.append(block)
+        for block in blocks:
+            if plan.randrange(3) == 0:
+                self.free(block)
+
+    @staticmethod
+    def _check_live(block: PoolBlock) -> None:
+        if block.freed:
+            raise ValueError(f"block {block.header:#x} ({block.tag!r}) is already free")
+
+
+def write_slist_header(machine: "Machine", address: int, first: int, depth: int) -> None:
+    """An interlocked singly linked list head (``_SLIST_HEADER``) as the build's ISF lays it out.
+
+    x64: ``HeaderX64`` keeps ``Depth`` and ``Sequence`` in the first quadword and the first
+    entry's address >> 4 in ``NextEntry`` (bits 4-63 of the second); where the table also has
+    ``Header16`` (Windows 7), its ``HeaderType`` 1 marks that 16-byte format and ``Init`` 1 an
+    initialised header (the Windows 7 WDK's reading, not checkable here). x86: ``Next`` (the
+    first entry), ``Depth`` and a sequence number. Each entry's first pointer names the next.
+    """
+    layout = machine.layout
+    if layout.has_field("_SLIST_HEADER", "HeaderX64"):
+        values = {"HeaderX64.Depth": depth, "HeaderX64.Sequence": depth,
+                  "HeaderX64.NextEntry": canonical(first) >> 4 if first else 0}
+        if layout.has_field("_SLIST_HEADER", "Header16"):
+            values.update({"Header16.HeaderType": 1, "Header16.Init": 1})
+    else:
+        values = {"Next.Next": first, "Depth": depth}
+    machine.write_fields(address, "_SLIST_HEADER", values)
+
+
+#: The noise plan (how many blocks of which size, which are freed) is the same for every seed:
+#: a seed varies the layout, never the inventory.
+NOISE_PLAN_SEED = "callbackobjects-forge:noise-plan"
+
+# Tags of pool blocks a running kernel is full of (drivers' and the executive's), for noise.
+NOISE_TAGS = (
+    b"Ntfx", b"File", b"Even", b"Irp ", b"MmSt", b"Vad ", b"Toke", b"Thre", b"Proc", b"Sema",
+    b"Muta", b"Key ", b"CM31", b"NtFs", b"FMfn", b"FMsl", b"Mdl ", b"Wait", b"Io  ", b"SeTd",
+    b"Ntf0", b"TcpE", b"UdpA", b"NDnd", b"Ipng", b"AfdE", b"Devi", b"Driv", b"Sect", b"ALPC",
+    b"EtwR", b"WfpF", b"Pool", b"Vi54", b"smNp", b"CcBc", b"MmCa", b"ObHd", b"IoNm", b"NtFB",
+)

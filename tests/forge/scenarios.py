@@ -10,8 +10,13 @@
 - ``corrupt``: the baseline plus broken lists: cycles, pointers to unmapped pages, a bad
   signature, an absurd name length, mismatched Blinks.
 - ``scale``: 2,000 objects and 20,000 registrations, for speed.
+- ``busy``: the baseline in a 4 GiB machine whose RAM is nearly all mapped and full (tens of
+  thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``).
 
-To add one: write ``def my_story(forge: ImageForge) -> None`` that plants what it needs (start
+Every scenario gets :func:`freed_history` as well (``forge_scenario``): registrations undone, a
+callback object deleted, a driver unloaded, as on any machine that has been running a while.
+
+To add one: write ``def my_story(forge: ImageForge) -> Story`` that plants what it needs (start
 from :func:`baseline` if the story needs a living system around it) and add it to SCENARIOS.
 """
 
@@ -19,7 +24,9 @@ from typing import Callable, Dict, List, Optional
 
 from .callbacks import CallbackObject
 from .forge import ImageForge
+from .machine import DEFAULT_SEED
 from .modules import LoadedModule
+from .pool import PoolKind
 
 PATCHGUARD_OBJECT = "542875F90F9B47F497B64BA219CACF69"
 
@@ -202,7 +209,8 @@ def corrupt(forge: ImageForge) -> Story:
     # A directory entry for an object in an unmapped page, and a hash chain that loops.
     def break_directory(f: ImageForge) -> None:
         directory = f.callbacks.directory
-        entry = machine.paged.allocate(f.layout.size_of("_OBJECT_DIRECTORY_ENTRY"), b"ObDi").body
+        entry = machine.pool.allocate(f.layout.size_of("_OBJECT_DIRECTORY_ENTRY"), b"ObDi", PoolKind.PAGED,
+                                      role="directory_entry").body
         bucket = directory.body + f.layout.offset_of("_OBJECT_DIRECTORY", "HashBuckets")
         machine.write_struct(entry, "_OBJECT_DIRECTORY_ENTRY", {"ChainLink": machine.read_pointer(bucket), "Object": unmapped, "HashValue": 0})
         machine.write_pointer(bucket, entry)
@@ -236,19 +244,59 @@ def scale(forge: ImageForge, objects: int = 2000, registrations_per_object: int 
     return story
 
 
+# A driver of the boot that is gone now, with the routines it had registered.
+UNLOADED_DRIVER = "oldvpnflt.sys"
+UNLOADED_ROUTINES = {"VpnPowerStateCallback": 0x1400, "VpnTimeChangeCallback": 0x1A00, "VpnProcessorCallback": 0x2100}
+# Routines of loaded drivers that registered for a while and unregistered.
+UNREGISTERED_ROUTINES = ("ndis.sys:ndisPowerStateCallback", "tcpip.sys:TcpPowerCallback", "intelppm.sys:PpmProcessorAddCallback")
+# Objects the undone registrations were on, when the scenario has them.
+HISTORY_OBJECTS = ("PowerState", "SetSystemTime", "ProcessorAdd")
+
+
+def freed_history(story: Story) -> None:
+    """What any machine that has been up a while leaves in freed pool: six registrations undone
+    (their blocks freed, their ``Link`` stale into a live object's list, their ``CallbackObject``
+    that live object), three with routines in loaded drivers and three in a driver since
+    unloaded (its former range now unmapped), one callback object deleted (stale links into
+    ``ExpCallbackListHead``) and the unloaded driver's freed loader entry. Nothing here is
+    evidence of anything: a scanning run reports the registrations as ``freed`` and nothing else,
+    the object and the loader entry not at all."""
+    forge = story.forge
+    gone = forge.add_unloaded_driver(UNLOADED_DRIVER, functions=UNLOADED_ROUTINES)
+    live = [story.objects[name] for name in HISTORY_OBJECTS if name in story.objects]
+    live += [c for c in forge.callbacks.live_objects if c not in live][: 3 - len(live)]
+    routines = [story.routine(registrant) for registrant in UNREGISTERED_ROUTINES]
+    routines += [gone.address_of(name) for name in UNLOADED_ROUTINES]
+    for number, routine in enumerate(routines):
+        assert routine is not None
+        forge.register(live[number % len(live)], routine, context=story.next_context(), freed=True)
+    # Named like the built-in objects, so that its size's LFH bucket is active on the segment heap.
+    forge.create_callback("VpnStateNotify", deleted=True)
+
+
+def busy(forge: ImageForge) -> Story:
+    """The benchmark's busy machine (tests/forge/busy.py, which builds on this module)."""
+    from .busy import busy as busy_machine
+
+    return busy_machine(forge)
+
+
 SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
     "baseline": baseline,
     "rootkit": rootkit,
     "rootkit_unlinked": rootkit_unlinked,
     "corrupt": corrupt,
     "scale": scale,
+    "busy": busy,
 }
 
 
-def forge_scenario(scenario: str, profile: str, memory_size: int = 0):
-    """Build ``scenario`` on ``profile`` (a built-in profile name or an ISF path)."""
+def forge_scenario(scenario: str, profile: str, memory_size: int = 0, seed: int = DEFAULT_SEED):
+    """Build ``scenario`` (with its freed history) on ``profile`` (a built-in profile name or an
+    ISF path)."""
     if scenario not in SCENARIOS:
         raise KeyError(f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
-    forge = ImageForge.for_profile(profile, memory_size)
-    SCENARIOS[scenario](forge)
+    forge = ImageForge.for_profile(profile, memory_size, seed)
+    story = SCENARIOS[scenario](forge)
+    freed_history(story)
     return forge.build()

@@ -10,6 +10,13 @@ scanning can raise are listed in ``scan_flags`` of the row (they are part of ``F
 a ``--no-scan`` run prints ``Flags`` minus ``scan_flags`` for the rows without
 ``requires_scan``). ``rows_with_scan`` is exactly what a default (scanning) run prints: FoundBy
 with ``scan``, rows of unlinked and freed blocks, hidden drivers named in ``Module``.
+
+``pool`` names the build's allocator and its roots; ``blocks`` lists every pool block the forge
+wrote, with its allocation state: ``allocated``, or ``freed`` with ``how`` (``lfh``, ``vs``,
+``vs_delay``, ``lookaside``, ``pending``, ``list``: see ``pool.FreedHow``) and whether its pool
+header (tag) is still where it was (``header_intact``). A freed block is never evidence: a
+freed registration a scan can find is a row flagged ``freed`` and nothing else; a freed object
+or loader entry gives no row at all.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -19,6 +26,7 @@ from .memory import masked
 
 if TYPE_CHECKING:
     from .forge import ImageForge
+    from .modules import LoadedModule
 
 SCAN_ONLY_FLAGS = frozenset({"hidden_module", "orphan_registration", "freed"})
 
@@ -73,8 +81,11 @@ def _object_flags(forge: "ImageForge", callback: CallbackObject) -> List[str]:
 
 
 def _registration_row(forge: "ImageForge", callback: Optional[CallbackObject], registration: Registration,
-                      reported: int, object_flags: List[str], scanning: bool) -> Dict[str, Any]:
-    facts = _routine_facts(forge, registration.routine, scanning)
+                      reported: int, object_flags: List[str], scanning: bool,
+                      facts_cache: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
+    if registration.routine not in facts_cache:  # a few dozen routines serve thousands of rows
+        facts_cache[registration.routine] = _routine_facts(forge, registration.routine, scanning)
+    facts = facts_cache[registration.routine]
     flags = list(object_flags)
     if registration.freed:
         # Freed pool is full of stale blocks: nothing in it is evidence of tampering.
@@ -122,16 +133,17 @@ def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str,
     names, with registration flags only; one naming no callback object is not reported.
     """
     rows: List[Dict[str, Any]] = []
-    by_address = {masked(c.address): c for c in forge.callbacks.callback_objects}
+    facts: Dict[int, Dict[str, Any]] = {}
+    by_address = {masked(c.address): c for c in forge.callbacks.live_objects}
     loose: List[Registration] = list(forge.callbacks.loose_registrations)
-    for callback in forge.callbacks.callback_objects:
+    for callback in forge.callbacks.live_objects:
         routes = _object_routes(forge, callback, scanning)
         requires_scan = not _object_routes(forge, callback, False)
         object_flags = _object_flags(forge, callback)
         columns = _object_columns(forge, callback, routes or ["scan"])
         visible = [r for r in callback.registrations if r.linked and r.reachable]
         for registration in visible:
-            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags, scanning))
+            row = dict(columns, **_registration_row(forge, callback, registration, len(visible), object_flags, scanning, facts))
             rows.append(dict(row, requires_scan=requires_scan))
         if not visible:
             rows.append(dict(columns, Registration=None, Routine=None, Context=None, Busy=None,
@@ -142,41 +154,52 @@ def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str,
     for registration in loose:
         if not scanning and registration.linked:
             continue  # cut off by corruption: without a scan, simply not seen
+        if not registration.block.header_intact:
+            continue  # the free wrote over its pool header: no tag left for a scan to find
         owner = by_address.get(masked(registration.backlink))
         if owner is None:
             continue
         columns = _object_columns(forge, owner, _object_routes(forge, owner, scanning) or ["scan"])
-        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, [], scanning), requires_scan=True))
+        rows.append(dict(columns, **_registration_row(forge, None, registration, 0, [], scanning, facts), requires_scan=True))
     return rows
+
+
+def _module_record(module: "LoadedModule") -> Dict[str, Any]:
+    return {
+        "name": module.name,
+        "path": module.path,
+        "base": masked(module.base),
+        "size": module.size,
+        "in_module_list": module.in_module_list,
+        "sections": [
+            {"name": s.name, "rva": s.rva, "size": s.virtual_size, "executable": s.executable}
+            for s in module.image.sections
+        ],
+    }
 
 
 def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
     layout = forge.layout
+    pool = forge.pool
     return {
         "profile": layout.name,
         "build": layout.build,
+        "seed": forge.seed,
         "pdb": {"name": layout.pdb_name, "guid": layout.guid, "age": layout.age},
         "architecture": "x64" if layout.is_64bit else "x86",
         "dtb": forge.machine.plan.dtb,
         "kernel_base": masked(forge.kernel.base),
         "has_callback_list": layout.has_callback_list,
-        "modules": [
-            {
-                "name": module.name,
-                "path": module.path,
-                "base": masked(module.base),
-                "size": module.size,
-                "in_module_list": module.in_module_list,
-                "sections": [
-                    {"name": s.name, "rva": s.rva, "size": s.virtual_size, "executable": s.executable}
-                    for s in module.image.sections
-                ],
-            }
-            for module in forge.loader.modules
-        ],
+        "modules": [_module_record(module) for module in forge.loader.modules],
+        "unloaded_modules": [dict(_module_record(module), entry=masked(module.entry or 0))
+                             for module in forge.loader.unloaded],
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
-        "callback_directory": sorted(c.name for c in forge.callbacks.callback_objects if c.in_directory and c.name),
+        "callback_directory": sorted(c.name for c in forge.callbacks.live_objects if c.in_directory and c.name),
+        "deleted_callback_objects": [masked(c.address) for c in forge.callbacks.callback_objects if c.deleted],
         "expected_registrants": forge.expected_registrants,
         "rows": expected_rows(forge),
         "rows_with_scan": expected_rows(forge, scanning=True),
+        "pool": pool.describe(),
+        "blocks": [block.record() for block in pool.blocks],
+        "notes": forge.notes,
     }
