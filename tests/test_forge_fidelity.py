@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
 from tests.forge.layout import KNOWN_BUILDS, KernelLayout
-from tests.volatility_harness import kernel_context, read_directory, vol_json
+from tests.volatility_harness import kernel_context, module_rows, read_directory, vol_json
 
 FORMATS = ("raw", "dump")
 
@@ -18,8 +18,8 @@ def listed_modules(truth):
 
 
 def check_modules(paths, fmt, cache):
-    rows = vol_json(paths[fmt], paths["symbols"], "windows.modules", cache=cache)
-    assert [(r["Name"], r["Base"], r["Size"]) for r in rows] == listed_modules(paths["truth_data"])
+    """Volatility's ``Modules.list_modules`` (in-process: automagic once per image)."""
+    assert module_rows(paths[fmt], paths["symbols"], cache) == listed_modules(paths["truth_data"])
 
 
 def check_callback_directory(paths, fmt, cache):
@@ -37,15 +37,18 @@ def check_callback_directory(paths, fmt, cache):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
 @pytest.mark.parametrize("scenario", SCENARIO_NAMES)
-def test_volatility_lists_forged_modules(forged, vol_cache, scenario, profile, fmt):
-    check_modules(forged(scenario, profile), fmt, vol_cache)
+def test_volatility_reads_forged_modules_and_directories(forged, vol_cache, scenario, profile, fmt):
+    paths = forged(scenario, profile)
+    check_modules(paths, fmt, vol_cache)
+    check_callback_directory(paths, fmt, vol_cache)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
-@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
-def test_volatility_object_helpers_read_callback_directory(forged, vol_cache, scenario, profile, fmt):
-    check_callback_directory(forged(scenario, profile), fmt, vol_cache)
+def test_vol_command_line_lists_forged_modules(forged, vol_cache, profile):
+    """The user's view: ``vol windows.modules`` on the crash dump, rendered as JSON."""
+    paths = forged("baseline", profile)
+    rows = vol_json(paths["dump"], paths["symbols"], "windows.modules", cache=vol_cache)
+    assert [(r["Name"], r["Base"], r["Size"]) for r in rows] == listed_modules(paths["truth_data"])
 
 
 @pytest.mark.parametrize("isf", real_isf_params())

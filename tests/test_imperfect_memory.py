@@ -16,7 +16,7 @@ from tests.conftest import real_isf_params, require_real_isf
 from tests.forge.damage import Damage, truncate, untouched_rows, write_mismatched_symbols
 from tests.forge.layout import KernelLayout
 from tests.forge.scenarios import forge_scenario
-from tests.test_plugin_truth import ISSUE_14, PLUGIN, SUSPICIOUS
+from tests.test_plugin_truth import PLUGIN, SUSPICIOUS
 from tests.volatility_harness import run_vol
 
 
@@ -65,29 +65,33 @@ def assert_damage_never_accuses(rows, truth_rows, damage):
 # -- fixed cases --------------------------------------------------------------------------
 
 
-@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_zeroed_page_under_an_object(tmp_path, vol_cache):
     image, damage = forge("baseline", "win10")
     power = next(c for c in image.forge.callbacks.callback_objects if c.name == "PowerState")
     damage.zero_page(power.address)
     rows = rows_of(run(image, damage, tmp_path, vol_cache))
     assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
-    zeroed = [row for row in rows if row["Object"] == power.address & MASK48 and "freed" not in flags_of(row)]
-    assert zeroed and all(flags_of(row) == {"unreadable"} for row in zeroed)
+    zeroed = [row for row in rows if row["Object"] == power.address & MASK48]
+    assert [row for row in zeroed if row["Registration"] is None and flags_of(row) == {"unreadable"}]
     assert all("directory" in row["FoundBy"] for row in zeroed)  # its directory entry is intact
+    # Its registrations, now on no list that can be walked, are loose: never orphans.
+    assert all(flags_of(row) <= {"unreadable", "list_incomplete", "freed"} for row in zeroed)
 
 
-@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_zeroed_page_under_a_registration(tmp_path, vol_cache):
+    """A page holding registrations (and no callback object) is lost: the lists still reach
+    those registrations (their neighbours point at them), which read as zeros: unreadable."""
     image, damage = forge("baseline", "win10")
-    power = next(c for c in image.forge.callbacks.callback_objects if c.name == "PowerState")
-    damage.zero_page(power.registrations[2].address)
+    object_pages = set().union(*(damage.object_pages(c) for c in image.forge.callbacks.callback_objects))
+    registration = next(r for c in image.forge.callbacks.callback_objects for r in c.registrations
+                        if r.linked and not damage.registration_pages(r) & object_pages)
+    damage.zero_page(registration.address)
     rows = rows_of(run(image, damage, tmp_path, vol_cache))
     assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
-    assert any("unreadable" in flags_of(row) for row in rows if row["Registration"] in damage.touched_registrations)
+    zeroed = [row for row in rows if row["Registration"] == registration.address & MASK48]
+    assert zeroed and all(flags_of(row) == {"unreadable"} for row in zeroed)
 
 
-@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_zeroed_page_under_the_list_head(tmp_path, vol_cache):
     """The kernel page holding nt!ExpCallbackListHead (and the ExCb* globals) is lost: no object
     is reached by the list, none may be called unlinked."""
@@ -102,7 +106,6 @@ def test_zeroed_page_under_the_list_head(tmp_path, vol_cache):
     assert "list incomplete" in result.stderr and "Degraded image" in result.stderr
 
 
-@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_global_list_cut_with_the_ring_intact_is_recovered_by_blink(tmp_path, vol_cache):
     image, damage = forge("baseline", "win10")
     listed = [c for c in image.forge.callbacks.callback_objects if c.in_callback_list]
@@ -112,7 +115,6 @@ def test_global_list_cut_with_the_ring_intact_is_recovered_by_blink(tmp_path, vo
     assert not any(flags_of(row) & ({"list_incomplete", "unlinked_object"}) for row in rows)
 
 
-@ISSUE_14  # win10: the freed history's blocks read as live orphans and an unlinked object
 def test_global_list_cut_both_ways(tmp_path, vol_cache):
     """A Flink and, further on, a Blink cut: the objects between the cuts are reached by no
     walk; they are list_incomplete, never unlinked_object."""
@@ -176,6 +178,51 @@ def test_clean_image_ends_with_a_verdict_line_even_when_quiet(tmp_path, vol_cach
     assert "list complete" in verdicts[0] and "scan complete" in verdicts[0]
 
 
+# -- damaged pool metadata ----------------------------------------------------------------
+
+
+def expected_with_unknown_frees(truth):
+    """The truth's rows when no free can be told from the metadata: freed rows become unknown,
+    and the deleted callback objects, which the scan still finds, are rows of unknown state."""
+    expected = {key(row): ({"allocation_unknown"} if row["Flags"] == ["freed"] else set(row["Flags"]))
+                for row in truth["rows_with_scan"]}
+    for deleted in truth["deleted_callback_objects"]:
+        expected[(deleted, None)] = {"allocation_unknown", "not_in_directory"}
+    return expected
+
+
+def test_smeared_page_segment_signature_falls_back_to_the_kernel_half(tmp_path, vol_cache):
+    """A page segment whose signature no longer validates (smear, or tampering with the heap's
+    own metadata): the scan reads the whole kernel half instead, blocks of that segment are of
+    unknown allocation, and nothing is accused."""
+    image, damage = forge("baseline", "win10")
+    heap = next(h for h in image.truth["pool"]["heaps"] if h["pool"] == "nonpaged")
+    segment = heap["segments"][0]
+    signature = segment + image.forge.layout.offset_of("_HEAP_PAGE_SEGMENT", "Signature")
+    damage.cut_link(signature, 0x4141414141414141)
+    result = run(image, damage, tmp_path, vol_cache)
+    rows = rows_of(result)
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    assert "metadata is incomplete: scanning the whole kernel half" in result.stderr
+    unknown = expected_with_unknown_frees(image.truth)
+    known = {key(row): set(row["Flags"]) for row in image.truth["rows_with_scan"]}
+    for row in rows:
+        # In the smeared segment blocks are unknown; elsewhere the metadata still tells.
+        assert flags_of(row) in (unknown[key(row)], known.get(key(row))), row
+    assert any("allocation_unknown" in flags_of(row) for row in rows)
+
+
+def test_lost_heap_keys_make_every_free_unknown(tmp_path, vol_cache):
+    """The page of the heap globals (HeapKey, LfhKey) is lost: no page segment validates, every
+    scanned block is of unknown allocation, and the freed history is allocation_unknown."""
+    image, damage = forge("baseline", "win10")
+    damage.zero_page(image.truth["pool"]["heap_globals"])
+    result = run(image, damage, tmp_path, vol_cache)
+    rows = rows_of(result)
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    assert {key(row): flags_of(row) for row in rows} == expected_with_unknown_frees(image.truth)
+
+
 # -- randomised ---------------------------------------------------------------------------
 
 #: Seeded trials: each damages one to three structures of a scenario (see Damage.random).
@@ -186,13 +233,9 @@ TRIALS = [
          ("corrupt", "win10"), ("baseline", "win10x86"), ("rootkit_unlinked", "win10"), ("baseline", "win7x86nopae")] * 2
     )
 ]
-#: Trials on segment-heap profiles whose damage leaves the freed history visible: today's scan
-#: reports its blocks as live (issue 14). Trial 6's damage makes the plugin refuse the image.
-ISSUE_14_TRIALS = {0, 1, 4, 5, 8, 9, 12, 13, 14}
 
 
-@pytest.mark.parametrize("seed,scenario,profile", [
-    pytest.param(*trial, marks=[ISSUE_14] if trial[0] in ISSUE_14_TRIALS else []) for trial in TRIALS])
+@pytest.mark.parametrize("seed,scenario,profile", TRIALS)
 def test_random_damage_never_accuses(tmp_path, vol_cache, seed, scenario, profile):
     """Sixteen seeded trials, about two seconds each."""
     rng = random.Random(seed)

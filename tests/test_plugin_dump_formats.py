@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import require_real_isf
 from tests.forge import dump
 from tests.forge.layout import KNOWN_BUILDS
-from tests.test_plugin_truth import ISSUE_14, SCANNING, assert_matches_truth, scanning_params, segment_heap_isf
+from tests.test_plugin_truth import SCANNING, assert_matches_truth
 from tests.volatility_harness import real_isfs, run_vol
 
 PLUGIN = "windows.callbackobjects"
@@ -54,9 +54,9 @@ def raw_runs(forged_formats, vol_cache):
     return raw
 
 
-@pytest.mark.parametrize("profile", scanning_params(sorted({profile for profile, _ in SUBSET})))
+@pytest.mark.parametrize("profile", sorted({profile for profile, _ in SUBSET}))
 def test_raw_rows_match_the_ground_truth(forged_formats, raw_runs, profile):
-    """The rows every format must reproduce are the truth's (issue 14 on segment-heap builds)."""
+    """The rows every format must reproduce are the truth's."""
     raw_rows, _, _ = raw_runs(profile)
     assert_matches_truth(raw_rows, forged_formats("rootkit", profile)["truth_data"], SCANNING)
 
@@ -80,7 +80,7 @@ def oldest_and_newest_real_isfs():
     if not known:
         return [pytest.param(None, "live", id="no-shared")]
     (oldest_build, oldest), (newest_build, newest) = known[0], known[-1]
-    return [pytest.param(isf, fmt, id=f"{build}-{fmt}", marks=[ISSUE_14] if segment_heap_isf(isf) else [])
+    return [pytest.param(isf, fmt, id=f"{build}-{fmt}")
             for build, isf, fmt in ((oldest_build, oldest, "live"), (newest_build, newest, "kernel"))]
 
 

@@ -1,27 +1,19 @@
 """windows.callbackobjects on forged images, compared row by row with the forge's ground truth,
 in both modes: ``--no-scan`` (list, directory and globals) and the default (with pool scanning).
 
-Known failures (issue 14): on segment-heap builds (18362 and later) a freed block keeps an
-allocated ``PoolType`` (an LFH free only clears bitmap bits), but today's scan judges "freed"
-by ``PoolType == 0``: every freed registration of the forge's freed history comes out as an
-``orphan_registration`` (with ``outside_modules`` where its routine was in the unloaded driver)
-instead of ``freed``, and the deleted callback object as a live ``unlinked_object``. Exactly
-those expectations are marked ``xfail(strict=True)``: they must fail today and pass once the
-allocator-aware scan lands.
+Every scenario carries a freed history (registrations undone, a deleted object, an unloaded
+driver's loader entry): on segment-heap builds those blocks keep their pool headers, so only the
+allocator's metadata tells they are freed, and no row may accuse them.
 """
 
 import csv
 import io
 import json
-from pathlib import Path
-from typing import Iterable, List
 
 import pytest
 
 from tests.conftest import BUILTIN_PROFILES, real_isf_params, require_real_isf
-from tests.forge.layout import BUILTIN_PROFILES as PROFILE_TABLES
-from tests.forge.layout import KNOWN_BUILDS, SEGMENT_HEAP_FIRST_BUILD, load_profile
-from tests.volatility_harness import run_vol
+from tests.volatility_harness import plugin_rows, run_vol
 
 PLUGIN = "windows.callbackobjects"
 COLUMNS = ["Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
@@ -48,28 +40,6 @@ def normalise(row):
 NO_SCAN = ("--no-scan",)
 SCANNING = ()
 
-ISSUE_14 = pytest.mark.xfail(strict=True, reason=(
-    "issue 14: segment-heap frees leave PoolType allocated; the scan's PoolType == 0 test reports "
-    "freed registrations as orphan_registration and the deleted callback object as unlinked"))
-
-
-def segment_heap_profile(profile: str) -> bool:
-    return load_profile(PROFILE_TABLES[profile])["metadata"]["forge_profile"]["build"] >= SEGMENT_HEAP_FIRST_BUILD
-
-
-def segment_heap_isf(isf) -> bool:
-    return isf is not None and KNOWN_BUILDS.get(Path(isf).name.split("-")[0].upper(), 0) >= SEGMENT_HEAP_FIRST_BUILD
-
-
-def scanning_params(profiles: Iterable[str], *rest: Iterable) -> List:
-    """(profile, *rest) parameters of scanning runs, ISSUE_14 on segment-heap profiles."""
-    combos: List[tuple] = [(profile,) for profile in profiles]
-    for values in rest:
-        combos = [combo + (value,) for combo in combos for value in values]
-    return [pytest.param(*combo, marks=[ISSUE_14] if segment_heap_profile(combo[0]) else [],
-                         id="-".join(str(part) for part in combo)) for combo in combos]
-
-
 def expected_without_scan(truth):
     rows = []
     for row in truth["rows"]:
@@ -92,40 +62,42 @@ def assert_matches_truth(plugin_rows, truth, mode=NO_SCAN):
 
 
 ROW_SCENARIOS = ["baseline", "rootkit", "corrupt", "rootkit_unlinked"]
+#: The plugin's three ways to run: list only; scan where the allocator says blocks lie (the
+#: default); scan the whole kernel half.
+RUNS = {"no-scan": ({"no_scan": True}, NO_SCAN), "scan": ({}, SCANNING), "full-scan": ({"full_scan": True}, SCANNING)}
+
+
+def rows_of(paths, fmt, cache, **options):
+    """The plugin's rows in-process (see ``plugin_rows``): the matrices run it hundreds of times;
+    the command line's own view is tested by the tests that run ``vol``."""
+    rows, _warnings = plugin_rows(paths[fmt], paths["symbols"], cache, **options)
+    return rows
+
+
+def assert_every_run_matches_truth(paths, fmt, cache, runs=RUNS) -> None:
+    for name, (options, mode) in runs.items():
+        try:
+            assert_matches_truth(rows_of(paths, fmt, cache, **options), paths["truth_data"], mode)
+        except AssertionError as excp:
+            raise AssertionError(f"{name}: {excp}") from None
 
 
 @pytest.mark.parametrize("fmt", ["raw", "dump"])
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
 @pytest.mark.parametrize("scenario", ROW_SCENARIOS)
-def test_rows_match_ground_truth_without_scan(forged, vol_cache, scenario, profile, fmt):
-    paths = forged(scenario, profile)
-    rows = json.loads(run_plugin(paths, fmt, vol_cache, "json", *NO_SCAN))
-    assert_matches_truth(rows, paths["truth_data"], NO_SCAN)
-
-
-@pytest.mark.parametrize("profile,fmt,scenario", scanning_params(BUILTIN_PROFILES, ["raw", "dump"], ROW_SCENARIOS))
-def test_rows_match_ground_truth_with_scan(forged, vol_cache, scenario, profile, fmt):
-    paths = forged(scenario, profile)
-    rows = json.loads(run_plugin(paths, fmt, vol_cache, "json", *SCANNING))
-    assert_matches_truth(rows, paths["truth_data"], SCANNING)
+def test_rows_match_ground_truth(forged, vol_cache, scenario, profile, fmt):
+    """Every scenario, profile and format, in each of the three runs."""
+    assert_every_run_matches_truth(forged(scenario, profile), fmt, vol_cache)
 
 
 @pytest.mark.parametrize("isf", real_isf_params())
 def test_real_isf_baseline_rows_match_ground_truth(forged, vol_cache, isf):
+    """Every real build: both formats list-only; scanning reads the same pages through another
+    path, so one format per scan mode."""
     require_real_isf(isf)
     paths = forged("baseline", isf)
-    for fmt in ("raw", "dump"):
-        assert_matches_truth(json.loads(run_plugin(paths, fmt, vol_cache, "json", *NO_SCAN)), paths["truth_data"])
-
-
-@pytest.mark.parametrize("isf", [pytest.param(*param.values, marks=[ISSUE_14] if segment_heap_isf(param.values[0]) else [],
-                                              id=param.id) for param in real_isf_params()])
-def test_real_isf_baseline_rows_match_ground_truth_with_scan(forged, vol_cache, isf):
-    """Scanning reads the same pages through a different path: one format is enough per build."""
-    require_real_isf(isf)
-    paths = forged("baseline", isf)
-    rows = json.loads(run_plugin(paths, "dump", vol_cache, "json", *SCANNING))
-    assert_matches_truth(rows, paths["truth_data"], SCANNING)
+    assert_every_run_matches_truth(paths, "raw", vol_cache, {"no-scan": RUNS["no-scan"], "full-scan": RUNS["full-scan"]})
+    assert_every_run_matches_truth(paths, "dump", vol_cache, {"no-scan": RUNS["no-scan"], "scan": RUNS["scan"]})
 
 
 def row_flags(rows):
@@ -133,7 +105,7 @@ def row_flags(rows):
 
 
 def check_baseline_flags(paths, cache, mode) -> None:
-    rows = json.loads(run_plugin(paths, "raw", cache, "json", *mode))
+    rows = rows_of(paths, "raw", cache, no_scan=mode == NO_SCAN)
     flags = row_flags(rows)
     assert not flags & SUSPICIOUS
     # The unnamed objects: reachable through ExpCallbackListHead on 8.1+, by no list on Windows 7
@@ -148,19 +120,19 @@ def test_baseline_has_no_suspicious_flag_without_scan(forged, vol_cache, profile
     check_baseline_flags(forged("baseline", profile), vol_cache, NO_SCAN)
 
 
-@pytest.mark.parametrize("profile", scanning_params(BUILTIN_PROFILES))
+@pytest.mark.parametrize("profile", BUILTIN_PROFILES)
 def test_baseline_has_no_suspicious_flag_with_scan(forged, vol_cache, profile):
     check_baseline_flags(forged("baseline", profile), vol_cache, SCANNING)
 
 
 def test_rootkit_raises_every_list_only_suspicious_flag(forged, vol_cache):
-    rows = json.loads(run_plugin(forged("rootkit", "win10"), "dump", vol_cache, "json", *NO_SCAN))
+    rows = rows_of(forged("rootkit", "win10"), "dump", vol_cache, no_scan=True)
     assert SUSPICIOUS - {"hidden_module", "orphan_registration"} <= row_flags(rows)
 
 
 @pytest.mark.parametrize("scenario", ["rootkit", "rootkit_unlinked"])
 def test_scanning_raises_every_suspicious_flag(forged, vol_cache, scenario):
-    rows = json.loads(run_plugin(forged(scenario, "win10"), "raw", vol_cache))
+    rows = rows_of(forged(scenario, "win10"), "raw", vol_cache)
     flags = row_flags(rows)
     # Cut links hide what lists reveal (bad_backlink, multiple_on_exclusive, the PatchGuard
     # registrant); the scan brings back every block, as an orphan.
@@ -170,12 +142,12 @@ def test_scanning_raises_every_suspicious_flag(forged, vol_cache, scenario):
     assert ghost and all({"hidden_module", "outside_modules"} <= set(row["Flags"].split(",")) for row in ghost)
 
 
-@pytest.mark.parametrize("profile", scanning_params(BUILTIN_PROFILES))
+@pytest.mark.parametrize("profile", BUILTIN_PROFILES)
 def test_unlinked_rootkit_yields_every_planted_block(forged, vol_cache, profile):
     """The issue's acceptance: with every link cut, each planted object and registration is
     still reported, and only freed blocks carry ``freed`` (never with a suspicious flag)."""
     paths = forged("rootkit_unlinked", profile)
-    rows = json.loads(run_plugin(paths, "dump", vol_cache))
+    rows = rows_of(paths, "dump", vol_cache)
     planted = {row["Registration"] for row in paths["truth_data"]["rows_with_scan"] if row["Registration"] is not None}
     assert planted <= {row["Registration"] for row in rows}
     assert {row["Object"] for row in paths["truth_data"]["rows_with_scan"]} == {row["Object"] for row in rows}
@@ -206,7 +178,7 @@ def test_csv_gives_the_same_facts_as_json(forged, vol_cache):
 
 
 def check_scale(paths, cache, mode) -> None:
-    rows = json.loads(run_plugin(paths, "dump", cache, "json", *mode))
+    rows = rows_of(paths, "dump", cache, no_scan=mode == NO_SCAN)
     truth = paths["truth_data"]
     # 20,000 listed registrations; a scan adds the freed history's registrations.
     assert len(expected_rows(truth, NO_SCAN)) == 20000
@@ -219,7 +191,7 @@ def test_scale_lists_every_reachable_registration_without_scan(forged, vol_cache
     check_scale(forged("scale", "win10"), vol_cache, NO_SCAN)
 
 
-@pytest.mark.parametrize("profile", scanning_params(["win10"]))
+@pytest.mark.parametrize("profile", ["win10"])
 def test_scale_lists_every_reachable_registration_with_scan(forged, vol_cache, profile):
     check_scale(forged("scale", profile), vol_cache, SCANNING)
 

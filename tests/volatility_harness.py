@@ -2,13 +2,17 @@
 
 ``run_vol`` runs the real command line in a subprocess (the user's view: automagic, renderers,
 exit code); ``kernel_context`` runs the same automagic in-process so tests can call
-Volatility's own helpers (object headers, type maps) on a forged image.
+Volatility's own helpers (object headers, type maps) on a forged image; ``plugin_rows`` runs a
+plugin in-process and gives its rows as ``-r json`` would, without the second of start-up
+(importing Volatility and every plugin) a ``vol`` process pays: the row-by-row matrices run
+hundreds of plugins.
 """
 
 import json
 import os
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -51,26 +55,120 @@ def vol_json(image: Path, symbols: Path, plugin: str, *plugin_args: str, cache: 
     return json.loads(result.stdout)
 
 
-def kernel_context(image: Path, symbols: Path, cache: Path) -> Tuple[Any, str]:
-    """A Volatility context with the kernel of ``image`` found by automagic."""
+def _prepare(symbols: Path, cache: Path) -> None:
+    """Volatility configured as ``vol --offline -s SYMBOLS --cache-path CACHE`` would, its plugins
+    (ours included) imported."""
     import volatility3.plugins
     import volatility3.symbols
     from volatility3 import framework
-    from volatility3.framework import automagic, constants, contexts
-    from volatility3.framework.plugins import construct_plugin
+    from volatility3.framework import constants
 
     cache.mkdir(parents=True, exist_ok=True)
     constants.CACHE_PATH = str(cache)
     constants.OFFLINE = True
     volatility3.symbols.__path__ = [str(symbols)] + [p for p in constants.SYMBOL_BASEPATHS]
+    # As ``vol -p``: our folder first on the plugin path; Volatility's own modules may have
+    # imported volatility3.plugins.windows already, so its path gets our windows folder too.
+    if str(PLUGIN_DIR) not in volatility3.plugins.__path__:
+        volatility3.plugins.__path__.insert(0, str(PLUGIN_DIR))
+    windows = sys.modules.get("volatility3.plugins.windows")
+    if windows is not None and str(PLUGIN_DIR / "windows") not in windows.__path__:
+        windows.__path__.insert(0, str(PLUGIN_DIR / "windows"))
     framework.import_files(volatility3.plugins, True)
-    from volatility3.plugins.windows import modules
 
+
+def _in_process(image: Path, symbols: Path, cache: Path, plugin_class: Any, options: Dict[str, Any]) -> Any:
+    """A constructed plugin on ``image`` (automagic as ``vol`` runs it, offline)."""
+    from volatility3.framework import automagic, contexts
+    from volatility3.framework.plugins import construct_plugin
+
+    _prepare(symbols, cache)
     context = contexts.Context()
     context.config["automagic.LayerStacker.single_location"] = Path(image).resolve().as_uri()
-    chosen = automagic.choose_automagic(automagic.available(context), modules.Modules)
-    plugin = construct_plugin(context, chosen, modules.Modules, "plugins", None, None)
-    return context, plugin.config["kernel"]
+    for name, value in options.items():
+        context.config[f"plugins.{plugin_class.__name__}.{name}"] = value
+    chosen = automagic.choose_automagic(automagic.available(context), plugin_class)
+    return construct_plugin(context, chosen, plugin_class, "plugins", None, None)
+
+
+def kernel_context(image: Path, symbols: Path, cache: Path) -> Tuple[Any, str]:
+    """A Volatility context with the kernel of ``image`` found by automagic (once per image)."""
+    context, config_path = _image_context(image, symbols, cache)
+    return context, context.config[f"{config_path}.kernel"]
+
+
+def _image_context(image: Path, symbols: Path, cache: Path) -> Tuple[Any, str]:
+    """(context, config path of windows.callbackobjects on it), automagic run once per image."""
+    _prepare(symbols, cache)
+    from volatility3.plugins.windows.callbackobjects import CallbackObjects
+
+    key = (str(Path(image).resolve()), str(symbols))
+    if key not in _CONTEXTS:
+        constructed = _in_process(image, symbols, cache, CallbackObjects, {})
+        _CONTEXTS[key] = (constructed.context, constructed.config_path)
+        while len(_CONTEXTS) > _MAX_CONTEXTS:
+            _CONTEXTS.popitem(last=False)
+    _CONTEXTS.move_to_end(key)
+    return _CONTEXTS[key]
+
+
+def module_rows(image: Path, symbols: Path, cache: Path) -> List[Tuple[str, int, int]]:
+    """(name, base, size) of each module Volatility's ``windows.modules`` lists, in-process."""
+    from volatility3.plugins.windows import modules
+
+    context, kernel = kernel_context(image, symbols, cache)
+    found = []
+    for entry in modules.Modules.list_modules(context, kernel):
+        found.append((entry.BaseDllName.get_string(), int(entry.DllBase) & ((1 << 48) - 1), int(entry.SizeOfImage)))
+    return found
+
+
+#: Contexts whose automagic already ran, by image: its layers and kernel serve every run of the
+#: plugin on that image (automagic is most of a run's cost, the DTB scan of a 32-bit image above
+#: all). A few images at a time: the matrices run each image's runs one after the other.
+_CONTEXTS: "OrderedDict[Tuple[str, str], Any]" = OrderedDict()
+_MAX_CONTEXTS = 4
+
+
+def plugin_rows(image: Path, symbols: Path, cache: Path, **options: Any) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """``windows.callbackobjects`` run in-process: (its rows as ``-r json`` gives them, the
+    warnings it logged). ``options`` are the plugin's (``no_scan=True``, ``full_scan=True``).
+    Automagic runs once per image; each call constructs the plugin anew on that context."""
+    import logging
+
+    from volatility3.framework import interfaces
+
+    _prepare(symbols, cache)
+    from volatility3.plugins.windows.callbackobjects import CallbackObjects
+
+    records: List[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("volatility3")
+    logger.addHandler(handler)
+    try:
+        context, config_path = _image_context(image, symbols, cache)
+        for name in ("no_scan", "full_scan", "suspicious"):
+            context.config[f"{config_path}.{name}"] = options.get(name, False)
+        plugin = CallbackObjects(context, config_path)
+        grid = plugin.run()
+        names = [column.name for column in grid.columns]
+        rows: List[Dict[str, Any]] = []
+
+        def visit(node: Any, accumulator: Any) -> Any:
+            values = [None if isinstance(v, interfaces.renderers.BaseAbsentValue) else v for v in node.values]
+            rows.append({name: (int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+                         for name, value in zip(names, values)})
+            return accumulator
+
+        grid.populate(visit, None)
+    finally:
+        logger.removeHandler(handler)
+    return rows, records
 
 
 def read_directory(context: Any, kernel_name: str, path: Sequence[str]) -> Dict[str, str]:

@@ -53,6 +53,10 @@ class ImageForge:
             symbols=layout.symbols(), physical_base=self.machine.plan.kernel_physical,
         )
         self.machine.write_low_stub(self.kernel.base + symbols.get("KiSystemStartup", self.kernel.image.entry_point_rva))
+        if layout.build and layout.has_symbol("NtBuildNumber"):
+            # nt!NtBuildNumber: the build in the low 16 bits, 0xF000 in the high ones (free build).
+            self.machine.space.write(self.kernel.base + layout.symbol("NtBuildNumber"),
+                                     (0xF000_0000 | layout.build).to_bytes(4, "little"))
         self.pool = self.machine.install_pool(self.kernel.base)
         self.hal = self.add_driver("hal.dll", path=f"{SYSTEM_ROOT}\\hal.dll", functions={"HalpPowerStub": 0x1200}, exported=("HalpPowerStub",))
         self.objects = ObjectManager(self.machine, self.kernel.base)

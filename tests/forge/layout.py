@@ -37,7 +37,7 @@ FORGE_SYMBOLS = (
     "ExCbProcessorAdd", "ExCbPhase1InitComplete", "ExCbEnlightenmentState",
     "ExCbSeImageVerificationDriverInfo", "ExCbSeImageVerificationBlockInfo",
     "KdDebuggerDataBlock", "KdVersionBlock", "NtBuildNumber",
-    "IoDriverObjectType", "KiSystemStartup", "ExCreateCallback", "ExRegisterCallback",
+    "IoDriverObjectType", "ObpDirectoryObjectType", "ObpTypeObjectType", "KiSystemStartup", "ExCreateCallback", "ExRegisterCallback",
     "ExUnregisterCallback", "ExNotifyCallback", "ExpInitializeCallbacks",
     # routines registered on the built-in objects of a booted system
     "HvlpPowerStateCallback", "EtwpPowerStateCallback", "HalpPowerStateCallback",

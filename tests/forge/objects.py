@@ -156,7 +156,10 @@ class ObjectManager:
             callbacks = body + self.layout.offset_of("_OBJECT_TYPE", "CallbackList")
             self.machine.write_list_entry(callbacks, callbacks, callbacks)
             self.machine.write_pointer(table + self.type_indices[name] * self.layout.pointer_size, body)
-        for global_name, type_name in (("ExCallbackObjectType", "Callback"), ("IoDriverObjectType", "Driver")):
+        # The kernel's pointers to its object types (the type globals a reader may use instead
+        # of walking ObTypeIndexTable), where the build's table has them.
+        for global_name, type_name in (("ExCallbackObjectType", "Callback"), ("IoDriverObjectType", "Driver"),
+                                       ("ObpDirectoryObjectType", "Directory"), ("ObpTypeObjectType", "Type")):
             if self.layout.has_symbol(global_name):
                 self.machine.write_pointer(self._global(global_name), self.types[type_name].body)
 

@@ -33,8 +33,8 @@ def test_vocabulary_is_the_contract():
         "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
         "unexpected_registrant", "global_mismatch",
     }
-    assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory", "list_incomplete", "unreadable"}
-    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 14
+    assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory", "allocation_unknown", "list_incomplete", "unreadable"}
+    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 15
 
 
 def test_sort_puts_suspicious_before_informational_and_dedups():
@@ -120,12 +120,19 @@ def test_loose_registrations():
     worst = flags.RegistrationFacts(
         backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True
     )
-    # Freed pool is full of stale blocks: nothing in it is evidence.
-    assert flags.classify_loose(worst, freed=True, owner_list_complete=True) == [flags.FREED]
-    assert flags.classify_loose(worst, freed=False, owner_list_complete=True) == [
+    # Freed pool is full of stale blocks, and a block the allocator cannot place is no better:
+    # nothing in either is evidence.
+    assert flags.classify_loose(worst, "freed", owner_list_complete=True) == [flags.FREED]
+    assert flags.classify_loose(worst, "unknown", owner_list_complete=True) == [flags.ALLOCATION_UNKNOWN]
+    assert flags.classify_loose(worst, "allocated", owner_list_complete=True) == [
         flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.NON_EXECUTABLE, flags.ORPHAN_REGISTRATION
     ]
     clean = flags.RegistrationFacts(in_module=True, executable=True)
-    assert flags.classify_loose(clean, freed=False, owner_list_complete=True) == [flags.ORPHAN_REGISTRATION]
-    # The list of the object it names did not close: it may be a member past the break.
-    assert flags.classify_loose(clean, freed=False, owner_list_complete=False) == [flags.LIST_INCOMPLETE]
+    assert flags.classify_loose(clean, "allocated", owner_list_complete=True) == [flags.ORPHAN_REGISTRATION]
+    # Some list did not close: it may be a member past the break.
+    assert flags.classify_loose(clean, "allocated", owner_list_complete=False) == [flags.LIST_INCOMPLETE]
+
+
+def test_scan_only_object_of_unknown_allocation_is_not_called_unlinked():
+    assert flags.classify(_obj(found_by_list=False, found_by_directory=False, allocation_unknown=True)) == [
+        "not_in_directory", "allocation_unknown"]

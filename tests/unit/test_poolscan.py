@@ -3,68 +3,55 @@ blocks found on no list, and hidden-driver attribution."""
 
 import struct
 
-from volatility3_plugins.windows.callback_objects import attribution, flags, loaded_modules, poolscan, views
+from volatility3_plugins.windows.callback_objects import attribution, flags, kernelspace, loaded_modules, poolscan
+from volatility3_plugins.windows.kernelpool.state import Unknown
 
 from tests.unit import memory
 from tests.unit.test_attribution import DRIVER, _setup
 
-# x64 _POOL_HEADER: PreviousSize 0-7, PoolIndex 8-15, BlockSize 16-23, PoolType 24-31, then the tag.
-X64_POOL = views.StructView(
-    "_POOL_HEADER",
-    0x10,
-    [
-        views.Field("BlockSize", 0, 4, views.BITS, start_bit=16, bit_length=8),
-        views.Field("PoolType", 0, 4, views.BITS, start_bit=24, bit_length=8),
-        views.Field("PoolTag", 4, 4),
-    ],
-    memory.MASK48,
-)
-MINIMUM = {b"CBRe": 0x40, b"Call": 0x80, b"Cal\xec": 0x80, b"MmLd": 0x50}
 BASE = 0xFFFF9A8000000000 & memory.MASK48
+TAGS = (b"CBRe", b"Call", b"Cal\xec")
 
 
 def _header(units: int, pool_type: int, tag: bytes) -> bytes:
+    """An x64 _POOL_HEADER: PreviousSize 0-7, PoolIndex 8-15, BlockSize 16-23, PoolType 24-31, tag."""
     return struct.pack("<I", units << 16 | pool_type << 24) + tag + bytes(8)
 
 
-def _scan(chunk: bytes, chunk_size: int = poolscan.CHUNK_SIZE):
-    scanner = poolscan.PoolTagScanner(X64_POOL, 0x10, {tag: MINIMUM[tag] for tag in (b"CBRe", b"Call", b"Cal\xec")})
-    scanner.chunk_size = chunk_size
-    return list(scanner(chunk, BASE))
-
-
-def test_scanner_reports_aligned_blocks_with_sane_sizes():
-    chunk = bytearray(0x2000)
-    chunk[0x100:0x110] = _header(4, 2, b"CBRe")  # allocated registration block, 0x40 bytes
-    chunk[0x200:0x210] = _header(4, 0, b"CBRe")  # freed
-    chunk[0x300:0x310] = _header(0xB, 2, b"Cal\xec")  # Windows 7 protected object tag
-    hits = _scan(bytes(chunk))
-    assert [(h.header - BASE, h.tag, h.block_size, h.free) for h in hits] == [
-        (0x100, b"CBRe", 0x40, False),
-        (0x200, b"CBRe", 0x40, True),
-        (0x300, b"Cal\xec", 0xB0, False),
-    ]
-    assert hits[0].data == bytes(chunk[0x100:0x140])
-
-
-def test_scanner_rejects_misaligned_small_and_oversized_blocks():
+def test_tags_are_found_only_where_a_pool_header_keeps_them():
     chunk = bytearray(0x3000)
-    chunk[0x108:0x118] = _header(4, 2, b"CBRe")  # not on a 16-byte boundary
+    chunk[0x100:0x110] = _header(4, 2, b"CBRe")
+    chunk[0x200:0x210] = _header(4, 0, b"CBRe")
+    chunk[0x300:0x310] = _header(0xB, 2, b"Cal\xec")  # Windows 7's protected object tag
+    chunk[0x408:0x418] = _header(4, 2, b"CBRe")  # not on a 16-byte boundary
+    chunk[0x510:0x514] = b"CBRe"  # a tag where a header keeps its size, not its tag
+    chunk[0x600:0x610] = _header(4, 2, b"CBRf")
+    found = sorted(kernelspace.search_tags(bytes(chunk), BASE, TAGS, 4, 0x10))
+    assert found == [(BASE + 0x100, b"CBRe"), (BASE + 0x200, b"CBRe"), (BASE + 0x300, b"Cal\xec")]
+    # x86: 8-byte headers, the tag at offset 4 of each.
+    found = list(kernelspace.search_tags(bytes(chunk), 0x84000000, (b"CBRe",), 4, 8))
+    assert sorted(found) == [(0x84000100, b"CBRe"), (0x84000200, b"CBRe"), (0x84000408, b"CBRe")]
+
+
+def test_volatility_scanner_fallback_finds_the_same_positions():
+    chunk = bytearray(poolscan.REGION_READ)
+    chunk[0x100:0x110] = _header(4, 2, b"CBRe")
+    chunk[-0x10:] = _header(4, 2, b"CBRe")
+    scanner = poolscan.TagScanner((b"CBRe",), 4, 0x10)
+    assert sorted(scanner(bytes(chunk) + bytes(0x100), BASE)) == [(BASE + 0x100, b"CBRe"), (BASE + len(chunk) - 0x10, b"CBRe")]
+
+
+def test_hits_need_a_block_size_that_holds_their_structure():
+    kernel, layer = memory.make_kernel()
+    scan = poolscan.PoolScan(kernel, [t for t in poolscan.builtin_targets() if t.kind == poolscan.REGISTRATIONS], Unknown("test"))
+    chunk = bytearray(0x1000)
+    chunk[0x100:0x110] = _header(4, 2, b"CBRe")  # 0x40 bytes: header and registration
     chunk[0x200:0x210] = _header(2, 2, b"CBRe")  # 0x20 bytes cannot hold a registration
     chunk[0x300:0x310] = _header(0, 2, b"CBRe")  # BlockSize 0
-    chunk[0x400:0x404] = struct.pack("<I", 0x1FF << 16 | 2 << 24)  # beyond 8 bits: masked
-    chunk[0x404:0x408] = b"CBRe"
-    chunk[0x500:0x510] = _header(4, 2, b"CBRf")  # another tag
-    hits = _scan(bytes(chunk))
-    # 0x1FF masked to BlockSize 0xFF = 0xFF0 bytes: within a page, so that one stays.
-    assert [(h.header - BASE, h.block_size) for h in hits] == [(0x400, 0xFF0)]
-
-
-def test_scanner_leaves_hits_in_the_overlap_to_the_next_chunk():
-    chunk = bytearray(0x2000)
-    chunk[0x1000:0x1010] = _header(4, 2, b"CBRe")
-    assert _scan(bytes(chunk), chunk_size=0x1000) == []
-    assert len(_scan(bytes(chunk), chunk_size=0x1010)) == 1
+    chunk[0x400:0x410] = _header(0xFF, 2, b"CBRe")  # 0xFF0 bytes: within a page
+    hits = [scan._hit(BASE + offset, b"CBRe", bytes(chunk), offset) for offset in (0x100, 0x200, 0x300, 0x400)]
+    assert [(h.block_size, h.pool_type) if h else None for h in hits] == [(0x40, 2), None, None, (0xFF0, 2)]
+    assert hits[0].data == bytes(chunk[0x100:0x140])
 
 
 def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():

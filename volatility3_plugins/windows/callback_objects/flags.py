@@ -177,9 +177,10 @@ def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bo
     Freed pool is full of stale blocks (the false positive of scanners that report them as
     live): a freed block is ``freed`` and nothing else, whatever its stale contents say, and a
     block whose state the allocator's metadata cannot tell is ``allocation_unknown`` and nothing
-    else. An allocated one is ``orphan_registration`` when the list of the object it names was
-    walked to its end (``list_incomplete`` when not: it may be a member past the break), plus
-    what its routine's location says; the object-level flags stay on the rows of that object.
+    else. An allocated one is ``orphan_registration`` when every object's list was walked to its
+    end (``list_incomplete`` when not: its ``CallbackObject`` may lie, and it may be a member past
+    a break in any list), plus what its routine's location says; the object-level flags stay on
+    the rows of the object it names.
     """
     if state == FREED_STATE:
         return [FREED]

@@ -28,6 +28,9 @@ vollog = logging.getLogger(__name__)
 #: Longest UNICODE_STRING read (bytes): object and module names are short; a longer Length is
 #: corruption, not a name.
 MAX_NAME_BYTES = 0x1000
+#: Where every Windows kernel maps KUSER_SHARED_DATA.
+KUSER_SHARED_DATA_X64 = 0xFFFFF78000000000
+KUSER_SHARED_DATA_X86 = 0xFFDF0000
 
 
 class KernelContext:
@@ -158,9 +161,11 @@ class KernelContext:
         members: Sequence[str],
         booleans: Sequence[str] = (),
         optional: Sequence[str] = (),
+        quiet: bool = False,
     ) -> Optional[StructView]:
-        """A view of a kernel type (``_OBJECT_HEADER``, ...), compiled once; None (said once)
-        when the kernel's symbol table lacks the type or a member."""
+        """A view of a kernel type (``_OBJECT_HEADER``, ...), compiled once; None (said once,
+        unless ``quiet``: the caller has another way) when the kernel's symbol table lacks the
+        type or a member."""
         key = (name, tuple(members))
         if key not in self._kernel_views:
             try:
@@ -173,7 +178,8 @@ class KernelContext:
                     optional=optional,
                 )
             except ViewError as excp:
-                self.log.warning(f"Kernel symbol table unusable for {name}: {excp}")
+                if not quiet:
+                    self.log.warning(f"Kernel symbol table unusable for {name}: {excp}")
                 view = None
             self._kernel_views[key] = view
         return self._kernel_views[key]
@@ -182,15 +188,24 @@ class KernelContext:
 
     @functools.cached_property
     def build_number(self) -> Optional[int]:
-        """``nt!NtBuildNumber`` (its low 16 bits; the high bits say free/checked build)."""
-        address = self.symbol("NtBuildNumber")
-        if address is None:
-            return None
-        try:
-            value = int.from_bytes(self.reader.read(address, 4), "little") & 0xFFFF
-        except exceptions.InvalidAddressException:
-            return None
-        return value or None
+        """The kernel's build: ``nt!NtBuildNumber`` (its low 16 bits; the high bits say free or
+        checked build), else ``KUSER_SHARED_DATA.NtBuildNumber`` (Windows 10 and later), else
+        None (read as zeros or not at all: no evidence)."""
+        candidates = [self.symbol("NtBuildNumber")]
+        kuser = self.kernel_view("_KUSER_SHARED_DATA", ["NtBuildNumber"], quiet=True)
+        if kuser is not None:
+            shared = KUSER_SHARED_DATA_X64 if self.pointer_size == 8 else KUSER_SHARED_DATA_X86
+            candidates.append((shared + kuser.offset("NtBuildNumber")) & self.mask)
+        for address in candidates:
+            if address is None:
+                continue
+            try:
+                value = int.from_bytes(self.reader.read(address, 4), "little") & 0xFFFF
+            except exceptions.InvalidAddressException:
+                continue
+            if value:
+                return value
+        return None
 
     @functools.cached_property
     def object_headers(self) -> Optional["ObjectHeaders"]:

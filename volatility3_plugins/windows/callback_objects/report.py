@@ -51,14 +51,15 @@ class Report:
         counts = self.counts
         counts.objects = len(self.inventory.objects)
         linked: Set[int] = set()
-        complete_lists: Set[int] = set()
+        # A loose registration may belong to any object's list (its CallbackObject can lie):
+        # it is off every list only when every object's list was walked to its end.
+        every_list_complete = True
         for record in self.inventory.objects:
             listed = registrations.list_registrations(self.kernel, record.registrations_head)
             counts.registrations += len(listed.registrations)
             if self.scan.ran:
                 linked.update(reg.address for reg in listed.registrations)
-                if listed.complete:
-                    complete_lists.add(record.address)
+                every_list_complete &= listed.complete and record.body_readable
             for row in rows.object_rows(record, listed, self.attributor, self.rules):
                 counts.add(row)
                 yield row
@@ -70,7 +71,7 @@ class Report:
         ):
             counts.loose += 1
             owner = int(registration.callback_object)
-            row = rows.loose_row(by_address[owner], registration, state, owner in complete_lists, self.attributor)
+            row = rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor)
             counts.add(row)
             yield row
 

@@ -109,6 +109,6 @@ def loose_row(
 ) -> Row:
     """The row of a loose registration (found by the scan on no walked list), shown with the
     object its ``CallbackObject`` names (``record``): ``state`` is its block's allocation state,
-    ``owner_list_complete`` says whether that object's list was walked to its end."""
+    ``owner_list_complete`` says whether every list that could hold it was walked to its end."""
     attribution, facts = routine_facts(registration, attributor)
     return Row(record, registration, attribution, flags.classify_loose(facts, state, owner_list_complete))

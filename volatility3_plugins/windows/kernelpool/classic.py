@@ -59,6 +59,9 @@ class ClassicPoolMap(PoolMap):
         self._pools = tuple(pools)
         self.complete = True
         self.problems: List[str] = []
+        if not kernel.module.has_type("_POOL_DESCRIPTOR"):
+            # A kernel whose table has no pool descriptor does not run the classic pool.
+            raise PoolMetadataUnavailable("the kernel's symbol table has no _POOL_DESCRIPTOR")
         try:
             self._header = pool_header_view(kernel)
         except ViewError as excp:

@@ -120,12 +120,14 @@ class SegmentHeapMap(PoolMap):
     def _compile(self) -> None:
         kernel = self._kernel
         table = kernel.module.symbol_table_name
+        if not kernel.module.has_type("_EX_POOL_HEAP_MANAGER_STATE") or not kernel.has_symbol("ExPoolState"):
+            raise PoolMetadataUnavailable("the kernel's symbol table has no segment-heap pool (nt!ExPoolState)")
 
         def view(name: str, members: List[str]) -> StructView:
-            found = kernel.kernel_view(name, members)
-            if found is None:
-                raise PoolMetadataUnavailable(f"the kernel's symbol table lacks {name}")
-            return found
+            try:
+                return StructView.compile(kernel.context, type_name(table, name), members, kernel.mask)
+            except ViewError as excp:
+                raise PoolMetadataUnavailable(f"the kernel's symbol table lacks {name}: {excp}") from excp
 
         try:
             self._state_view = view("_EX_POOL_HEAP_MANAGER_STATE", ["HeapManager.Globals", "NumberOfPools"])
@@ -139,11 +141,11 @@ class SegmentHeapMap(PoolMap):
             self._list_head = member_offset(kernel.context, type_name(table, "_HEAP_SEG_CONTEXT"), "SegmentListHead")
             self._segment_view = view("_HEAP_PAGE_SEGMENT", ["Signature"])
             self._descriptor_view = view("_HEAP_PAGE_RANGE_DESCRIPTOR", ["RangeFlags", "UnitSize"])
-            self._lfh_view = view("_HEAP_LFH_SUBSEGMENT", ["BlockOffsets.EncodedData"])
+            self._lfh_view = view("_HEAP_LFH_SUBSEGMENT", ["BlockOffsets.EncodedData", "BlockCount"])
             self._bitmap = member_offset(kernel.context, type_name(table, "_HEAP_LFH_SUBSEGMENT"), "BlockBitmap")
             self._vs_view = view("_HEAP_VS_SUBSEGMENT", ["Size", "Signature"])
             self._vs_header = type_size(kernel.context, type_name(table, "_HEAP_VS_SUBSEGMENT"))
-            self._chunk_view = view("_HEAP_VS_CHUNK_HEADER_SIZE", ["HeaderBits", "UnsafeSize", "Allocated"])
+            self._chunk_view = view("_HEAP_VS_CHUNK_HEADER_SIZE", ["HeaderBits", "UnsafeSize", "UnsafePrevSize", "Allocated"])
             self._chunk_header = type_size(kernel.context, type_name(table, "_HEAP_VS_CHUNK_HEADER"))
         except ViewError as excp:
             raise PoolMetadataUnavailable(f"segment-heap types: {excp}") from excp
@@ -313,13 +315,17 @@ class SegmentHeapMap(PoolMap):
             shift = ((address >> 12) if self._new_layout else (address & 0xFFFF_FFFF) >> 12) & 0xFFFF_FFFF
             decoded = record["BlockOffsets.EncodedData"] ^ self.lfh_key ^ shift
             size, first = decoded & 0xFFFF, decoded >> 16
-            if self._granularity <= size < MAX_LFH_BLOCK and self._bitmap < first < region.length:
-                count = (region.length - first) // size
+            if size % self._granularity == 0 and self._granularity <= size < MAX_LFH_BLOCK and self._bitmap < first < region.length:
+                # BlockCount must agree with the decoded offsets: damaged or zeroed headers
+                # decode to offsets that look plausible often enough.
+                count = min(record.BlockCount, (region.length - first) // size)
+                if record.BlockCount == 0 or record.BlockCount > (region.length - first) // size:
+                    count = 0
                 try:
                     bitmap = kernel.reader.read(region.start + self._bitmap, (count + 3) // 4)
                 except exceptions.InvalidAddressException:
                     bitmap = None
-                if bitmap is not None:
+                if bitmap is not None and count:
                     found = LfhBlocks(first, size, count, bitmap)
         if found is None:
             self._incomplete(f"LFH subsegment {region.start:#x}: block offsets or bitmap do not validate")
@@ -348,6 +354,7 @@ class SegmentHeapMap(PoolMap):
         word_mask = (1 << (8 * width)) - 1
         chunks = VsChunks([], [], [], self._chunk_header)
         offset = (self._vs_header + granule - 1) // granule * granule
+        previous = None
         while offset + self._chunk_header <= region.length:
             address = self._canonical(region.start + offset)
             raw = int.from_bytes(data[offset : offset + width], "little")
@@ -355,6 +362,11 @@ class SegmentHeapMap(PoolMap):
             size = self._chunk_view.fields["UnsafeSize"].unpack(decoded) * granule
             if size < self._chunk_header + granule or offset + size > region.length:
                 break
+            # Each header repeats its predecessor's size: a chunk that disagrees was damaged,
+            # and what follows it cannot be told (UNKNOWN past the last chunk walked).
+            if previous is not None and self._chunk_view.fields["UnsafePrevSize"].unpack(decoded) * granule != previous:
+                break
+            previous = size
             chunks.starts.append((region.start + offset) & kernel.mask)
             chunks.ends.append((region.start + offset + size) & kernel.mask)
             chunks.allocated.append(bool(self._chunk_view.fields["Allocated"].unpack(decoded) & 1))
