@@ -19,14 +19,14 @@ import struct
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from volatility3.framework import exceptions, interfaces
-from volatility3.framework.layers import intel
+from volatility3.framework.layers import intel, linear
 
 if TYPE_CHECKING:
     from .kernel import KernelContext
 
 PAGE_SIZE = 0x1000
 #: Bytes read from the physical layer at once.
-CHUNK = 16 << 20
+CHUNK = 4 << 20
 #: Hits kept before the search stops (a real system has thousands of each tag, not millions).
 MAX_HITS = 4_000_000
 
@@ -73,6 +73,28 @@ def paging_of(kernel: "KernelContext") -> Optional[Paging]:
         48 if isinstance(layer, intel.Intel32e) else 32,
         isinstance(layer, intel.WindowsMixin),
     )
+
+
+def read_uncached(
+    context: interfaces.context.ContextInterface, layer: interfaces.layers.DataLayerInterface, offset: int, length: int
+) -> bytes:
+    """``length`` bytes at ``offset`` (zeros where nothing is mapped), read down the layer stack
+    through ``mapping``.
+
+    Why: Volatility's translation layers keep the results of their last 512 ``read`` calls
+    (``functools.lru_cache`` on ``read``); for the megabyte reads of a scan that cache holds
+    hundreds of megabytes, gigabytes with 16 MiB reads. Linearly mapped layers (Intel paging, the
+    crash-dump layers) decode nothing, so reading their mapping's pieces from the layers below is
+    the same data without the cache; other translation layers are read as usual."""
+    if not isinstance(layer, interfaces.layers.TranslationLayerInterface):
+        return layer.read(offset, length, pad=True)
+    if not isinstance(layer, linear.LinearlyMappedLayer):
+        return layer.read(offset, length, pad=True)
+    output = bytearray(length)
+    for start, _sublength, mapped, mapped_length, name in layer.mapping(offset, length, ignore_errors=True):
+        piece = read_uncached(context, context.layers[name], mapped, mapped_length)
+        output[start - offset : start - offset + len(piece)] = piece
+    return bytes(output)
 
 
 def physical_runs(physical: interfaces.layers.DataLayerInterface) -> List[Tuple[int, int]]:
@@ -126,7 +148,7 @@ def physical_search(
         while position < start + length:
             size = min(CHUNK, start + length - position)
             try:
-                data = paging.physical.read(position, size, pad=True)
+                data = read_uncached(kernel.context, paging.physical, position, size)
             except exceptions.InvalidAddressException:
                 data = b""
             for header, tag in search_tags(data, position, tags, tag_offset, unit):

@@ -249,7 +249,7 @@ class PoolScan:
             while position < start + length:
                 size = min(REGION_READ, start + length - position)
                 try:
-                    data = self.kernel.layer.read(position, size, pad=True)
+                    data = kernelspace.read_uncached(self.kernel.context, self.kernel.layer, position, size)
                 except exceptions.InvalidAddressException:
                     data = b""
                 for header, tag in kernelspace.search_tags(data, position, self.tags, self._tag_offset, self.unit):
