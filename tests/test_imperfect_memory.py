@@ -143,30 +143,31 @@ def test_truncated_dump_fails_loudly(tmp_path, vol_cache):
         assert not result.stdout.strip().strip("[]").strip()
 
 
-@pytest.mark.parametrize("profile,other", [("win10", "win7"), ("win7", "win10"), ("win10x86", "win7x86")])
-def test_mismatched_symbol_table_fails_loudly(tmp_path, vol_cache, profile, other):
+def assert_refused_with_other_symbols(tmp_path, profile, other: KernelLayout) -> None:
+    """The image of ``profile`` read with ``other``'s tables under its own PDB GUID: refused,
+    with the symbol table named as the cause, no traceback."""
     image = forge_scenario("baseline", profile)
     paths = image.write(tmp_path / "image", formats=("raw",))
-    write_mismatched_symbols(image, KernelLayout.builtin(other), paths["symbols"])
+    write_mismatched_symbols(image, other, paths["symbols"])
     result = run_vol(paths["raw"], paths["symbols"], PLUGIN, cache=tmp_path / "cache")
     assert result.returncode != 0, result.stdout[-2000:]
     assert "Traceback" not in result.stderr
     assert "symbol table" in result.stderr
+
+
+@pytest.mark.parametrize("profile,other", [("win10", "win7"), ("win7", "win10"), ("win10x86", "win7x86")])
+def test_mismatched_symbol_table_fails_loudly(tmp_path, profile, other):
+    assert_refused_with_other_symbols(tmp_path, profile, KernelLayout.builtin(other))
 
 
 @pytest.mark.parametrize("isf", real_isf_params())
 def test_mismatched_real_symbol_table_fails_loudly(tmp_path, isf):
     """A real build's image read with another real build's tables."""
     isf = require_real_isf(isf)
-    layout = KernelLayout.from_isf(isf)
-    image = forge_scenario("baseline", isf)
-    other = next(p.values[0] for p in real_isf_params() if p.values[0] != isf and KernelLayout.from_isf(p.values[0]).pointer_size == layout.pointer_size)
-    paths = image.write(tmp_path / "image", formats=("raw",))
-    write_mismatched_symbols(image, KernelLayout.from_isf(other), paths["symbols"])
-    result = run_vol(paths["raw"], paths["symbols"], PLUGIN, cache=tmp_path / "cache")
-    assert result.returncode != 0, result.stdout[-2000:]
-    assert "Traceback" not in result.stderr
-    assert "symbol table" in result.stderr
+    pointer_size = KernelLayout.from_isf(isf).pointer_size
+    other = next(p.values[0] for p in real_isf_params()
+                 if p.values[0] != isf and KernelLayout.from_isf(p.values[0]).pointer_size == pointer_size)
+    assert_refused_with_other_symbols(tmp_path, isf, KernelLayout.from_isf(other))
 
 
 def test_clean_image_ends_with_a_verdict_line_even_when_quiet(tmp_path, vol_cache):
