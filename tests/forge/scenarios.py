@@ -20,6 +20,8 @@ To add one: write ``def my_story(forge: ImageForge) -> Story`` that plants what 
 from :func:`baseline` if the story needs a living system around it) and add it to SCENARIOS.
 """
 
+import json
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from .callbacks import CallbackObject
@@ -29,6 +31,8 @@ from .modules import LoadedModule
 from .pool import PoolKind
 
 PATCHGUARD_OBJECT = "542875F90F9B47F497B64BA219CACF69"
+EXPECTED_REGISTRANTS = (Path(__file__).resolve().parents[2] / "volatility3_plugins" / "windows" / "callback_objects"
+                        / "expected_registrants.json")
 
 # Drivers of a booted system and their callback routines (RVA in .text); some are exported.
 DRIVERS: Dict[str, Dict[str, int]] = {
@@ -36,7 +40,9 @@ DRIVERS: Dict[str, Dict[str, int]] = {
     "ndis.sys": {"ndisPowerStateCallback": 0x1300, "ndisBindUnbindCallback": 0x1780, "ndisProcessorAddCallback": 0x1D00},
     "tcpip.sys": {"TcpConnectionCallback": 0x1100, "TcpTimerStarvationCallback": 0x1480, "TcpPowerCallback": 0x1900},
     "afd.sys": {"AfdTdxCallback": 0x1240},
-    "WdFilter.sys": {"MpProcessNotificationCallback": 0x1600, "MpNriNotificationCallback": 0x1A00},
+    "WdFilter.sys": {"MpProcessNotificationCallback": 0x1600, "MpNriNotificationCallback": 0x1A00,
+                     "MpImageVerificationCallback": 0x1E00, "MpBootDriverCallback": 0x2200},
+    "WdNisDrv.sys": {"process_notification_callback": 0x1400},
     "mssecflt.sys": {"SecPatchGuardCallback": 0x1800, "SecPowerCallback": 0x1C00},
     "vmci.sys": {"VMCIDetachCallback": 0x1500},
     "lltdio.sys": {"LltdMapperCallback": 0x1200, "LltdRspndrCallback": 0x1600},
@@ -52,7 +58,7 @@ BUILTIN_OBJECTS: List[tuple] = [
     ("SetSystemTime", ["nt:ExpMicrocodePowerStateCallback", "tcpip.sys:TcpTimerStarvationCallback"], True),
     ("SetSystemState", ["ACPI.sys:ACPIPowerStateCallback"], True),
     ("Phase1InitComplete", ["nt:SepImageVerificationCallbackWorker", "WdFilter.sys:MpNriNotificationCallback"], True),
-    ("SeImageVerificationDriverInfo", ["nt:SepImageVerificationCallbackWorker", "WdFilter.sys:MpProcessNotificationCallback"], True),
+    ("SeImageVerificationDriverInfo", ["nt:SepImageVerificationCallbackWorker", "WdFilter.sys:MpImageVerificationCallback"], True),
     ("PowerState", ["nt:HvlpPowerStateCallback", "nt:EtwpPowerStateCallback", "ACPI.sys:ACPIPowerStateCallback",
                     "ndis.sys:ndisPowerStateCallback", "intelppm.sys:PpmPowerStateCallback"], True),
     ("SoftRestart", ["nt:HalpKsrCallbackRoutine", "nt:PipKsrCallback", "nt:PopKsrCallback", "nt:EtwpKsrCallback"], True),
@@ -67,8 +73,11 @@ BUILTIN_OBJECTS: List[tuple] = [
     (PATCHGUARD_OBJECT, ["mssecflt.sys:SecPatchGuardCallback"], True),
     ("AcpiSimulator", ["ACPI.sys:ACPISimulatorCallback"], True),
     ("VMCIDetachCB", ["vmci.sys:VMCIDetachCallback"], True),
-    ("WdProcessNotificationCallback", ["WdFilter.sys:MpProcessNotificationCallback"], True),
+    # Defender's private channels, registrants as the public sources give them (see the plugin's
+    # expected_registrants.json): WdNisDrv.sys, WdFilter.sys, WdFilter.sys.
+    ("WdProcessNotificationCallback", ["WdNisDrv.sys:process_notification_callback"], True),
     ("WdNriNotificationCallback", ["WdFilter.sys:MpNriNotificationCallback"], True),
+    ("WdEbNotificationCallback", ["WdFilter.sys:MpBootDriverCallback"], True),
     ("NdisBindUnbind", ["ndis.sys:ndisBindUnbindCallback", "tcpip.sys:TcpPowerCallback"], True),
     ("TcpConnectionCallbackTemp", ["tcpip.sys:TcpConnectionCallback"], True),
     ("TcpTimerStarvationCallbackTemp", ["tcpip.sys:TcpTimerStarvationCallback"], True),
@@ -104,9 +113,16 @@ class Story:
         return 0 if self._contexts % 3 == 0 else self.forge.machine.plan.nonpaged_pool + 0x80000 + self._contexts * 0x40
 
 
+def expected_registrants() -> Dict[str, List[str]]:
+    """The objects with fixed registrants and their modules, as the plugin's data file gives them:
+    the truth predicts the plugin's output under its own rules."""
+    document = json.loads(EXPECTED_REGISTRANTS.read_text())
+    return {entry["name"]: list(entry["allowed_modules"]) for entry in document["objects"]}
+
+
 def baseline(forge: ImageForge) -> Story:
     story = Story(forge)
-    forge.expected_registrants["\\Callback\\" + PATCHGUARD_OBJECT] = ["mssecflt.sys"]
+    forge.expected_registrants.update(expected_registrants())
     for index, (name, registrants, allow_multiple) in enumerate(BUILTIN_OBJECTS):
         callback = forge.create_callback(name, allow_multiple=allow_multiple, creator_info=index % 4 == 1)
         story.objects[name] = callback

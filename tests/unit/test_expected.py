@@ -7,13 +7,19 @@ from volatility3_plugins.windows.callback_objects import expected
 PATCHGUARD = "\\Callback\\542875F90F9B47F497B64BA219CACF69"
 
 
-def test_packaged_file_is_documented_and_starts_with_patchguard():
+def test_packaged_file_is_documented_and_every_entry_cites_its_evidence():
     with open(expected.DEFAULT_PATH) as handle:
         document = json.load(handle)
-    assert document["_comment"]
+    assert any("How to add an entry" in line for line in document["_comment"])
     first = document["objects"][0]
     assert first["name"] == PATCHGUARD
-    assert first["allowed_modules"] == ["mssecflt.sys"]
+    assert first["allowed_modules"] == ["mssecflt.sys", "msseccore.sys"]
+    for entry in document["objects"]:
+        assert entry["reason"] and entry["builds"] and entry["sources"], entry["name"]
+        assert all(source.startswith("https://") or "report" in source for source in entry["sources"]), entry["name"]
+    open_by_design = {"PowerState", "SetSystemTime", "ProcessorAdd", "BootDriver", "SeImageVerificationDriverInfo",
+                      "Phase1InitComplete"}
+    assert not {entry["name"].rsplit("\\", 1)[-1] for entry in document["objects"]} & open_by_design
 
 
 def test_rules():
@@ -21,6 +27,9 @@ def test_rules():
     assert rules.covers(PATCHGUARD)
     assert not rules.is_unexpected(PATCHGUARD, "mssecflt.sys")
     assert not rules.is_unexpected(PATCHGUARD.lower(), "MsSecFlt.SYS")  # case-insensitive
+    assert not rules.is_unexpected(PATCHGUARD, "msseccore.sys")
+    assert rules.is_unexpected("\\Callback\\WdProcessNotificationCallback", "WdFilter.sys")
+    assert not rules.is_unexpected("\\Callback\\WdProcessNotificationCallback", "WdNisDrv.sys")
     assert rules.is_unexpected(PATCHGUARD, "evil.sys")
     assert rules.is_unexpected(PATCHGUARD, None)  # routine in no module
     assert not rules.is_unexpected("\\Callback\\PowerState", "evil.sys")  # not covered
