@@ -165,7 +165,8 @@ def physical_search(
 
 def kernel_mappings(kernel: "KernelContext", frames: Set[int]) -> Dict[int, List[int]]:
     """Virtual addresses (pages) in the kernel half that map each of ``frames``, from one walk
-    of the page tables through the physical layer."""
+    of the page tables through the physical layer. Addresses are the layer's own (masked to its
+    virtual width, not sign-extended), as Volatility's layers take them."""
     paging = paging_of(kernel)
     found: Dict[int, List[int]] = {}
     if paging is None or not frames:
