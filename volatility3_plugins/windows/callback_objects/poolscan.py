@@ -137,6 +137,11 @@ class ScanTarget:
     validate: Callable[["PoolScan", PoolHit, str, ScanResult], None]
 
 
+def _size_text(length: int) -> str:
+    """A byte count a reader takes in at a glance: KiB below a MiB (a small heap is not "0 MiB")."""
+    return f"{length >> 20} MiB" if length >= 1 << 20 else f"{length >> 10} KiB"
+
+
 def builtin_targets() -> Tuple[ScanTarget, ...]:
     """The declared table of what the scan looks for."""
     return (
@@ -437,7 +442,7 @@ def scan_pool(
     if regions is not None:
         ranges = coalesce(regions)
         result = scan.run(scan.hits_in_regions(ranges, progress_callback), ScanResult(ran=True, extent="heap"))
-        extent = f"{pool_map.name}, {sum(length for _s, length in ranges) >> 20} MiB"
+        extent = f"{pool_map.name}, {_size_text(sum(length for _s, length in ranges))}"
     else:
         if not full and pool_map.name == "segment heap":
             kernel.log.warning("The non-paged heap's metadata is incomplete: scanning the whole kernel half instead")
