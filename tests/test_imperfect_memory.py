@@ -92,6 +92,19 @@ def test_zeroed_page_under_a_registration(tmp_path, vol_cache):
     assert zeroed and all(flags_of(row) == {"unreadable"} for row in zeroed)
 
 
+def test_zeroed_name_of_a_fixed_registrant(tmp_path, vol_cache):
+    """The page under a driver's BaseDllName is lost: its routines still lie in its range, but
+    an owner without a name is no evidence of an unexpected registrant on an object whose
+    registrants are fixed (mssecflt.sys on the PatchGuard channel)."""
+    image, damage = forge("baseline", "win10")
+    mssecflt = next(m for m in image.forge.loader.modules if m.name.lower() == "mssecflt.sys")
+    damage.zero_page(mssecflt.blocks[2].body)
+    rows = rows_of(run(image, damage, tmp_path, vol_cache))
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    nameless = [row for row in rows if row["Routine"] is not None and mssecflt.contains(row["Routine"])]
+    assert nameless and all(row["Module"] is None for row in nameless)
+
+
 def test_zeroed_page_under_the_list_head(tmp_path, vol_cache):
     """The kernel page holding nt!ExpCallbackListHead (and the ExCb* globals) is lost: no object
     is reached by the list, none may be called unlinked."""

@@ -145,7 +145,7 @@ class KernelContext:
 
     def read_unicode(self, length: int, maximum: int, buffer: int) -> Optional[str]:
         """A ``UNICODE_STRING``'s text, with the checks of Volatility's ``get_string``: None when
-        the counts are inconsistent or absurd, or the buffer unreadable."""
+        the counts are inconsistent or absurd, or the buffer unreadable or empty up to its NUL."""
         if length == 0 or maximum == 0 or length > maximum or length > MAX_NAME_BYTES or length % 2:
             return None
         try:
@@ -153,7 +153,8 @@ class KernelContext:
         except exceptions.InvalidAddressException:
             return None
         end = text.find("\x00")
-        return text if end < 0 else text[:end]
+        # A buffer of zeros (a page the acquisition could not read) is no name at all.
+        return (text if end < 0 else text[:end]) or None
 
     def kernel_view(
         self,

@@ -95,7 +95,11 @@ def object_rows(
             facts.backlink_ok = owner == record.address
         if facts.in_module is not None:
             module = attribution.module if attribution is not None and facts.in_module else None
-            facts.unexpected_registrant = rules.is_unexpected(name, module.name if module else None)
+            module_name = module.name if module is not None else None
+            # A routine inside a module whose name could not be read (a zeroed or missing
+            # page under its loader entry) has an owner we cannot name: no evidence either way.
+            if not (facts.in_module and not module_name):
+                facts.unexpected_registrant = rules.is_unexpected(name, module_name)
         rows.append(Row(record, reg, attribution, flags.classify(obj_facts, facts)))
     return rows
 
