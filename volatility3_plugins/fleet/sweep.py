@@ -413,32 +413,56 @@ def write_stack(out_dir: str, outcomes: Sequence[Outcome], rare: int) -> stack.S
     return found
 
 
+def _images(count: int) -> str:
+    return f"{count} image" + ("" if count == 1 else "s")
+
+
+def warning_message(line: str) -> str:
+    """A logged warning without its level and logger (``WARNING  volatility3...: text``)."""
+    head, separator, message = line.partition(": ")
+    return message if separator and " " in head else line
+
+
+def finding(meta: Dict[str, Any]) -> str:
+    """What an image's sidecar says needs a look: why it was not swept, its suspicious rows by
+    flag, the first warning the plugin gave (a baseline of another build, a route that failed);
+    empty for an image without any."""
+    if meta.get("status") != OK:
+        reason = (meta.get("reason") or "").splitlines()
+        return reason[0] if reason else ""
+    said = []
+    if meta.get("suspicious_rows"):
+        by_flag = meta.get("flags") or {}
+        suspicious = ", ".join(f"{flag} {by_flag[flag]}" for flag in flags.sort_flags(by_flag)
+                               if flags.is_suspicious(flag))
+        said.append(f"{meta['suspicious_rows']} suspicious rows ({suspicious})")
+    warnings = meta.get("warnings") or []
+    if warnings:
+        more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        said.append(f"warning: {warning_message(warnings[0])}{more}")
+    return "; ".join(said)
+
+
 def summary(outcomes: Sequence[Outcome], out_dir: str) -> str:
     """What the sweep found, for standard output: counts, then every image that needs a look
-    (suspicious rows, refused, failed); clean images are only counted."""
+    (suspicious rows, warnings, refused, failed); the others are only counted."""
     by_status: Dict[str, int] = {}
     for outcome in outcomes:
         status = outcome.meta.get("status", FAILED)
         by_status[status] = by_status.get(status, 0) + 1
     skipped = sum(outcome.skipped for outcome in outcomes)
     lines = [
-        f"Swept {len(outcomes)} images into {out_dir}: {by_status.get(OK, 0)} ok"
+        f"Swept {_images(len(outcomes))} into {out_dir}: {by_status.get(OK, 0)} ok"
         + (f" ({skipped} done by an earlier sweep)" if skipped else "")
         + f", {by_status.get(REFUSED, 0)} refused, {by_status.get(FAILED, 0)} failed."
     ]
     notable = []
     for outcome in outcomes:
-        meta = outcome.meta
-        build = str(meta.get("build") or "-")
-        if meta.get("status") != OK:
-            reason = (meta.get("reason") or "").splitlines()
-            notable.append((outcome.job.name, meta.get("status", FAILED), build, reason[0] if reason else ""))
-        elif meta.get("suspicious_rows"):
-            by_flag = meta.get("flags") or {}
-            suspicious = ", ".join(f"{flag} {by_flag[flag]}" for flag in flags.sort_flags(by_flag)
-                                   if flags.is_suspicious(flag))
-            notable.append((outcome.job.name, OK, build, f"{meta['suspicious_rows']} suspicious rows ({suspicious})"))
-    clean = len(outcomes) - len(notable)
+        said = finding(outcome.meta)
+        if said or outcome.meta.get("status") != OK:
+            build = str(outcome.meta.get("build") or "-")
+            notable.append((outcome.job.name, str(outcome.meta.get("status", FAILED)), build, said))
+    quiet = len(outcomes) - len(notable)
     if notable:
         header = ("image", "status", "build", "finding")
         widths = [max(len(row[column]) for row in [header] + notable) for column in range(3)]
@@ -446,6 +470,6 @@ def summary(outcomes: Sequence[Outcome], out_dir: str) -> str:
         for row in [header] + notable:
             lines.append("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
     lines.append("")
-    lines.append(f"{clean} images without a suspicious row. Stack: {os.path.join(out_dir, outputs.STACK_TEXT)} "
-                 f"(and {outputs.STACK_JSON}).")
+    lines.append(f"{_images(quiet)} without a suspicious row or warning. "
+                 f"Stack: {os.path.join(out_dir, outputs.STACK_TEXT)} (and {outputs.STACK_JSON}).")
     return "\n".join(lines) + "\n"
