@@ -160,7 +160,7 @@ def run_sweep(argv: Sequence[str]) -> int:
     except OSError as error:
         print(f"{PROG} sweep: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
-    sys.stdout.write(sweep.summary(outcomes, settings.out_dir))
+    sys.stdout.write(sweep.summary(outcomes, args.out))  # the folder as the user wrote it
     return 0 if all(outcome.meta.get("status") == sweep.OK for outcome in outcomes) else 1
 
 
