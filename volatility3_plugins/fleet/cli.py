@@ -108,7 +108,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                         help="stop an image's Volatility process after this long (default: no limit)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="run the per-image tasks on this Dask distributed scheduler (tcp://HOST:8786; its "
-                        "workers need this package and the images at the same paths), or 'local' for a Dask "
+                        "workers need this package, and the images, symbols and baseline at the same paths), or 'local' for a Dask "
                         "cluster of --jobs workers on this machine")
     parser.add_argument("--rare", type=_positive, default=3,
                         help="stack.txt names the images of registrations carried by at most this many "

@@ -375,7 +375,8 @@ def sweep(images: Sequence[str], settings: Settings, progress_stream=None) -> Li
     metas: Dict[str, Dict[str, Any]] = dict(done)
     progress = Progress(len(pending), progress_stream)
     progress.start()
-    results = execute(pending, settings)
+    # Nothing left to run: no executor at all (a Dask scheduler is not even contacted).
+    results = execute(pending, settings) if pending else iter(())
     try:
         for job, result in results:
             run = result if isinstance(result, Run) else failed_run(result)  # type: ignore[arg-type]
@@ -384,7 +385,8 @@ def sweep(images: Sequence[str], settings: Settings, progress_stream=None) -> Li
             metas[job.image] = record(settings.out_dir, job, run)
             progress.update(job.name, metas[job.image]["status"], run.seconds)
     finally:
-        results.close()  # type: ignore[attr-defined]
+        if hasattr(results, "close"):
+            results.close()  # an executor's generator: cancels the tasks not finished
         progress.finish()
     outcomes = [Outcome(job, metas[job.image], job.image in done) for job in jobs]
     write_stack(settings.out_dir, outcomes, settings.rare)
