@@ -1,6 +1,7 @@
 """Fleet triage without images: registration keys and the known-good comparison, reading outputs,
 arguments to paths, the stack's order, a sweep's sidecars and resume rule."""
 
+import io
 import json
 import os
 from pathlib import Path
@@ -212,7 +213,7 @@ def test_sidecars_record_status_build_and_the_reason_of_a_refusal(tmp_path):
     assert meta["flags"] == {"not_in_baseline": 1} and meta["warnings"] == [] and meta["output"] == "host.raw.json"
     assert json.loads((tmp_path / "host.raw.json").read_text()) == json.loads(rows)
     assert sweep.is_done(str(tmp_path), job, meta)
-    assert not sweep.is_done(str(tmp_path), sweep.Job(str(image), "host.raw", plugin_options=("--no-scan",)), meta)
+    assert not sweep.is_done(str(tmp_path), sweep.Job(str(image), "host.raw", sweep.RunOptions(plugin=("--no-scan",))), meta)
 
     refused = sweep.record(str(tmp_path), job, run_of(
         1, "", "Volatility 3 Framework 2.28.2\nUnsatisfied requirement plugins.CallbackObjects.kernel.layer_name: \n"))
@@ -245,8 +246,7 @@ def test_sweep_refuses_options_it_sets_itself():
     sweep.check_volatility_options(["--offline", "-s", "symbols", "--cache-path", "cache"])
 
 
-def test_progress_without_a_terminal_writes_one_line_per_image(capsys):
-    import io
+def test_progress_without_a_terminal_writes_one_line_per_image():
     stream = io.StringIO()
     progress = Progress(2, stream, interactive=False)
     progress.start()
@@ -254,3 +254,20 @@ def test_progress_without_a_terminal_writes_one_line_per_image(capsys):
     progress.update("b.raw", "refused", 0.5)
     assert stream.getvalue() == "[1/2] a.raw: ok (1.2 s)\n[2/2] b.raw: refused (0.5 s)\n"
     assert progress.line().startswith("[" + "#" * 30 + "] 2/2 images (1 refused), ")
+
+
+def test_ctrl_c_reaching_a_local_volatility_process_stops_the_sweep_without_recording_it(tmp_path, monkeypatch):
+    """Ctrl-C goes to the whole process group: the Volatility process may die of it (-SIGINT)
+    before the sweep's own thread sees it. That image did not fail: nothing is recorded."""
+    import signal
+
+    images = [tmp_path / "a.raw", tmp_path / "b.raw"]
+    for image in images:
+        image.write_bytes(b"x")
+    rows = json.dumps([row(1, r"\Callback\A", "a.sys", "a.sys+0x10")])
+    results = iter([run_of(0, rows), run_of(-signal.SIGINT)])
+    monkeypatch.setattr(sweep, "execute", lambda jobs, settings: ((job, next(results)) for job in jobs))
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        sweep.sweep([str(image) for image in images], sweep.Settings(str(out), 1), progress_stream=io.StringIO())
+    assert sorted(p.name for p in out.iterdir()) == ["a.raw.json", "a.raw.meta.json"]

@@ -147,9 +147,7 @@ def run_sweep(argv: Sequence[str]) -> int:
         settings = sweep.Settings(
             out_dir=os.path.abspath(args.out),
             workers=args.jobs,
-            volatility_options=tuple(volatility_options),
-            plugin_options=tuple(plugin_options(args)),
-            timeout=args.timeout,
+            options=sweep.RunOptions(tuple(volatility_options), tuple(plugin_options(args)), args.timeout),
             scheduler=args.scheduler,
             rare=args.rare,
         )

@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -61,14 +62,22 @@ class SweepError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How every image of a sweep is run: Volatility's own options, the plugin's, a time limit."""
+
+    volatility: Tuple[str, ...] = ()
+    plugin: Tuple[str, ...] = ()
+    #: Seconds before an image's Volatility process is stopped; None: no limit.
+    timeout: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Job:
     """One image to run the plugin on; what a task receives (locally or on a Dask worker)."""
 
     image: str
     name: str
-    volatility_options: Tuple[str, ...] = ()
-    plugin_options: Tuple[str, ...] = ()
-    timeout: Optional[float] = None
+    options: RunOptions = RunOptions()
 
 
 @dataclasses.dataclass
@@ -89,8 +98,8 @@ class Run:
 def command(job: Job) -> List[str]:
     """The Volatility command of a job, with the interpreter running the task (a Dask worker's
     own, on a worker)."""
-    return [sys.executable, "-m", "volatility3_plugins", *job.volatility_options,
-            "-q", "-r", "json", "-f", job.image, PLUGIN, *job.plugin_options]
+    return [sys.executable, "-m", "volatility3_plugins", *job.options.volatility,
+            "-q", "-r", "json", "-f", job.image, PLUGIN, *job.options.plugin]
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,11 +126,11 @@ def run_image(job: Job) -> Run:
     try:
         completed = subprocess.run(
             command(job), stdin=subprocess.DEVNULL, capture_output=True, encoding="utf-8",
-            errors="replace", timeout=job.timeout,
+            errors="replace", timeout=job.options.timeout,
         )
         exit_code, stdout, stderr = completed.returncode, completed.stdout, completed.stderr
     except subprocess.TimeoutExpired as expired:
-        error = f"timed out after {job.timeout:g} s"
+        error = f"timed out after {job.options.timeout:g} s"
         stderr = expired.stderr if isinstance(expired.stderr, str) else ""
     except OSError as excp:
         error = f"could not start Volatility: {excp}"
@@ -216,8 +225,8 @@ def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[st
         "warnings": [line for line in _lines(run.stderr)
                      if line.startswith(("WARNING", "ERROR", "CRITICAL")) and not VERDICT.search(line)][:MAX_WARNINGS],
         "plugin": PLUGIN,
-        "plugin_options": list(job.plugin_options),
-        "volatility_options": list(job.volatility_options),
+        "plugin_options": list(job.options.plugin),
+        "volatility_options": list(job.options.volatility),
         "versions": run.versions,
         "host": run.host,
         "started": run.started,
@@ -274,9 +283,9 @@ def is_done(out_dir: str, job: Job, meta: Optional[Dict[str, Any]]) -> bool:
     """The image was swept with these options, has not changed since, and its output is there."""
     if meta is None or meta.get("status") != OK or meta.get("image") != job.image:
         return False
-    if meta.get("plugin_options") != list(job.plugin_options):
+    if meta.get("plugin_options") != list(job.options.plugin):
         return False
-    if meta.get("volatility_options") != list(job.volatility_options):
+    if meta.get("volatility_options") != list(job.options.volatility):
         return False
     try:
         image = os.stat(job.image)
@@ -301,9 +310,7 @@ def remove_partials(out_dir: str) -> None:
 class Settings:
     out_dir: str
     workers: int
-    volatility_options: Tuple[str, ...] = ()
-    plugin_options: Tuple[str, ...] = ()
-    timeout: Optional[float] = None
+    options: RunOptions = RunOptions()
     #: A Dask scheduler address, ``local`` for a local Dask cluster, None for local processes.
     scheduler: Optional[str] = None
     #: The stack names the images of a registration carried by at most this many.
@@ -342,8 +349,7 @@ def plan(images: Sequence[str], settings: Settings) -> Tuple[List[Job], Dict[str
     earlier = existing_sidecars(settings.out_dir)
     # Names of earlier images stay theirs, swept again or not: their files are in the folder.
     names = paths.unique_names(images, {image: name for image, (name, _) in earlier.items()})
-    jobs = [Job(image, names[image], tuple(settings.volatility_options), tuple(settings.plugin_options),
-                settings.timeout) for image in images]
+    jobs = [Job(image, names[image], settings.options) for image in images]
     done = {job.image: earlier[job.image][1] for job in jobs
             if job.image in earlier and is_done(settings.out_dir, job, earlier[job.image][1])}
     return jobs, done
@@ -366,8 +372,8 @@ def sweep(images: Sequence[str], settings: Settings, progress_stream=None) -> Li
     Returns every image's outcome, in the order of ``images``."""
     from .progress import Progress
 
-    check_volatility_options(settings.volatility_options)
-    prepare_cache(settings.volatility_options)
+    check_volatility_options(settings.options.volatility)
+    prepare_cache(settings.options.volatility)
     os.makedirs(settings.out_dir, exist_ok=True)
     remove_partials(settings.out_dir)
     jobs, done = plan(images, settings)
@@ -382,6 +388,11 @@ def sweep(images: Sequence[str], settings: Settings, progress_stream=None) -> Li
             run = result if isinstance(result, Run) else failed_run(result)  # type: ignore[arg-type]
             if is_usage_error(run):
                 raise SweepError("Volatility rejected the command line:\n" + explanation(run))
+            if run.exit_code == -signal.SIGINT and not settings.scheduler:
+                # Ctrl-C reached the local Volatility process too (one process group) and may
+                # have been handed to a worker thread, not to this one: the user stopped the
+                # sweep, the image did not fail. Nothing is recorded; a resumed sweep runs it.
+                raise KeyboardInterrupt
             metas[job.image] = record(settings.out_dir, job, run)
             progress.update(job.name, metas[job.image]["status"], run.seconds)
     finally:
