@@ -165,7 +165,7 @@ def test_interrupted_sweep_leaves_whole_files_and_resumes_where_it_stopped(hosts
             json.loads(left[meta["output"]])
             done.append(name)
         else:  # the broken image, first in order: refused, no output, run again on resume
-            assert name == f"{BROKEN}.meta.json" and meta["output"] is None
+            assert name == f"{BROKEN}.meta.json" and meta["output"] is None, (meta, stderr[-3000:])
     assert done and "stack.json" not in left
 
     resumed = hosts_sweep["resumed"]
@@ -174,7 +174,8 @@ def test_interrupted_sweep_leaves_whole_files_and_resumes_where_it_stopped(hosts
     images = 14  # 13 hosts and the broken file
     assert f"Swept {images} images into" in resumed.stdout
     progress = [line for line in resumed.stderr.splitlines() if line.startswith("[")]
-    assert len(progress) == images - len(done) and progress[-1].startswith(f"[{images - len(done)}/")
+    assert len(progress) == images - len(done) and progress[-1].startswith(f"[{images - len(done)}/"), (
+        done, resumed.stderr[-3000:])
     out = hosts_sweep["out"]
     for name in done:  # not run again: the very files of the first run
         assert (out / name).read_bytes() == left[name]
