@@ -9,14 +9,18 @@ their outputs are the baseline of the hosts' sweep, which is interrupted once an
 What the plugin must flag is derived from the forge's ground truth, with a key written here
 independently of ``baseline.py``: a host's rows whose registration no golden image's truth has.
 
-Budget: about 20 Volatility runs of ~1 s CPU each (every image once, one broken image, a subset
-again on Dask); the rest reads JSON.
+The sweep chain is one test (its checks are the ``check_*`` functions, in order): pytest-xdist
+builds a module's fixtures once per worker and would forge and sweep the fleet twice
+(``xdist_group`` with ``--dist loadgroup`` did not keep a group on one worker with pytest 9.2 and
+pytest-xdist 3.8 here). The Dask comparison forges its own three-host fleet.
+
+Budget: about 25 Volatility runs of ~1 s CPU each (every image once, one broken image, a small
+fleet on local processes and on Dask); the rest reads JSON.
 """
 
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -51,16 +55,15 @@ def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(command(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("fleet")
-    forge_fleet(out, default_members(hosts=12, rootkits=(5, 11), golden=2, other_build="win7"))
+def forge_the_fleet(out: Path, names: Sequence[str] = ()) -> Path:
+    """The issue's fleet (or the members named), with a broken file among the hosts."""
+    members = default_members(hosts=12, rootkits=(5, 11), golden=2, other_build="win7")
+    forge_fleet(out, [member for member in members if not names or member.name in names])
     (out / HOSTS / BROKEN).write_bytes(b"\0" * (1 << 20))
     return out
 
 
-@pytest.fixture(scope="module")
-def golden_outputs(fleet, vol_cache) -> Path:
+def sweep_golden(fleet: Path, vol_cache: Path) -> Path:
     out = fleet / "swept-golden"
     result = run("sweep", str(fleet / GOLDEN), "--out", str(out), "--jobs", "2", *volatility_options(fleet, vol_cache))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -76,8 +79,7 @@ def wait_for_sidecars(folder: Path, count: int, process: subprocess.Popen, timeo
     raise AssertionError(f"the sweep did not write {count} sidecars (exit {process.poll()})")
 
 
-@pytest.fixture(scope="module")
-def hosts_sweep(fleet, golden_outputs, vol_cache) -> Dict[str, Any]:
+def sweep_hosts_interrupted(fleet: Path, golden_outputs: Path, vol_cache: Path) -> Dict[str, Any]:
     """The hosts swept against the golden baseline: interrupted (Ctrl-C to its process group,
     as a terminal sends it) after three images, then run again to its end."""
     out = fleet / "swept-hosts"
@@ -150,7 +152,7 @@ def flagged(output: Path) -> Set[int]:
     return {row["Registration"] for row in load(output) if "not_in_baseline" in (row["Flags"] or "").split(",")}
 
 
-def test_interrupted_sweep_leaves_whole_files_and_resumes_where_it_stopped(hosts_sweep):
+def check_interrupted_sweep_leaves_whole_files_and_resumes_where_it_stopped(hosts_sweep):
     code, _, stderr = hosts_sweep["interrupted"]
     assert code == 130, stderr[-3000:]
     assert "interrupted; run the same command again to resume" in stderr
@@ -182,7 +184,7 @@ def test_interrupted_sweep_leaves_whole_files_and_resumes_where_it_stopped(hosts
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_sweep_records_build_and_refusals_and_goes_on(fleet, hosts_sweep):
+def check_sweep_records_build_and_refusals_and_goes_on(fleet, hosts_sweep):
     out = hosts_sweep["out"]
     for member in load(fleet / "fleet.json")["members"]:
         if member["role"] != HOSTS:
@@ -202,7 +204,7 @@ def test_sweep_records_build_and_refusals_and_goes_on(fleet, hosts_sweep):
     assert any(line.startswith(BROKEN) and "refused" in line for line in summary.splitlines())
 
 
-def test_baseline_flags_exactly_the_registrations_no_known_good_image_has(fleet, hosts_sweep):
+def check_baseline_flags_exactly_the_registrations_no_known_good_image_has(fleet, hosts_sweep):
     out = hosts_sweep["out"]
     for host in ROOTKIT_HOSTS + CLEAN_WIN10_HOSTS + (OTHER_BUILD_HOST,):
         expected = expected_not_in_baseline(fleet, host)
@@ -216,7 +218,7 @@ def test_baseline_flags_exactly_the_registrations_no_known_good_image_has(fleet,
     assert expected_not_in_baseline(fleet, OTHER_BUILD_HOST)  # another build differs
 
 
-def test_baseline_of_another_build_is_accepted_with_a_warning(hosts_sweep):
+def check_baseline_of_another_build_is_accepted_with_a_warning(hosts_sweep):
     out = hosts_sweep["out"]
     warnings = load(out / f"{OTHER_BUILD_HOST}.raw.meta.json")["warnings"]
     assert [w for w in warnings if "Baseline of another build" in w and "this image is build 7601" in w]
@@ -226,7 +228,7 @@ def test_baseline_of_another_build_is_accepted_with_a_warning(hosts_sweep):
     assert "warning: Baseline of another build" in line
 
 
-def test_stack_ranks_the_plants_rarest(fleet, hosts_sweep):
+def check_stack_ranks_the_plants_rarest(fleet, hosts_sweep):
     stack = load(hosts_sweep["out"] / "stack.json")
     assert len(stack["images"]) == 13
     assert stack["not_stacked"] == [{"name": BROKEN, "reason": stack["not_stacked"][0]["reason"]}]
@@ -256,7 +258,7 @@ def test_stack_ranks_the_plants_rarest(fleet, hosts_sweep):
     assert all(count >= 12 for count in counts[len(rare):])
 
 
-def test_stack_command_reads_the_sweep_folder(hosts_sweep):
+def check_stack_command_reads_the_sweep_folder(hosts_sweep):
     out = hosts_sweep["out"]
     as_json = run("stack", str(out), "-r", "json")
     assert as_json.returncode == 0, as_json.stderr
@@ -273,25 +275,44 @@ def test_stack_command_reads_the_sweep_folder(hosts_sweep):
     assert table[-1].split()[0] == "13" and table[-1].endswith("all 13")
 
 
-def test_bad_inputs_give_a_message_and_an_exit_code_not_a_traceback(fleet, tmp_path, vol_cache):
+def test_fleet_triage_on_a_forged_fleet(tmp_path, vol_cache):
+    fleet = forge_the_fleet(tmp_path / "fleet")
+    golden_outputs = sweep_golden(fleet, vol_cache)
+    hosts_sweep = sweep_hosts_interrupted(fleet, golden_outputs, vol_cache)
+    check_interrupted_sweep_leaves_whole_files_and_resumes_where_it_stopped(hosts_sweep)
+    check_sweep_records_build_and_refusals_and_goes_on(fleet, hosts_sweep)
+    check_baseline_flags_exactly_the_registrations_no_known_good_image_has(fleet, hosts_sweep)
+    check_baseline_of_another_build_is_accepted_with_a_warning(hosts_sweep)
+    check_stack_ranks_the_plants_rarest(fleet, hosts_sweep)
+    check_stack_command_reads_the_sweep_folder(hosts_sweep)
+
+
+def test_bad_inputs_give_a_message_and_an_exit_code_not_a_traceback(forged, tmp_path, vol_cache):
     not_output = tmp_path / "notes.json"
     not_output.write_text('{"not": "rows"}')
-    swept = run("sweep", str(fleet / HOSTS / "host01.raw"), "--out", str(tmp_path / "out"),
-                "--baseline", str(not_output), *volatility_options(fleet, vol_cache))
+    image = forged("baseline", "win10")
+    options = ["--offline", "-s", str(image["symbols"]), "--cache-path", str(vol_cache)]
+    swept = run("sweep", str(image["raw"]), "--out", str(tmp_path / "out"), "--baseline", str(not_output),
+                "--", *options)
     assert swept.returncode == 2 and "not a list of rows" in swept.stderr and "Traceback" not in swept.stderr
     assert not (tmp_path / "out").exists()
     stacked = run("stack", str(tmp_path / "nowhere"))
     assert stacked.returncode == 2 and "no such file or folder" in stacked.stderr
-    plugin = run("--offline", "-s", str(fleet / SYMBOLS), "--cache-path", str(vol_cache), "-q", "-f",
-                 str(fleet / HOSTS / "host01.raw"), "windows.callbackobjects", "--baseline", str(not_output))
+    plugin = run(*options, "-q", "-f", str(image["raw"]), "windows.callbackobjects", "--baseline", str(not_output))
     assert plugin.returncode != 0 and "Traceback" not in plugin.stderr
     assert f"--baseline: {not_output}: not a list of rows" in plugin.stderr
 
 
-def test_the_same_sweep_on_a_dask_cluster_gives_the_same_files(fleet, golden_outputs, hosts_sweep, vol_cache):
+def test_the_same_sweep_on_a_dask_cluster_gives_the_same_files(tmp_path, vol_cache):
     distributed = pytest.importorskip(
         "distributed", reason="Dask's distributed is needed: pip install -e '.[test]' (or the fleet extra)")
+    fleet = forge_the_fleet(tmp_path / "fleet", ("host01", "host05", OTHER_BUILD_HOST, "golden01"))
+    golden_outputs = sweep_golden(fleet, vol_cache)
     subset = [fleet / HOSTS / f"{host}.raw" for host in ("host01", "host05", OTHER_BUILD_HOST)]
+    local = fleet / "swept-local"
+    result = run("sweep", *map(str, subset), "--out", str(local), "--baseline", str(golden_outputs),
+                 *volatility_options(fleet, vol_cache))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     out = fleet / "swept-dask"
     # A cluster the sweep reaches by its address, as a responder's would be; its workers are
     # threads of this process that start the Volatility processes.
@@ -300,7 +321,6 @@ def test_the_same_sweep_on_a_dask_cluster_gives_the_same_files(fleet, golden_out
         result = run("sweep", *map(str, subset), "--out", str(out), "--scheduler", cluster.scheduler_address,
                      "--baseline", str(golden_outputs), *volatility_options(fleet, vol_cache))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    local = hosts_sweep["out"]
     for image in subset:
         assert (out / f"{image.name}.json").read_bytes() == (local / f"{image.name}.json").read_bytes()
         on_dask, on_local = (load(folder / f"{image.name}.meta.json") for folder in (out, local))
