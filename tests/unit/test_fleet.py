@@ -271,3 +271,17 @@ def test_ctrl_c_reaching_a_local_volatility_process_stops_the_sweep_without_reco
     with pytest.raises(KeyboardInterrupt):
         sweep.sweep([str(image) for image in images], sweep.Settings(str(out), 1), progress_stream=io.StringIO())
     assert sorted(p.name for p in out.iterdir()) == ["a.raw.json", "a.raw.meta.json"]
+
+
+def test_an_unchanged_baseline_is_read_once(tmp_path, monkeypatch):
+    """Volatility checks the plugin's requirements twice before the run: a large baseline is not
+    parsed three times; a changed file is read again."""
+    output = write(tmp_path / "g.json", [row(1, r"\Callback\A", "a.sys", "a.sys+0x10")])
+    first = baseline.load([str(tmp_path)])
+    reads = []
+    monkeypatch.setattr(outputs, "read_output", lambda path: reads.append(path) or outputs.Output(path, [], None))
+    assert baseline.load([str(tmp_path)]) is first and reads == []
+    os.utime(output, ns=(1, 1))
+    with pytest.raises(outputs.OutputError, match="no registration"):
+        baseline.load([str(tmp_path)])
+    assert reads == [str(output)]

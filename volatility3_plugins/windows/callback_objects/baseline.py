@@ -21,6 +21,7 @@ and the fleet commands key a row the same way. Standard library only.
 """
 
 import dataclasses
+import os
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import flags, outputs
@@ -192,12 +193,39 @@ def _source(output: outputs.Output) -> Tuple[BaselineSource, Set[RegistrationKey
     return BaselineSource(output.path, output.build, len(found), suspicious), found
 
 
+#: The last baseline loaded, with the fingerprint of its files: Volatility asks the plugin's
+#: requirements twice before the run reads the baseline again, and a fleet's baseline can be
+#: hundreds of MiB of JSON.
+_last_loaded: Optional[Tuple[Tuple[Tuple[str, int, int], ...], Baseline]] = None
+
+
+def _fingerprint(paths: Sequence[str]) -> Tuple[Tuple[str, int, int], ...]:
+    """Every output file (and sidecar) the paths name, with its size and modification time."""
+    found = []
+    for path in paths:
+        for output in outputs.find_outputs(path):
+            for file_path in (output, outputs.sidecar_path(output)):
+                try:
+                    status = os.stat(file_path)
+                except OSError:
+                    if file_path == output:
+                        raise outputs.OutputError(f"{output}: cannot be read") from None
+                    continue
+                found.append((os.path.realpath(file_path), status.st_size, status.st_mtime_ns))
+    return tuple(found)
+
+
 def load(paths: Sequence[str]) -> Baseline:
     """The baseline made of the outputs at ``paths`` (files, or folders searched for
     ``*.json``). Raises :class:`outputs.OutputError` when a path is not an output of the plugin
-    or holds no registration to compare with (an output made with ``--suspicious``, say)."""
+    or holds no registration to compare with (an output made with ``--suspicious``, say). The
+    same files unchanged since the last call give the same baseline without reading them again."""
+    global _last_loaded
     if not paths:
         raise outputs.OutputError("--baseline: no path given")
+    fingerprint = _fingerprint(paths)
+    if _last_loaded is not None and _last_loaded[0] == fingerprint:
+        return _last_loaded[1]
     sources = []
     known: Set[RegistrationKey] = set()
     for output in outputs.load_outputs(paths):
@@ -209,4 +237,6 @@ def load(paths: Sequence[str]) -> Baseline:
             )
         sources.append(source)
         known |= found
-    return Baseline(frozenset(known), tuple(sources))
+    loaded = Baseline(frozenset(known), tuple(sources))
+    _last_loaded = (fingerprint, loaded)
+    return loaded
