@@ -61,8 +61,9 @@ def test_readme_test_command_installs_and_collects_from_a_clean_clone(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to clone the checkout")
-def test_readme_demo_command_from_a_clean_clone(tmp_path):
-    """./scripts/demo in a fresh clone: new venv, install, forge, run; a flagged outside_modules row."""
+def test_readme_demo_commands_from_a_clean_clone(tmp_path):
+    """./scripts/demo in a fresh clone: new venv, install, forge, run; a flagged outside_modules row.
+    Then ./scripts/fleet-demo: a forged fleet swept, compared with its golden images, stacked."""
     clone = clean_clone(tmp_path)
     readme = (clone / "README.md").read_text()
     assert "./scripts/demo" in readme and "./scripts/test" in readme
@@ -72,3 +73,17 @@ def test_readme_demo_command_from_a_clean_clone(tmp_path):
     rows = [line.split("\t") for line in result.stdout.splitlines() if line.endswith("outside_modules")]
     assert rows, result.stdout[-3000:]
     assert any(row[9] == "N/A" and int(row[5], 16) for row in rows)
+
+    # The fleet demo in the same clone (its venv is built): the sweeps' summary names the two
+    # rootkit hosts with their ten plants not in the baseline, the other build with its warning,
+    # and the stack carries each plant on those two hosts only.
+    assert "./scripts/fleet-demo" in readme
+    result = subprocess.run(["./scripts/fleet-demo"], cwd=clone, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    findings = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("host")}
+    assert sorted(findings) == ["host05.raw", "host11.raw", "host13.raw"], result.stdout[-3000:]
+    assert all("not_in_baseline 10)" in findings[host] for host in ("host05.raw", "host11.raw"))
+    assert "warning: Baseline of another build" in findings["host13.raw"]
+    plants = [line for line in result.stdout.splitlines() if line.endswith("host05.raw, host11.raw")]
+    assert len(plants) == 10 and all(line.split()[0] == "2" and "not_in_baseline" in line for line in plants)

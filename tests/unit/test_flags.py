@@ -31,10 +31,10 @@ def test_vocabulary_is_the_contract():
     assert set(flags.SUSPICIOUS) == {
         "outside_modules", "hidden_module", "non_executable", "unlinked_object",
         "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
-        "unexpected_registrant", "global_mismatch",
+        "unexpected_registrant", "global_mismatch", "not_in_baseline",
     }
     assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory", "allocation_unknown", "list_incomplete", "unreadable"}
-    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 15
+    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 16
 
 
 def test_sort_puts_suspicious_before_informational_and_dedups():

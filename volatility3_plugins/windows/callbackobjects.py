@@ -7,15 +7,15 @@ through :mod:`.callback_objects.report` (routes, scan, merge) and
 """
 
 import logging
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
-from volatility3.framework import constants, interfaces, renderers
+from volatility3.framework import constants, exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import windows as windows_symbols  # noqa: F401 (before poolscanner: it breaks their import cycle)
 from volatility3.plugins.windows import poolscanner
 
-from .callback_objects import merge, poolscan, registrations, report, rows, verdict
+from .callback_objects import baseline, merge, outputs, poolscan, registrations, report, rows, verdict
 from .callback_objects.kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ def _hex(value):
     return format_hints.Hex(value)
 
 
+class BaselineUnreadable(exceptions.VolatilityException):
+    """A baseline that could be read when the plugin was constructed no longer can."""
+
+
 class CallbackObjects(interfaces.plugins.PluginInterface):
     """Lists kernel callback objects (ExCreateCallback), their registered routines and owners,
     and flags tampering."""
@@ -53,7 +57,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     _required_framework_version = (2, 0, 0)
     # 2.0.0: one run context (KernelContext) for every step; classmethods take it
     # 2.1.0: allocation states from the pool allocator; scan_pool(full=...)
-    _version = (2, 1, 0)
+    # 2.2.0: known-good comparison (--baseline, not_in_baseline)
+    _version = (2, 2, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -87,7 +92,33 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 default=False,
                 optional=True,
             ),
+            requirements.ListRequirement(
+                name="baseline",
+                element_type=str,
+                description="JSON outputs of this plugin (-r json) from known-good machines, or folders of "
+                "them, all after one --baseline: a registration none of them has is flagged not_in_baseline",
+                optional=True,
+            ),
         ]
+
+    @classmethod
+    def unsatisfied(
+        cls, context: interfaces.context.ContextInterface, config_path: str
+    ) -> Dict[str, interfaces.configuration.RequirementInterface]:
+        """Also refuses, before any memory is read, a ``--baseline`` path that is not a JSON
+        output of this plugin or a folder of them: the command line then names the requirement
+        and exits non-zero, and the error line says what is wrong with which file."""
+        unmet = super().unsatisfied(context, config_path)
+        path = interfaces.configuration.path_join(config_path, "baseline")
+        paths = context.config.get(path, None)
+        if not paths:  # the command line gives [] when the option is absent
+            return unmet
+        try:
+            baseline.load(paths)
+        except outputs.OutputError as error:
+            vollog.error(f"--baseline: {error}")
+            unmet[path] = next(r for r in cls.get_requirements() if r.name == "baseline")
+        return unmet
 
     @classmethod
     def build_kernel_context(
@@ -260,17 +291,33 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         # Said at warning level: the responder sees it without -v, also with -q.
         vollog.warning(verdict.verdict_line(found))
 
+    def _known_good(self) -> Optional[baseline.Baseline]:
+        """The baseline of ``--baseline``, None without one (its requirement validated it)."""
+        paths = self.config.get("baseline")
+        if not paths:
+            return None
+        try:
+            return baseline.load(paths)
+        except outputs.OutputError as error:
+            vollog.error(f"--baseline: {error}")
+            raise BaselineUnreadable(str(error)) from None
+
     def run(self) -> renderers.TreeGrid:
         """Refuses, before printing anything, an image that cannot support a verdict (wrong
         symbol table, truncated or unreadable memory): an exception the command line explains,
         with a non-zero exit, instead of a clean-looking table."""
+        known_good = self._known_good()
         kernel = self.build_kernel_context(self.context, self.config["kernel"], self.config_path)
         verdict.check_symbols(kernel)
+        if known_good is not None:
+            for note in known_good.notes(kernel.build_number):
+                kernel.log.warning(note)
         found = report.collect(
             kernel,
             scan=not self.config.get("no_scan", False),
             progress_callback=self._progress_callback,
             full_scan=bool(self.config.get("full_scan", False)),
+            known_good=known_good,
         )
         verdict.check_usable(found)
         return renderers.TreeGrid(COLUMNS, self._generator(found))

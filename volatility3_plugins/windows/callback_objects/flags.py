@@ -28,6 +28,7 @@ MULTIPLE_ON_EXCLUSIVE = "multiple_on_exclusive"
 BAD_SIGNATURE = "bad_signature"
 UNEXPECTED_REGISTRANT = "unexpected_registrant"
 GLOBAL_MISMATCH = "global_mismatch"
+NOT_IN_BASELINE = "not_in_baseline"  # needs --baseline
 # Informational
 FREED = "freed"  # needs pool scanning
 NOT_IN_DIRECTORY = "not_in_directory"
@@ -46,11 +47,16 @@ SUSPICIOUS = (
     BAD_SIGNATURE,
     UNEXPECTED_REGISTRANT,
     GLOBAL_MISMATCH,
+    NOT_IN_BASELINE,
 )
 INFORMATIONAL = (FREED, NOT_IN_DIRECTORY, ALLOCATION_UNKNOWN, LIST_INCOMPLETE, UNREADABLE)
+#: A row carrying one of these is no evidence of a live registration (a freed block, a block of
+#: unknown state, memory that cannot be read): never compared with a baseline, never stacked.
+NO_EVIDENCE = frozenset({FREED, ALLOCATION_UNKNOWN, UNREADABLE})
 
 #: Most severe first. Within the suspicious group the order puts code-location findings
-#: (where the routine runs) before structure tampering, then data-driven findings.
+#: (where the routine runs) before structure tampering, then data-driven findings, then the
+#: comparison with known-good images (a difference, not yet a finding).
 SEVERITY_ORDER = SUSPICIOUS + INFORMATIONAL
 _RANK = {name: rank for rank, name in enumerate(SEVERITY_ORDER)}
 
@@ -169,6 +175,19 @@ def classify(
     return sort_flags(found)
 
 
+def is_evidence(row_flags: Iterable[str]) -> bool:
+    """Whether a registration row with these flags is evidence of a live registration."""
+    return not NO_EVIDENCE.intersection(row_flags)
+
+
+def classify_baseline(row_flags: Sequence[str], in_baseline: Optional[bool]) -> List[str]:
+    """A registration row's flags with the known-good comparison's verdict: ``in_baseline`` is
+    True or False when the row was compared, None when no baseline was given or the row cannot
+    be compared (no registration, its owner module or its object's name unknown). A row that is
+    no evidence of a live registration (``NO_EVIDENCE``) is never ``not_in_baseline``."""
+    if in_baseline is False and is_evidence(row_flags):
+        return sort_flags(list(row_flags) + [NOT_IN_BASELINE])
+    return list(row_flags)
 
 
 def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bool) -> List[str]:

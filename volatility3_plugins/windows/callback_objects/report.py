@@ -3,6 +3,9 @@
 :func:`collect` does the eager part (pool scan, routes, merge) so that a plugin can refuse an
 image before printing anything; :meth:`Report.rows` then yields each object's rows (its list
 walked, every registration attributed and classified) and finally the loose registrations.
+With a known-good baseline, the rows are compared with it once all of them are known (an
+unnamed object's key needs all its registrations, loose ones included) and then yielded in the
+same order.
 """
 
 import dataclasses
@@ -10,8 +13,9 @@ from typing import TYPE_CHECKING, Dict, Iterator, Optional, Set
 
 from volatility3.framework import constants
 
-from . import diagnostics, expected, merge, poolscan, registrations, routes, rows
+from . import baseline, diagnostics, expected, flags, merge, poolscan, registrations, routes, rows
 from .attribution import Attributor
+from .rows import Row
 
 if TYPE_CHECKING:
     from .kernel import KernelContext
@@ -43,11 +47,26 @@ class Report:
     attributor: Attributor
     rules: expected.ExpectedRegistrants
     counts: Counts = dataclasses.field(default_factory=Counts)
+    #: Known-good registrations to compare with (``--baseline``); None: no comparison.
+    known_good: Optional[baseline.Baseline] = None
 
     def rows(self) -> Iterator[rows.Row]:
         """Every row: each object's, in address order, then the loose registrations grouped by
-        the object they name. Only addresses of linked blocks are kept, so memory stays flat
-        with the number of rows."""
+        the object they name, with the known-good comparison's flag when a baseline is given.
+        Without one, only addresses of linked blocks are kept, so memory stays flat with the
+        number of rows; with one, the rows are held until all are known."""
+        found = self._classified_rows()
+        if self.known_good is not None:
+            held = list(found)
+            verdicts = self.known_good.judge([row.view() for row in held])
+            for row, in_baseline in zip(held, verdicts):
+                row.flags = flags.classify_baseline(row.flags, in_baseline)
+            found = iter(held)
+        for row in found:
+            self.counts.add(row)
+            yield row
+
+    def _classified_rows(self) -> Iterator[Row]:
         counts = self.counts
         counts.objects = len(self.inventory.objects)
         linked: Set[int] = set()
@@ -60,9 +79,7 @@ class Report:
             if self.scan.ran:
                 linked.update(reg.address for reg in listed.registrations)
                 every_list_complete &= listed.complete and record.body_readable
-            for row in rows.object_rows(record, listed, self.attributor, self.rules):
-                counts.add(row)
-                yield row
+            yield from rows.object_rows(record, listed, self.attributor, self.rules)
         if not self.scan.ran:
             return
         by_address = self.inventory.by_address()
@@ -71,9 +88,7 @@ class Report:
         ):
             counts.loose += 1
             owner = int(registration.callback_object)
-            row = rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor)
-            counts.add(row)
-            yield row
+            yield rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor)
 
 
 def collect(
@@ -81,9 +96,10 @@ def collect(
     scan: bool = True,
     progress_callback: Optional[constants.ProgressCallback] = None,
     full_scan: bool = False,
+    known_good: Optional[baseline.Baseline] = None,
 ) -> Report:
     """Run the pool scan (unless ``scan`` is False; over the whole kernel half with
-    ``full_scan``) and every route, once."""
+    ``full_scan``) and every route, once; rows are compared with ``known_good`` when given."""
     modules = kernel.loaded_modules
     result = poolscan.ScanResult()
     if scan:
@@ -97,4 +113,4 @@ def collect(
         kernel.log.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
     inventory = merge.collect_objects(kernel, scanned=[(block.address, block.state) for block in result.objects])
     attributor = Attributor(kernel, modules, hidden_modules=result.hidden_module_candidates())
-    return Report(kernel, inventory, result, attributor, expected.load())
+    return Report(kernel, inventory, result, attributor, expected.load(), known_good=known_good)

@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 
 from . import flags, routes
 from .attribution import Attribution, Attributor
+from .baseline import RowView
 from .expected import ExpectedRegistrants
 from .merge import CallbackObjectRecord
 from .registrations import Registration, RegistrationList
@@ -28,6 +29,22 @@ class Row:
     @property
     def suspicious(self) -> bool:
         return any(flags.is_suspicious(flag) for flag in self.flags)
+
+    def view(self) -> RowView:
+        """What the known-good comparison reads of this row: the columns a JSON output gives,
+        and whether the object's name could be read (a JSON output writes null for both)."""
+        attribution = self.attribution
+        module = attribution.module if attribution is not None else None
+        name = self.record.name
+        return RowView(
+            object=self.record.address,
+            name=name if isinstance(name, str) else None,
+            has_registration=self.registration is not None,
+            module=module.name if module is not None and module.name else None,
+            symbol=attribution.symbol if attribution is not None and module is not None else None,
+            flags=tuple(self.flags),
+            name_readable=not is_absent(name),
+        )
 
 
 def object_facts(record: CallbackObjectRecord, registration_count: int) -> flags.ObjectFacts:

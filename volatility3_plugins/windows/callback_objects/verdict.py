@@ -123,9 +123,31 @@ def check_usable(found: "Report") -> None:
         )
 
 
+def kernel_pdb(kernel: "KernelContext") -> Optional[str]:
+    """``GUID-AGE`` of the kernel's PDB as its symbol table records it (the name Volatility
+    gives the ISF file), None when the table does not say."""
+    try:
+        metadata = kernel.context.symbol_space[kernel.module.symbol_table_name].metadata
+        guid, age = metadata.pdb_guid, metadata.pdb_age
+    except (AttributeError, KeyError, exceptions.SymbolError):
+        return None
+    if not isinstance(guid, str) or not guid or not isinstance(age, int):
+        return None
+    return f"{guid.upper()}-{age}"
+
+
+def kernel_identity(kernel: "KernelContext") -> str:
+    """``build 19041, kernel PDB GUID-AGE``: which kernel the verdict is about. A fleet sweep
+    reads it back from the verdict line (known-good images of another build compare badly)."""
+    build = kernel.build_number
+    identity = f"build {build if build is not None else 'unknown'}"
+    pdb = kernel_pdb(kernel)
+    return identity + (f", kernel PDB {pdb}" if pdb else "")
+
+
 def verdict_line(found: "Report") -> str:
-    """One line for the end of every run: objects, registrations, suspicious rows by flag,
-    routes and their state."""
+    """One line for the end of every run: the kernel's build, objects, registrations,
+    suspicious rows by flag, the baseline compared with, routes and their state."""
     counts = found.counts
     suspicious = sorted(
         ((flag, count) for flag, count in counts.by_flag.items() if flags.is_suspicious(flag)),
@@ -143,5 +165,11 @@ def verdict_line(found: "Report") -> str:
     ]
     if informational:
         parts.append("informational: " + ", ".join(f"{flag} {count}" for flag, count in informational))
+    if found.known_good is not None:
+        sources = len(found.known_good.sources)
+        parts.append(
+            f"baseline: {len(found.known_good.keys)} registrations from {sources} known-good output"
+            + ("s" if sources != 1 else "")
+        )
     routes = ", ".join(f"{name} {state}" for name, state in found.kernel.log.routes.items())
-    return "Verdict: " + "; ".join(parts) + f"; routes: {routes}"
+    return f"Verdict: {kernel_identity(found.kernel)}; " + "; ".join(parts) + f"; routes: {routes}"
