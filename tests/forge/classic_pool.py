@@ -238,8 +238,12 @@ class ClassicPool(PoolAllocator):
         """``count`` consecutive pages of the pool's virtual range, mapped (MiAllocatePoolPages)."""
         region = "paged" if kind is PoolKind.PAGED else "nonpaged"
         address = self._next_page[region]
-        # Pool pages come from anywhere in the pool's virtual range: leave random gaps.
-        self._next_page[region] = address + PAGE_SIZE * (count + self._rng.randrange(4))
+        # Pages follow one another while nothing has been given back: MiAllocatePoolPages (the
+        # WRK's mm/allocpag.c) takes paged pool first fit from PagedPoolAllocationMap at
+        # PagedPoolHint, and non-paged pool from the free runs of MmNonPagedPoolFreeListHead, one
+        # run at boot. Gaps come only from pages given back (freed big allocations, wholly free
+        # pages). Readers rely on it: MemProcFS reads 0x70 bytes before every object it walks.
+        self._next_page[region] = address + PAGE_SIZE * count
         # Before Windows 8 all non-paged pool is executable; from 8 on only NonPagedPool (not Nx).
         executable = kind is not PoolKind.PAGED and (kind.executable or not self._nx_lists)
         self.machine.space.map_range(address, count * PAGE_SIZE, executable=executable)
