@@ -46,9 +46,9 @@ FORMATS = ("raw", "dump")
 ADDRESS_MASK = (1 << 48) - 1  # the truth's addresses are the low 48 bits, as Volatility prints them
 POOL_HEADER_SIZE = 16  # x64 _POOL_HEADER: every image here is x64
 HEAP_GRANULE = 16  # the x64 segment heap's unit
-# VMM_MAP_POOL_TP (vmmdll.h) of each heap's pool (VmmWinPool_AllPool1903_1_HeapMgr).
+# VMM_MAP_POOL_TP (vmm/vmm.h) of each heap's pool (VmmWinPool_AllPool1903_1_HeapMgr).
 HEAP_POOL_TYPES = {"nonpaged_execute": 1, "nonpaged": 2, "paged": 3}
-# VMM_MAP_POOL_TPSS (vmmdll.h): how MemProcFS found the block.
+# VMM_MAP_POOL_TPSS (vmm/vmm.h): how MemProcFS found the block.
 BIG, VS, LFH = 2, 4, 5
 # The classic scan resynchronises after headers it rejects; below this share it found no pool.
 CLASSIC_LISTED_SHARE = 0.5
