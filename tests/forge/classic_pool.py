@@ -26,17 +26,22 @@ Free (``ExFreePoolWithTag``):
    ``LIST_ENTRY`` at its body, inserted at the head of ``ListHeads[BlockSize-1]``; a block
    merged into a whole page goes back to memory management (the forge unmaps the page).
 
+Big-pool allocations (more than ``POOL_BUDDY_MAX`` bytes, ``big_pool.py``) get whole pages of the
+pool's virtual range from ``MiAllocatePoolPages``, no pool header, an entry in
+``nt!PoolBigPageTable``; freed, their pages go back to memory management (unmapped).
+
 Not modelled (written down as the issue asks): allocations never reuse freed blocks (the
 forge frees after it has allocated); lookaside ``Depth`` tuning (every list has depth 4, the
 value the forge chooses); session pool; the lookaside lists' links into the kernel's lists of
-lookasides; ``PoolTrackTable`` and big-page allocations (the forge allocates less than a page);
-one non-paged descriptor serves both executable and no-execute pool.
+lookasides; ``PoolTrackTable``; the descriptors' page counters of big allocations; one
+non-paged descriptor serves both executable and no-execute pool.
 """
 
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from .big_pool import BigPageTable
 from .memory import PAGE_SIZE
 from .pool import (FREED, NOISE_PLAN_SEED, POOL_IN_USE_BIT, POOL_TYPE_FREE, FreedHow, PoolAllocator, PoolBlock,
                    PoolHeaders, PoolKind, write_slist_header)
@@ -99,12 +104,11 @@ class ClassicPool(PoolAllocator):
     name = "classic"
 
     def __init__(self, machine: "Machine", kernel_base: int, rng: random.Random) -> None:
-        super().__init__()
+        super().__init__(PoolHeaders(machine.layout))
         self.machine = machine
         self.layout = machine.layout
         self.kernel_base = kernel_base
         self._rng = rng
-        self.headers = PoolHeaders(self.layout)
         self.unit = self.headers.unit
         self._pages: Dict[int, _Page] = {}
         self._current: Dict[PoolKind, Optional[_Page]] = {kind: None for kind in PoolKind}
@@ -114,7 +118,9 @@ class ClassicPool(PoolAllocator):
         self._create_descriptors()
         self._create_processors()
         self._write_globals()
+        self.big_pool = BigPageTable.install(machine, kernel_base)
         self._boot_noise()
+        self._big_noise(machine, rng)
 
     # -- kernel structures ---------------------------------------------------------------
 
@@ -199,10 +205,8 @@ class ClassicPool(PoolAllocator):
 
     # -- allocation ----------------------------------------------------------------------
 
-    def allocate(self, size: int, tag: bytes, kind: PoolKind = PoolKind.NONPAGED, role: str = "noise") -> PoolBlock:
+    def _allocate_small(self, size: int, tag: bytes, kind: PoolKind, role: str) -> PoolBlock:
         units = self.headers.units(size)
-        if units * self.unit > PAGE_SIZE:
-            raise ValueError(f"{size:#x} bytes do not fit a small pool block; the forge has no big-pool allocations")
         page = self._current[kind]
         tail = page.entries[-1] if page is not None and page.entries else None
         if page is None or tail is None or tail.state != "free_tail" or tail.units < units:
@@ -225,19 +229,35 @@ class ClassicPool(PoolAllocator):
         else:
             page.entries.pop()
         self._descriptor(kind).allocations += 1
-        return self._record(block)
+        return block
 
     def _pool_index(self, kind: PoolKind) -> int:
         return PAGED_POOL_INDEX if kind is PoolKind.PAGED else 0
 
-    def _new_page(self, kind: PoolKind) -> _Page:
+    def _pool_pages(self, kind: PoolKind, count: int) -> int:
+        """``count`` consecutive pages of the pool's virtual range, mapped (MiAllocatePoolPages)."""
         region = "paged" if kind is PoolKind.PAGED else "nonpaged"
         address = self._next_page[region]
-        # Pool pages come from anywhere in the pool's virtual range: leave random gaps.
-        self._next_page[region] = address + PAGE_SIZE * (1 + self._rng.randrange(4))
+        # Pages follow one another while nothing has been given back: MiAllocatePoolPages (the
+        # WRK's mm/allocpag.c) takes paged pool first fit from PagedPoolAllocationMap at
+        # PagedPoolHint, and non-paged pool from the free runs of MmNonPagedPoolFreeListHead, one
+        # run at boot. Gaps come only from pages given back (freed big allocations, wholly free
+        # pages). Readers rely on it: MemProcFS reads 0x70 bytes before every object it walks.
+        self._next_page[region] = address + PAGE_SIZE * count
         # Before Windows 8 all non-paged pool is executable; from 8 on only NonPagedPool (not Nx).
         executable = kind is not PoolKind.PAGED and (kind.executable or not self._nx_lists)
-        self.machine.space.map_page(address, executable=executable)
+        self.machine.space.map_range(address, count * PAGE_SIZE, executable=executable)
+        return address
+
+    def _big_pages(self, kind: PoolKind, pages: int) -> int:
+        return self._pool_pages(kind, pages)
+
+    def _release_big_pages(self, block: PoolBlock) -> None:
+        for offset in range(0, block.size, PAGE_SIZE):
+            self.machine.space.unmap_page(block.body + offset)
+
+    def _new_page(self, kind: PoolKind) -> _Page:
+        address = self._pool_pages(kind, 1)
         page = _Page(address, kind, [_Entry(address, 0, PAGE_SIZE // self.unit, None, state="free_tail")])
         self._pages[address] = page
         self._current[kind] = page
@@ -253,8 +273,7 @@ class ClassicPool(PoolAllocator):
 
     # -- free ----------------------------------------------------------------------------
 
-    def free(self, block: PoolBlock) -> str:
-        self._check_live(block)
+    def _free_small(self, block: PoolBlock) -> str:
         entry = self._entries[block.header]
         units = entry.units
         pool_type = block.kind.header_pool_type & ~POOL_IN_USE_BIT  # MARK_POOL_HEADER_FREED

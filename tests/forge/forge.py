@@ -32,6 +32,7 @@ from .memory import canonical
 from .modules import KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
 from .objects import ObjectManager
 from .pool import PoolBlock, PoolKind
+from .processes import Process, ProcessList
 
 SYSTEM_ROOT = "\\SystemRoot\\system32"
 
@@ -60,6 +61,9 @@ class ImageForge:
         self.pool = self.machine.install_pool(self.kernel.base)
         self.hal = self.add_driver("hal.dll", path=f"{SYSTEM_ROOT}\\hal.dll", functions={"HalpPowerStub": 0x1200}, exported=("HalpPowerStub",))
         self.objects = ObjectManager(self.machine, self.kernel.base)
+        # The processes of a booted system (none where the layout cannot describe them).
+        self.processes = ProcessList(self.machine, self.objects, self.kernel.base)
+        self.processes.boot()
         self.callbacks = CallbackPlanter(self.machine, self.objects, self.kernel.base)
         # Objects whose registrants are fixed, as the plugin's expected-registrant data says.
         self.expected_registrants: Dict[str, List[str]] = {}
@@ -109,6 +113,10 @@ class ImageForge:
         self.machine.space.write(block.body, code)
         return block.body
 
+    def add_process(self, name: str, pid: int, parent_pid: int, linked: bool = True) -> Process:
+        """A running process (``_EPROCESS``); ``linked=False`` hides it from the process list."""
+        return self.processes.create(name, pid, parent_pid, linked)
+
     @property
     def unmapped_address(self) -> int:
         return self.machine.plan.unmapped
@@ -144,6 +152,7 @@ class ImageForge:
             raise RuntimeError("an ImageForge builds one image")
         self._built = True
         self._to_free += self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
+        self.processes.link()
         self.objects.set_type_count("Callback", len(self.callbacks.live_objects))
         self.callbacks.link()
         # What was undone is freed now that its stale links are written, in the order planted.

@@ -49,6 +49,8 @@ FORGE_SYMBOLS = (
     "ExPoolState", "RtlpHpHeapGlobals", "KiProcessorBlock", "KeNumberProcessors", "PoolVector",
     "NonPagedPoolDescriptor", "ExpNonPagedPoolDescriptor", "ExpPagedPoolDescriptor",
     "ExpNumberOfNonPagedPools", "ExpNumberOfPagedPools", "ExpPoolFlags",
+    # the big-page tracker table (tests/forge/big_pool.py) and the process list (processes.py)
+    "PoolBigPageTable", "PoolBigPageTableSize", "PsInitialSystemProcess",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362
@@ -237,6 +239,10 @@ class KernelLayout:
             return self._user_types[type_name]["size"]
         except KeyError:
             raise LayoutError(f"{self.name}: no type {type_name}") from None
+
+    def enum_value(self, enum_name: str, constant: str) -> Optional[int]:
+        """A constant of one of the table's enumerations, None where the table lacks it."""
+        return self.isf.get("enums", {}).get(enum_name, {}).get("constants", {}).get(constant)
 
     def has_field(self, type_name: str, field: str) -> bool:
         return self.has_type(type_name) and field in self._user_types[type_name]["fields"]

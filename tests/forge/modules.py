@@ -3,7 +3,12 @@
 The kernel image is synthesised around the real symbol offsets of the layout: a PDB carries no
 section table, so code symbols are put in executable sections and data symbols in writable
 data sections, with a small read-only section right after the headers for the debug and export
-directories (within the first 4 MiB, where Volatility's PDB scanner looks).
+directories (within the first 4 MiB, where Volatility's PDB scanner looks). The last section is
+``POOLCODE``, the section of the real ntoskrnl.exe that holds the pool allocator's code: a
+reader that finds the kernel by scanning memory for its headers, as MemProcFS does
+(``vmm/vmmwininit.c``, ``VmmWinInit_FindNtosScanHint64``: ``MZ``, ``PE``, the section name
+``POOLCODE`` in the first page, the export directory's name ``ntoskrnl.exe``), tells the kernel
+from drivers by it. Its code is not modelled: the section is one page of zeros.
 """
 
 from bisect import bisect_right
@@ -27,7 +32,11 @@ KERNEL_CODE_SYMBOLS = frozenset(
         "SepImageVerificationCallbackWorker", "KeRegisterProcessorChangeCallback",
     }
 )
-KERNEL_EXPORTS = ("ExCreateCallback", "ExRegisterCallback", "ExUnregisterCallback", "ExNotifyCallback", "KeRegisterProcessorChangeCallback")
+KERNEL_EXPORTS = ("ExCreateCallback", "ExRegisterCallback", "ExUnregisterCallback", "ExNotifyCallback", "KeRegisterProcessorChangeCallback",
+                  # exported data: the build number and the System process, which readers
+                  # without symbols take from the export table (MemProcFS does)
+                  "NtBuildNumber", "PsInitialSystemProcess")
+POOL_CODE_SECTION = "POOLCODE"
 CODE_SECTION_NAMES = (".text", "PAGE", "INIT", "PAGEKD", "PAGEVRFY")
 # A routine's first bytes (a frame set-up and a return), so a disassembling reader sees code.
 ROUTINE_PROLOGUE_X64 = b"\x48\x89\x5c\x24\x08\xc3"  # mov [rsp+8], rbx; ret
@@ -77,6 +86,10 @@ def kernel_image(layout: KernelLayout) -> PeImage:
         name = names[min(counters[kind], len(names) - 1)]
         counters[kind] += 1
         sections.append(Section(name, start, end - start, CODE if kind == "code" else WRITABLE_DATA))
+
+    # The pool allocator's code section, one page after everything else.
+    sections.append(Section(POOL_CODE_SECTION, size_of_image, PAGE_SIZE, CODE))
+    size_of_image += PAGE_SIZE
 
     exports = {name: symbols[name] for name in KERNEL_EXPORTS if name in symbols}
     entry = symbols.get("KiSystemStartup", 0)

@@ -60,11 +60,13 @@ TYPES_WINDOWS_7 = (
     "EtwConsumer", "FilterConnectionPort", "FilterCommunicationPort", "PcwObject",
 )
 # Pool tags (ObjectType->Key) of the types whose objects the forge allocates.
-TYPE_POOL_TAGS = {"Type": b"ObjT", "Directory": b"Dire", "Callback": b"Call", "Driver": b"Driv", "Device": b"Devi"}
+TYPE_POOL_TAGS = {"Type": b"ObjT", "Directory": b"Dire", "Callback": b"Call", "Driver": b"Driv", "Device": b"Devi",
+                  "Process": b"Proc"}
 # The pool each type's objects come from (its TypeInfo.PoolType): directories are paged.
 TYPE_POOLS = {"Directory": PoolKind.PAGED}
 # What the ground truth calls the pool block of an object of each type.
-TYPE_ROLES = {"Type": "type_object", "Directory": "directory_object", "Callback": "callback_object"}
+TYPE_ROLES = {"Type": "type_object", "Directory": "directory_object", "Callback": "callback_object",
+              "Process": "process_object"}
 
 
 def directory_hash(name: str) -> int:

@@ -11,9 +11,11 @@ kernel took it back):
 - ``segment_heap.SegmentHeapPool``: the kernel's segment heap of Windows 10 1903 and later
   (build 18362+), LFH and VS subsegments in page segments under ``nt!ExPoolState``.
 
-Scenario code asks them and never computes a heap offset itself. Every block starts with the
-build's ``_POOL_HEADER`` (tag, ``BlockSize`` in units of the header's size, pool type), then
-holds the caller's data at ``PoolBlock.body``.
+Scenario code asks them and never computes a heap offset itself. Every small block starts with
+the build's ``_POOL_HEADER`` (tag, ``BlockSize`` in units of the header's size, pool type), then
+holds the caller's data at ``PoolBlock.body``. A request too large for a pool page is a big-pool
+allocation (``big_pool.py``): whole pages without a header, recorded in ``nt!PoolBigPageTable``;
+both allocators place those pages and share the table's bookkeeping below.
 """
 
 import abc
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .layout import KernelLayout
-from .memory import canonical
+from .memory import PAGE_SIZE, canonical
 
 if TYPE_CHECKING:
+    from .big_pool import BigPageTable
     from .machine import Machine
 
 # Vista and later keep the base pool type with an in-use bit (0x2) in the header: allocated
@@ -65,10 +68,12 @@ class FreedHow:
     LOOKASIDE = "lookaside"  # classic: per-processor lookaside list, next link at body+0
     PENDING = "pending"  # classic: the pool descriptor's pending-frees list, next link at body+0
     LIST = "list"  # classic: the descriptor's ListHeads, PoolType 0, LIST_ENTRY at body
+    BIG = "big"  # big pool: free bit in its PoolBigPageTable entry's Va, pages unmapped
 
 
 ALLOCATED = "allocated"
 FREED = "freed"
+BIG_CONTAINER = "big"  # PoolBlock.container of a big-pool allocation
 
 
 @dataclass(eq=False)
@@ -80,7 +85,7 @@ class PoolBlock:
     size: int  # bytes of the block, header included (BlockSize in bytes)
     tag: bytes
     kind: PoolKind
-    container: str  # "lfh", "vs" (segment heap) or "page" (classic pool page)
+    container: str  # "lfh", "vs" (segment heap), "page" (classic pool page) or "big" (whole pages)
     subsegment: Optional[int] = None  # LFH/VS subsegment holding it (segment heap)
     role: str = "noise"  # what the forge put in it (registration, callback_object, ...)
     state: str = ALLOCATED
@@ -149,16 +154,62 @@ class PoolAllocator(abc.ABC):
     #: truth.json's name of the allocator
     name: str
 
-    def __init__(self) -> None:
-        self.blocks: List[PoolBlock] = []
+    def __init__(self, headers: PoolHeaders) -> None:
+        self.headers = headers
+        self.blocks: List[PoolBlock] = []  # small blocks, each behind its pool header
+        # nt!PoolBigPageTable and the big allocations, where the build's symbols have it
+        # (set by the allocator, which places the pages).
+        self.big_pool: Optional["BigPageTable"] = None
 
-    @abc.abstractmethod
+    @property
+    def big_threshold(self) -> int:
+        """Requests of more bytes than this are big-pool allocations (``big_pool.py``): a page
+        less a pool header and the smallest block (the WRK's ``POOL_BUDDY_MAX``; 0xFE0 on x64,
+        0xFF0 on x86, MemProcFS's ``cbBigPoolThreshold`` for the segment heap)."""
+        return PAGE_SIZE - 2 * self.headers.size
+
     def allocate(self, size: int, tag: bytes, kind: PoolKind = PoolKind.NONPAGED, role: str = "noise") -> PoolBlock:
-        """A block for ``size`` bytes of caller data; its pool header is written, its body zeroed."""
+        """A block for ``size`` bytes of caller data, its body zeroed: a small block behind its
+        pool header, or for more than :attr:`big_threshold` bytes whole pages of big pool."""
+        if size > self.big_threshold:
+            return self._allocate_big(size, tag, kind, role)
+        return self._record(self._allocate_small(size, tag, kind, role))
 
-    @abc.abstractmethod
     def free(self, block: PoolBlock) -> str:
         """Free ``block`` as ``ExFreePoolWithTag`` would; returns the :class:`FreedHow`."""
+        self._check_live(block)
+        if block.container == BIG_CONTAINER:
+            assert self.big_pool is not None
+            self.big_pool.untrack(block)
+            self._release_big_pages(block)
+            return FreedHow.BIG
+        return self._free_small(block)
+
+    @abc.abstractmethod
+    def _allocate_small(self, size: int, tag: bytes, kind: PoolKind, role: str) -> PoolBlock:
+        """Place a block of at most :attr:`big_threshold` bytes of data and write its header."""
+
+    @abc.abstractmethod
+    def _free_small(self, block: PoolBlock) -> str:
+        """Take a live small block back; returns the :class:`FreedHow`."""
+
+    @abc.abstractmethod
+    def _big_pages(self, kind: PoolKind, pages: int) -> int:
+        """Map ``pages`` fresh pages of ``kind``'s pool for a big allocation; their address."""
+
+    @abc.abstractmethod
+    def _release_big_pages(self, block: PoolBlock) -> None:
+        """Give a freed big allocation's pages back (unmapped, as memory management takes them)."""
+
+    def _allocate_big(self, size: int, tag: bytes, kind: PoolKind, role: str) -> PoolBlock:
+        if self.big_pool is None:
+            raise ValueError(f"{size:#x} bytes need a big-pool allocation, and this build's symbols have no "
+                             "nt!PoolBigPageTable")
+        pages = -(-size // PAGE_SIZE)
+        address = self._big_pages(kind, pages)
+        block = PoolBlock(address, address, pages * PAGE_SIZE, tag, kind, BIG_CONTAINER, role=role)
+        self.big_pool.track(block, size)
+        return block
 
     @abc.abstractmethod
     def finish(self) -> None:
@@ -185,6 +236,21 @@ class PoolAllocator(abc.ABC):
         for block in blocks:
             if plan.randrange(3) == 0:
                 self.free(block)
+
+    def _big_noise(self, machine: "Machine", rng: random.Random) -> None:
+        """The big allocations of a booted kernel: a few of a few pages in each pool, random
+        contents (``rng``), one freed; the plan (sizes, which is freed) is the same for every seed."""
+        if self.big_pool is None:
+            return
+        plan = random.Random(NOISE_PLAN_SEED + ":big")
+        blocks = []
+        for kind, count in ((PoolKind.NONPAGED, 3), (PoolKind.PAGED, 2)):
+            for _ in range(count):
+                size = plan.randrange(self.big_threshold + 1, 6 * PAGE_SIZE, self.headers.unit)
+                block = self.allocate(size, rng.choice(NOISE_TAGS), kind)
+                machine.space.write(block.body, rng.getrandbits(8 * size).to_bytes(size, "little"))
+                blocks.append(block)
+        self.free(blocks[plan.randrange(len(blocks))])
 
     @staticmethod
     def _check_live(block: PoolBlock) -> None:

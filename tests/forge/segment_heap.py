@@ -59,12 +59,20 @@ Frees, as the heap does them:
   that heads the free range overwrites its pool header (the tag is gone); a chunk merged into
   the free chunk before it keeps its stale headers, tag included.
 
+Big-pool allocations (more than 0xFE0 bytes, ``big_pool.py``) are served by the heap's backend:
+a range of whole pages in a page segment whose first descriptor has ``RangeFlags`` 3 (allocated,
+first of its range; what MemProcFS calls large pool and skips) and interior descriptors like
+every other range; no pool header; ``nt!PoolBigPageTable`` records them. Freed, the range
+becomes free (``RangeFlags`` 0, merged with free neighbours) and its pages are decommitted
+(unmapped).
+
 Not modelled: the 24H2 layouts (one bitmap bit per block, per-subsegment delay-free lists):
 no 26100 ISF is at hand; ``FirstBlockOffset``'s shift differs there (``LFH_SHIFT_FROM_BUILD``).
 LFH affinity slots, the non-activated buckets' usage counters (``Buckets[i]`` stays 0), the
-chunk headers' ``EncodedSegmentPageOffset``, commit bitmaps beyond "all committed", large and
-big-pool allocations, decommitted pages, the free-range tree of the backend and special pool
-are left out; the VS free tree is written unencoded; allocations never reuse freed blocks.
+chunk headers' ``EncodedSegmentPageOffset``, commit bitmaps beyond "all committed", large
+allocations (above a page segment's reach, ``LargeAllocMetadata``), decommitted pages of live
+ranges, the free-range tree of the backend and special pool are left out; the VS free tree is
+written unencoded; allocations never reuse freed blocks.
 """
 
 import random
@@ -72,6 +80,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .memory import PAGE_SIZE, canonical
+from .big_pool import BigPageTable
 from .pool import (FREED, NOISE_PLAN_SEED, NOISE_TAGS, FreedHow, PoolAllocator, PoolBlock, PoolHeaders, PoolKind,
                    write_slist_header)
 
@@ -84,6 +93,7 @@ PAGE_SEGMENT_KEY_LAST_BUILD = 26099
 DESCRIPTOR_SIGNATURE = 0xCCDDCCDD
 RANGE_LFH = 0xB
 RANGE_VS = 0xF
+RANGE_BACKEND = 0x3  # a backend allocation of whole pages (big pool): allocated, first of its range
 RANGE_INTERIOR = 0x1
 RANGE_FREE = 0x0
 VS_SIGNATURE_KEY = 0x2BED
@@ -170,12 +180,11 @@ class SegmentHeapPool(PoolAllocator):
     name = "segment_heap"
 
     def __init__(self, machine: "Machine", kernel_base: int, rng: random.Random) -> None:
-        super().__init__()
+        super().__init__(PoolHeaders(machine.layout))
         self.machine = machine
         self.layout = layout = machine.layout
         self.kernel_base = kernel_base
         self._rng = rng
-        self.headers = PoolHeaders(layout)
         self.unit = self.headers.unit  # the heap's granularity: 16 bytes on x64, 8 on x86
         self.pointer_size = layout.pointer_size
         self._mask = (1 << (8 * self.pointer_size)) - 1
@@ -195,7 +204,9 @@ class SegmentHeapPool(PoolAllocator):
         self.heaps = [self._create_heap(index, kind) for index, kind in enumerate(HEAP_KINDS)]
         self.bulk_subsegments: List[int] = []  # filled by fill_noise: their blocks have no PoolBlock
         self._write_roots()
+        self.big_pool = BigPageTable.install(machine, kernel_base)
         self._boot_noise()
+        self._big_noise(machine, rng)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -239,11 +250,9 @@ class SegmentHeapPool(PoolAllocator):
 
     # -- allocation ------------------------------------------------------------------------
 
-    def allocate(self, size: int, tag: bytes, kind: PoolKind = PoolKind.NONPAGED, role: str = "noise") -> PoolBlock:
+    def _allocate_small(self, size: int, tag: bytes, kind: PoolKind, role: str) -> PoolBlock:
         units = self.headers.units(size)
         block_size = units * self.unit
-        if block_size + self.vs_header > PAGE_SIZE:
-            raise ValueError(f"{size:#x} bytes do not fit a small pool block; the forge has no big-pool allocations")
         heap = self._heap_for(kind)
         bucket = None
         if block_size <= LFH_MAX_BLOCK:
@@ -252,10 +261,23 @@ class SegmentHeapPool(PoolAllocator):
                 bucket = heap.buckets[block_size] = _Bucket(block_size // self.unit, block_size)
             bucket.allocations += 1
         if bucket is not None and bucket.active:
-            block = self._allocate_lfh(heap, bucket, tag, kind, role)
-        else:
-            block = self._allocate_vs(heap, block_size, tag, kind, role)
-        return self._record(block)
+            return self._allocate_lfh(heap, bucket, tag, kind, role)
+        return self._allocate_vs(heap, block_size, tag, kind, role)
+
+    def _big_pages(self, kind: PoolKind, pages: int) -> int:
+        if self.first_descriptor + pages > UNITS_PER_SEGMENT:
+            raise ValueError(f"{pages} pages do not fit a page segment (large allocations are not modelled)")
+        return self._new_range(self._heap_for(kind), pages, RANGE_BACKEND)
+
+    def _release_big_pages(self, block: PoolBlock) -> None:
+        heap = self._heap_for(block.kind)
+        segment = next(s for s in heap.segments if s.address <= block.body < s.address + SEGMENT_SIZE)
+        first = (block.body - segment.address) // PAGE_SIZE
+        position = next(i for i, (unit, _, _) in enumerate(segment.ranges) if unit == first)
+        _, units, _ = segment.ranges[position]
+        segment.ranges[position] = (first, units, RANGE_FREE)
+        for page in range(units):
+            self.machine.space.unmap_page(block.body + page * PAGE_SIZE)
 
     def _allocate_lfh(self, heap: _Heap, bucket: _Bucket, tag: bytes, kind: PoolKind, role: str) -> PoolBlock:
         # Slots are never handed out twice, so only the newest subsegment can have free ones.
@@ -377,8 +399,7 @@ class SegmentHeapPool(PoolAllocator):
 
     # -- free --------------------------------------------------------------------------------
 
-    def free(self, block: PoolBlock) -> str:
-        self._check_live(block)
+    def _free_small(self, block: PoolBlock) -> str:
         block.state = FREED
         heap = self._heap_for(block.kind)
         if block.container == "lfh":
@@ -619,9 +640,13 @@ class SegmentHeapPool(PoolAllocator):
         signature = (canonical(segment.address) ^ canonical(context) ^ self.heap_key ^ key) & self._mask
         self.machine.write_fields(segment.address, "_HEAP_PAGE_SEGMENT", {"Signature": signature})
         descriptor_size = layout.size_of("_HEAP_PAGE_RANGE_DESCRIPTOR")
-        ranges = list(segment.ranges)
-        if segment.next_unit < UNITS_PER_SEGMENT:
-            ranges.append((segment.next_unit, UNITS_PER_SEGMENT - segment.next_unit, RANGE_FREE))
+        ranges: List[Tuple[int, int, int]] = []
+        tail = [(segment.next_unit, UNITS_PER_SEGMENT - segment.next_unit, RANGE_FREE)] if segment.next_unit < UNITS_PER_SEGMENT else []
+        for first, units, flags in segment.ranges + tail:
+            if flags == RANGE_FREE and ranges and ranges[-1][2] == RANGE_FREE:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + units, RANGE_FREE)  # free ranges merge
+            else:
+                ranges.append((first, units, flags))
         for first, units, flags in ranges:
             descriptor = segment.address + first * descriptor_size
             values = {"RangeFlags": flags, "UnitSize": units}

@@ -191,6 +191,7 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "kernel_base": masked(forge.kernel.base),
         "has_callback_list": layout.has_callback_list,
         "modules": [_module_record(module) for module in forge.loader.modules],
+        "processes": forge.processes.records(),
         "unloaded_modules": [dict(_module_record(module), entry=masked(module.entry or 0))
                              for module in forge.loader.unloaded],
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
@@ -201,5 +202,6 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "rows_with_scan": expected_rows(forge, scanning=True),
         "pool": pool.describe(),
         "blocks": [block.record() for block in pool.blocks],
+        "big_pool": pool.big_pool.describe() if pool.big_pool is not None else None,
         "notes": forge.notes,
     }

@@ -79,13 +79,16 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
     ],
     "_DEVICE_OBJECT": ["Type", "Size", "ReferenceCount", "DriverObject", "NextDevice", "AttachedDevice", "DeviceType"],
     "_IMAGE_DOS_HEADER": None,
-    # Members Volatility's version heuristics (symbols/windows/versions.py) look at.
+    # Members Volatility's version heuristics (symbols/windows/versions.py) look at, then the
+    # process list's (tests/forge/processes.py; MemProcFS reads these offsets from its symbols,
+    # vmm/vmmwin.c VmmWinProcess_OffsetLocatorSYMSERV). Pcb embeds _KPROCESS (kept whole).
     "_EPROCESS": [
         "Pcb", "UniqueProcessId", "ActiveProcessLinks", "ImageFileName", "KeepAliveCounter",
         "ControlFlowGuardEnabled", "ProcessFirstResume", "HighMemoryPriority", "VmProcessorHost",
         "VdmObjects", "TrustletIdentity", "TimerResolutionIgnore", "VmProcessorHostTransition",
         "PaeTop", "IdealProcessorAssignmentBlock", "MmSlabIdentity",
         "EnableProcessImpersonationLogging", "UmsScheduledThreads", "QuotaUsage", "WnfContext",
+        "InheritedFromUniqueProcessId", "Peb", "ObjectTable", "VadRoot", "SeAuditProcessCreationInfo",
     ],
     "_HANDLE_TABLE": ["HandleCount"],
     # Classic pool (tests/forge/classic_pool.py): processor blocks and their lookaside lists,
@@ -124,6 +127,10 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
     "_RTL_BALANCED_NODE": None,
     "_RTL_RB_TREE": None,
 }
+
+# Enumerations whose constants the forge writes into members typed as plain integers (a
+# dispatcher header's Type is a UCHAR holding a _KOBJECTS value).
+FORGED_ENUMS = ("_KOBJECTS",)
 
 # Types Volatility's WindowsKernelIntermedSymbols requires to exist; the forge never writes
 # them, so they keep their real size and no fields.
@@ -309,7 +316,7 @@ def extract(isf: Dict[str, Any], symbols: Optional[Dict[str, int]] = None) -> Di
     return {
         "base_types": isf["base_types"],
         "user_types": dict(sorted(selected.items())),
-        "enums": {name: isf["enums"][name] for name in sorted(enums)},
+        "enums": {name: isf["enums"][name] for name in sorted(enums | set(FORGED_ENUMS) & set(isf["enums"]))},
         "symbols": dict(sorted(symbols.items())),
     }
 
