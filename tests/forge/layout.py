@@ -41,8 +41,8 @@ FORGE_SYMBOLS = (
     "ExUnregisterCallback", "ExNotifyCallback", "ExpInitializeCallbacks",
     # routines registered on the built-in objects of a booted system
     "HvlpPowerStateCallback", "EtwpPowerStateCallback", "HalpPowerStateCallback",
-    "PopUmpoMessageCallback", "PipCslStateChangeCallback", "PopKsrCallback", "EtwpKsrCallback",
-    "PipKsrCallback", "HalpKsrCallbackRoutine", "ExpMicrocodePowerStateCallback",
+    "PopUmpoMessageCallback", "PopMonitorAlpcCallback", "SshpAlpcMessageCallback",
+    "PipCslStateChangeCallback", "PopKsrCallback", "EtwpKsrCallback", "PipKsrCallback", "HalpKsrCallbackRoutine", "ExpMicrocodePowerStateCallback",
     "ExpPowerStateTransitionCallbackForLicensing", "PpmHypervisorEnlightenmentCallback",
     "SepImageVerificationCallbackWorker", "KeRegisterProcessorChangeCallback",
     # the pool allocators' globals (tests/forge/segment_heap.py, tests/forge/classic_pool.py)

@@ -26,6 +26,7 @@ KERNEL_CODE_SYMBOLS = frozenset(
         "KiSystemStartup", "ExCreateCallback", "ExRegisterCallback", "ExUnregisterCallback",
         "ExNotifyCallback", "ExpInitializeCallbacks", "HvlpPowerStateCallback",
         "EtwpPowerStateCallback", "HalpPowerStateCallback", "PopUmpoMessageCallback",
+        "PopMonitorAlpcCallback", "SshpAlpcMessageCallback",
         "PipCslStateChangeCallback", "PopKsrCallback", "EtwpKsrCallback", "PipKsrCallback",
         "HalpKsrCallbackRoutine", "ExpMicrocodePowerStateCallback",
         "ExpPowerStateTransitionCallbackForLicensing", "PpmHypervisorEnlightenmentCallback",

@@ -67,9 +67,6 @@ BUILTIN_OBJECTS: List[tuple] = [
     ("LicensingData", ["nt:ExpPowerStateTransitionCallbackForLicensing", "dxgkrnl.sys:DxgkSessionCallback"], True),
     ("IoSessionNotifications", ["dxgkrnl.sys:DxgkSessionCallback"], True),
     ("IoExternalDmaUnblock", ["nt:PipCslStateChangeCallback", "ACPI.sys:ACPISimulatorCallback"], True),
-    ("PowerPort", ["nt:PopUmpoMessageCallback"], False),
-    ("PowerMonitorPort", ["dxgkrnl.sys:DxgkPowerStateCallback"], True),
-    ("SleepstudyControlPort", ["intelppm.sys:PpmPowerStateCallback"], True),
     (PATCHGUARD_OBJECT, ["mssecflt.sys:SecPatchGuardCallback"], True),
     ("AcpiSimulator", ["ACPI.sys:ACPISimulatorCallback"], True),
     ("VMCIDetachCB", ["vmci.sys:VMCIDetachCallback"], True),
@@ -84,6 +81,20 @@ BUILTIN_OBJECTS: List[tuple] = [
     ("AfdTdxCallback", ["afd.sys:AfdTdxCallback"], True),
     ("LLTDCallbackMapper0006008002000000", ["lltdio.sys:LltdMapperCallback"], True),
     ("LLTDCallbackRspndr0006008002000000", ["lltdio.sys:LltdRspndrCallback"], True),
+]
+
+
+# Objects ntoskrnl creates without a name (ExCreateCallback with ObjectName NULL) and binds to an
+# ALPC port, one kernel routine each: PopUmpoInitializeChannel, PopUmpoInitializeMonitorChannel
+# and SshpAlpcInitialize (decompiled ntoskrnl, several builds). The seed's table labels them
+# \Callback\PowerPort, \Callback\PowerMonitorPort and \Callback\SleepstudyControlPort after
+# their ports, but its own trace shows their names as (null). Label (a key of Story.objects, not
+# a name) -> (kernel routine, allow multiple). Each exists only where the build has its routine
+# (the ISFs: no PopUmpoMessageCallback on 7601, SshpAlpcMessageCallback on 20348 and 22000 only).
+ALPC_PORT_OBJECTS: List[tuple] = [
+    ("PowerPort", "PopUmpoMessageCallback", False),
+    ("PowerMonitorPort", "PopMonitorAlpcCallback", True),
+    ("SleepstudyControlPort", "SshpAlpcMessageCallback", False),
 ]
 
 
@@ -127,9 +138,17 @@ def baseline(forge: ImageForge) -> Story:
         callback = forge.create_callback(name, allow_multiple=allow_multiple, creator_info=index % 4 == 1)
         story.objects[name] = callback
         routines = [story.routine(r) for r in registrants]
-        routines = [r for r in routines if r is not None] or ([] if not registrants else [story.drivers["intelppm.sys"].address_of("PpmPowerStateCallback")])
+        # A kernel routine the build lacks is not registered (no stand-in: on Windows 7 the
+        # soft-restart object then has no registration). Which objects a build creates is not
+        # modelled: the seed's list is created on every build.
+        routines = [r for r in routines if r is not None]
         for number, routine in enumerate(routines):
             forge.register(callback, routine, context=story.next_context(), busy=1 if (index + number) % 7 == 3 else 0)
+    for label, routine, allow_multiple in ALPC_PORT_OBJECTS:
+        if forge.layout.has_symbol(routine):
+            port_object = forge.create_callback(None, allow_multiple=allow_multiple)
+            story.objects[label] = port_object
+            forge.register(port_object, story.routine(f"nt:{routine}"), context=story.next_context())
     # Drivers also create unnamed objects to talk to each other.
     for number, owner in enumerate(("ndis.sys:ndisBindUnbindCallback", "tcpip.sys:TcpConnectionCallback")):
         unnamed = forge.create_callback(None, allow_multiple=True)
@@ -166,8 +185,10 @@ def rootkit(forge: ImageForge, unlinked: bool = False) -> Story:
     forge.register(objects["PowerState"], rk.address_of("RkPowerHook"), linked=False)
     # bad_backlink: linked on ProcessorAdd, claims SetSystemTime
     forge.register(objects["ProcessorAdd"], rk.address_of("RkPowerHook"), backlink=objects["SetSystemTime"].address, linked=linked)
-    # multiple_on_exclusive: a second routine on the exclusive PowerPort
-    forge.register(objects["PowerPort"], rk.address_of("RkPowerHook"), linked=linked)
+    # multiple_on_exclusive: a second routine on the exclusive (unnamed) PowerPort object; a
+    # build without it (Windows 7: no user-mode power channel) gets no such plant
+    if "PowerPort" in objects:
+        forge.register(objects["PowerPort"], rk.address_of("RkPowerHook"), linked=linked)
     # bad_signature: an object whose body does not start with "Call"
     forged = forge.create_callback("RkForged", signature=0x41414141, in_callback_list=linked, in_directory=linked)
     forge.register(forged, rk.address_of("RkPowerHook"), linked=linked)
