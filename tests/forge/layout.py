@@ -51,8 +51,9 @@ FORGE_SYMBOLS = (
     "ExpNumberOfNonPagedPools", "ExpNumberOfPagedPools", "ExpPoolFlags",
     # the big-page tracker table (tests/forge/big_pool.py) and the process list (processes.py)
     "PoolBigPageTable", "PoolBigPageTableSize", "PsInitialSystemProcess",
-    # the dispatch routine every driver object's MajorFunction[] starts with (drivers.py)
-    "IopInvalidDeviceRequest",
+    # the dispatch routine every driver object's MajorFunction[] starts with (drivers.py), and
+    # where kernel space starts (Volatility's driverscan reads it)
+    "IopInvalidDeviceRequest", "MmSystemRangeStart",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362
