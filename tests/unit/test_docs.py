@@ -30,5 +30,17 @@ def test_suspicious_flags_give_causes_next_step_and_attack_mapping():
             assert re.search(r"\*\*ATT&CK:\*\* T\d{4}", body), flag
 
 
+#: ATT&CK techniques a Windows kernel finding must not be mapped to, and why.
+NOT_WINDOWS_TECHNIQUES = {
+    "T1547.006": "Kernel Modules and Extensions covers Linux and macOS only (Windows drivers: T1543.003)",
+}
+
+
+def test_attack_mappings_are_windows_techniques():
+    text = TRIAGE.read_text()
+    for technique, why in NOT_WINDOWS_TECHNIQUES.items():
+        assert technique not in text, why
+
+
 def test_sections_follow_the_severity_order():
     assert list(sections()) == list(flags.SEVERITY_ORDER)

@@ -44,12 +44,17 @@ def test_keys_survive_kaslr_and_spelling_but_not_another_routine():
     assert baseline.keys(other_machine)[2] not in baseline.keys(one)
 
 
-def test_unnamed_objects_are_keyed_by_their_registrants():
-    rows = views(row(0x10, None, "tcpip.sys", "TcpConnectionCallback"),
-                 row(0x20, None, "ndis.sys", "ndis.sys+0x1780"),
-                 row(0x20, None, "rkdrv.sys", "RkHook"))
-    assert [k.object for k in baseline.keys(rows)] == ["unnamed:tcpip.sys", "unnamed:ndis.sys+rkdrv.sys",
-                                                      "unnamed:ndis.sys+rkdrv.sys"]
+def test_unnamed_objects_are_alike_and_their_routines_tell_registrations_apart():
+    """A foreign driver on an unnamed object differs from the baseline; the object's own
+    registrant, on the same object, does not."""
+    known = views(row(0x10, None, "tcpip.sys", "TcpConnectionCallback"),
+                  row(0x20, None, "ndis.sys", "ndis.sys+0x1780"))
+    suspect = views(row(0x30, None, "tcpip.sys", "TcpConnectionCallback"),
+                    row(0x40, None, "ndis.sys", "ndis.sys+0x1780"),
+                    row(0x40, None, "rkdrv.sys", "RkHook"))
+    assert [k.object for k in baseline.keys(suspect)] == ["unnamed"] * 3
+    golden = baseline.Baseline(frozenset(k for k in baseline.keys(known) if k), ())
+    assert golden.judge(suspect) == [True, True, False]
 
 
 def test_rows_that_prove_no_live_registration_have_no_key():

@@ -3,7 +3,7 @@
 The rarest first: what one or two machines of a thousand have and the others do not is where a
 responder looks first (the "least frequency of occurrence" of process and service stacking).
 Registrations are keyed as the known-good comparison keys them (:mod:`..windows.callback_objects
-.baseline`: object name, or an unnamed object's registrants; module and symbol or module-relative
+.baseline`: object name, every unnamed object alike; module and symbol or module-relative
 offset; never an address), over the rows that are evidence of a live registration (freed
 blocks, blocks of unknown state and unreadable memory are history or noise, not registrations).
 A routine in no module is stacked per object as ``(no module)``: shellcode on ``PowerState`` on
@@ -62,10 +62,7 @@ class Stack:
 
 
 def _display_object(key: baseline.RegistrationKey, name: Optional[str]) -> str:
-    if name:
-        return name
-    registrants = key.object[len(baseline.UNNAMED_PREFIX):]
-    return f"(unnamed: {registrants.replace('+', ', ')})" if registrants else "(unnamed)"
+    return name if name else "(unnamed)"
 
 
 def build(named_outputs: Sequence[Tuple[str, outputs.Output]], not_stacked: Iterable[Tuple[str, str]] = ()) -> Stack:

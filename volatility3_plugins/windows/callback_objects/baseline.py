@@ -3,9 +3,10 @@
 A registration is compared across machines by what survives a reboot and another machine, never
 by an address (KASLR moves every one):
 
-- the object: its name, case-insensitively; an unnamed object by its *registrants*, the sorted
-  set of the modules registered on it in that image (two unnamed objects of different drivers
-  stay apart; a foreign module on one changes its key, so every registration on it differs);
+- the object: its name, case-insensitively; every unnamed object alike (``unnamed``): such an
+  object has nothing that survives a reboot but its registrants, and the registration's own
+  routine already names one, so a foreign driver on an unnamed object differs from the baseline
+  and the object's other registrations do not;
 - the routine: its module (case-insensitively) and its symbol, a kernel symbol or driver export
   as attribution names it, else its module-relative offset (``module+0xOFFSET``, kept as
   ``+0xoffset``).
@@ -22,19 +23,19 @@ and the fleet commands key a row the same way. Standard library only.
 
 import dataclasses
 import os
-from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from . import flags, outputs
 
-#: The object part of the key of an unnamed object: this prefix and its registrants.
-UNNAMED_PREFIX = "unnamed:"
+#: The object part of the key of every unnamed object.
+UNNAMED_OBJECT = "unnamed"
 
 
 @dataclasses.dataclass(frozen=True)
 class RowView:
     """What the comparison reads of one output row."""
 
-    #: The object's address: groups an image's rows by object (an unnamed object's registrants).
+    #: The object's address (read from the output; not part of any key: KASLR).
     object: Optional[int]
     #: Full name; None when unnamed (a JSON output also writes an unreadable name as null).
     name: Optional[str]
@@ -101,24 +102,14 @@ def routine_key(module: Optional[str], symbol: Optional[str]) -> Optional[Tuple[
     return module.lower(), symbol
 
 
-def _registrants(rows: Sequence[RowView]) -> Dict[Optional[int], Set[str]]:
-    """Per object, the modules of its live registrations (the key of an unnamed object)."""
-    found: Dict[Optional[int], Set[str]] = {}
-    for row in rows:
-        if row.is_evidence and row.module:
-            found.setdefault(row.object, set()).add(row.module.lower())
-    return found
-
-
-def object_key(name: Optional[str], registrants: Iterable[str]) -> str:
-    return name.lower() if name else UNNAMED_PREFIX + "+".join(sorted(registrants))
+def object_key(name: Optional[str]) -> str:
+    return name.lower() if name else UNNAMED_OBJECT
 
 
 def keys(rows: Sequence[RowView]) -> List[Optional[RegistrationKey]]:
-    """The key of each row of one image (all its rows: an unnamed object's key needs them all);
-    None where the row says nothing comparable: no registration, not evidence, the object's
-    name unreadable, or the routine's module unknown without being in no module."""
-    registrants = _registrants(rows)
+    """The key of each row of one image; None where the row says nothing comparable: no
+    registration, not evidence, the object's name unreadable, or the routine's module unknown
+    without being in no module."""
     found: List[Optional[RegistrationKey]] = []
     for row in rows:
         if not row.is_evidence or not row.name_readable:
@@ -128,7 +119,7 @@ def keys(rows: Sequence[RowView]) -> List[Optional[RegistrationKey]]:
         if routine is None:
             found.append(None)
             continue
-        found.append(RegistrationKey(object_key(row.name, registrants.get(row.object, ())), *routine))
+        found.append(RegistrationKey(object_key(row.name), *routine))
     return found
 
 
