@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
 from tests.forge.layout import KNOWN_BUILDS, KernelLayout
-from tests.volatility_harness import kernel_context, module_rows, read_directory, vol_json
+from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json
 
 FORMATS = ("raw", "dump")
 
@@ -34,6 +34,48 @@ def check_callback_directory(paths, fmt, cache):
     assert set(types) == set(truth["object_types"]) and set(types.values()) == {"Type"}
 
 
+def check_driver_directory(paths, fmt, cache):
+    """``\\Driver`` holds one object of type Driver per forged driver object, hidden drivers too."""
+    context, kernel = kernel_context(paths[fmt], paths["symbols"], cache)
+    drivers = read_directory(context, kernel, ["Driver"])
+    assert set(drivers) == {record["name"].rsplit("\\", 1)[1] for record in paths["truth_data"]["driver_objects"]}
+    assert set(drivers.values()) == {"Driver"}
+
+
+def check_driver_objects(paths, fmt, cache):
+    """Volatility's own ``windows.driverscan`` lists every forged driver object with its name,
+    service key, start and size; ``windows.modules`` gives the same start and size for each
+    listed driver and does not list the hidden ones. driverscan scans the kernel's virtual layer
+    from Windows 10 and the physical layer before: the offset is the object's address in one of
+    the two. Any other row must lie inside a driver object's pool block: from Windows 8 on,
+    Volatility carves an object at every 16-byte step after the pool header whose would-be
+    ``PointerCount`` looks plausible, and prints a carving whenever some name reads (on 9600 one
+    reads a "name" from the MajorFunction pointers); no row may come from elsewhere, such as the
+    noise blocks tagged ``Driv``."""
+    truth = paths["truth_data"]
+    expected = truth["driver_objects"]
+    assert any(record["hidden"] for record in expected) == any(not m["in_module_list"] for m in truth["modules"])
+    context, kernel = kernel_context(paths[fmt], paths["symbols"], cache)
+    layer = context.layers[context.modules[kernel].layer_name]
+    rows = driverscan_rows(paths[fmt], paths["symbols"], cache)
+    blocks = [(b["header"], b["header"] + b["size"]) for b in truth["blocks"] if b["role"] == "driver_object"]
+    spans = []  # (start, end) of each driver object's block, on both layers driverscan may scan
+    for start, end in blocks:
+        spans += [(start, end), (layer.translate(start)[0], layer.translate(start)[0] + end - start)]
+    by_offset = {row["Offset"]: row for row in rows}
+    listed = {name: (base, size) for name, base, size in module_rows(paths[fmt], paths["symbols"], cache)}
+    for record in expected:
+        offsets = [offset for offset in (record["address"], layer.translate(record["address"])[0]) if offset in by_offset]
+        assert len(offsets) == 1, f"{record['name']} at {record['address']:#x} not in driverscan"
+        row = by_offset.pop(offsets[0])
+        assert row["Name"] == record["name"]
+        assert (row["Driver Name"], row["Service Key"]) == (record["name"].rsplit("\\", 1)[1], record["service_key"])
+        assert (row["Start"], row["Size"]) == (record["start"], record["size"])
+        assert listed.get(record["module"]) == (None if record["hidden"] else (record["start"], record["size"]))
+    for offset in by_offset:
+        assert any(start <= offset < end for start, end in spans), f"driverscan row at {offset:#x} is in no driver object"
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
 @pytest.mark.parametrize("scenario", SCENARIO_NAMES)
@@ -41,6 +83,9 @@ def test_volatility_reads_forged_modules_and_directories(forged, vol_cache, scen
     paths = forged(scenario, profile)
     check_modules(paths, fmt, vol_cache)
     check_callback_directory(paths, fmt, vol_cache)
+    check_driver_directory(paths, fmt, vol_cache)
+    if scenario == "rootkit":  # its DKOM-hidden ghost.sys: in driverscan, not in modules
+        check_driver_objects(paths, fmt, vol_cache)
 
 
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
@@ -61,6 +106,9 @@ def test_real_isf_baseline_matrix(forged, vol_cache, isf):
     for fmt in FORMATS:
         check_modules(paths, fmt, vol_cache)
         check_callback_directory(paths, fmt, vol_cache)
+        check_driver_directory(paths, fmt, vol_cache)
+    # driverscan (a pool scan) on the raw image only; the built-in profiles' test runs it on dumps too
+    check_driver_objects(paths, "raw", vol_cache)
 
 
 def test_kernel_pe_is_a_valid_image_with_rsds(forged):

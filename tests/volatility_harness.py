@@ -136,8 +136,6 @@ def plugin_rows(image: Path, symbols: Path, cache: Path, **options: Any) -> Tupl
     Automagic runs once per image; each call constructs the plugin anew on that context."""
     import logging
 
-    from volatility3.framework import interfaces
-
     _prepare(symbols, cache)
     from volatility3.plugins.windows.callbackobjects import CallbackObjects
 
@@ -154,21 +152,37 @@ def plugin_rows(image: Path, symbols: Path, cache: Path, **options: Any) -> Tupl
         context, config_path = _image_context(image, symbols, cache)
         for name in ("no_scan", "full_scan", "suspicious"):
             context.config[f"{config_path}.{name}"] = options.get(name, False)
-        plugin = CallbackObjects(context, config_path)
-        grid = plugin.run()
-        names = [column.name for column in grid.columns]
-        rows: List[Dict[str, Any]] = []
-
-        def visit(node: Any, accumulator: Any) -> Any:
-            values = [None if isinstance(v, interfaces.renderers.BaseAbsentValue) else v for v in node.values]
-            rows.append({name: (int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
-                         for name, value in zip(names, values)})
-            return accumulator
-
-        grid.populate(visit, None)
+        rows = grid_rows(CallbackObjects(context, config_path).run())
     finally:
         logger.removeHandler(handler)
     return rows, records
+
+
+def grid_rows(grid: Any) -> List[Dict[str, Any]]:
+    """A plugin's TreeGrid as ``-r json`` gives it: column name -> value, absent values None."""
+    from volatility3.framework import interfaces
+
+    names = [column.name for column in grid.columns]
+    rows: List[Dict[str, Any]] = []
+
+    def visit(node: Any, accumulator: Any) -> Any:
+        values = [None if isinstance(v, interfaces.renderers.BaseAbsentValue) else v for v in node.values]
+        rows.append({name: (int(value) if isinstance(value, int) and not isinstance(value, bool) else value)
+                     for name, value in zip(names, values)})
+        return accumulator
+
+    grid.populate(visit, None)
+    return rows
+
+
+def driverscan_rows(image: Path, symbols: Path, cache: Path) -> List[Dict[str, Any]]:
+    """Volatility's own ``windows.driverscan`` run in-process on the image's cached context."""
+    context, kernel = kernel_context(image, symbols, cache)  # imports Volatility's plugins first
+    from volatility3.plugins.windows.driverscan import DriverScan
+
+    config_path = "plugins.DriverScan"
+    context.config[f"{config_path}.kernel"] = kernel
+    return grid_rows(DriverScan(context, config_path).run())
 
 
 def read_directory(context: Any, kernel_name: str, path: Sequence[str]) -> Dict[str, str]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import dump, truth
 from .callbacks import CallbackObject, CallbackPlanter, Registration
+from .drivers import DriverObjects
 from .layout import FORGE_SYMBOLS, KernelLayout
 from .machine import DEFAULT_SEED, Machine
 from .memory import canonical
@@ -58,9 +59,14 @@ class ImageForge:
             # nt!NtBuildNumber: the build in the low 16 bits, 0xF000 in the high ones (free build).
             self.machine.space.write(self.kernel.base + layout.symbol("NtBuildNumber"),
                                      (0xF000_0000 | layout.build).to_bytes(4, "little"))
+        if layout.has_symbol("MmSystemRangeStart"):
+            # Where kernel space starts: readers (Volatility's driverscan) judge pointers by it.
+            self.machine.write_pointer(self.kernel.base + layout.symbol("MmSystemRangeStart"), self.machine.plan.system_range_start)
         self.pool = self.machine.install_pool(self.kernel.base)
         self.hal = self.add_driver("hal.dll", path=f"{SYSTEM_ROOT}\\hal.dll", functions={"HalpPowerStub": 0x1200}, exported=("HalpPowerStub",))
         self.objects = ObjectManager(self.machine, self.kernel.base)
+        # \Driver, filled with a driver object per loaded driver once the loader entries exist.
+        self.drivers = DriverObjects(self.machine, self.objects, self.kernel.base)
         # The processes of a booted system (none where the layout cannot describe them).
         self.processes = ProcessList(self.machine, self.objects, self.kernel.base)
         self.processes.boot()
@@ -152,6 +158,7 @@ class ImageForge:
             raise RuntimeError("an ImageForge builds one image")
         self._built = True
         self._to_free += self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
+        self.drivers.create_all(self.loader.modules)
         self.processes.link()
         self.objects.set_type_count("Callback", len(self.callbacks.live_objects))
         self.callbacks.link()

@@ -51,6 +51,9 @@ FORGE_SYMBOLS = (
     "ExpNumberOfNonPagedPools", "ExpNumberOfPagedPools", "ExpPoolFlags",
     # the big-page tracker table (tests/forge/big_pool.py) and the process list (processes.py)
     "PoolBigPageTable", "PoolBigPageTableSize", "PsInitialSystemProcess",
+    # the dispatch routine every driver object's MajorFunction[] starts with (drivers.py), and
+    # where kernel space starts (Volatility's driverscan reads it)
+    "IopInvalidDeviceRequest", "MmSystemRangeStart",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362
@@ -259,6 +262,13 @@ class KernelLayout:
             offset, type_desc = self._walk(type_name, path)
             self._field_cache[key] = self._scalar(offset, type_desc, f"{type_name}.{path}")
         return self._field_cache[key]
+
+    def array_count(self, type_name: str, path: str) -> int:
+        """The number of elements of an array member, e.g. ``_DRIVER_OBJECT.MajorFunction``."""
+        _, type_desc = self._walk(type_name, path)
+        if type_desc.get("kind") != "array":
+            raise LayoutError(f"{self.name}: {type_name}.{path} is not an array")
+        return int(type_desc["count"])
 
     def _walk(self, type_name: str, path: str) -> Tuple[int, Dict[str, Any]]:
         offset = 0

@@ -52,6 +52,13 @@ WIN7_DRIVER_RANGE = (0xFFFF_F880_00C0_0000, 0x100_0000)
 # PML4 slots (0x100-0x1FE) Windows 10 x64 never hands to the dynamic kernel regions the forge
 # places at random: KUSER_SHARED_DATA's (0x1EF) and the kernel images' (0x1F0).
 WIN10_RESERVED_SLOTS = (0x1EF, 0x1F0)
+# nt!MmSystemRangeStart, the lowest kernel-space address: 2 GiB on x86 (no /3GB); on x64
+# 0xFFFF0800`00000000 up to Windows 7 and 0xFFFF8000`00000000 from Windows 8, when user space
+# grew to 128 TiB (the same two constants, MM_SYSTEM_RANGE_START_7/_8, in public kernel-mode
+# tools; Volatility's windows.modules falls back to the latter on x64).
+SYSTEM_RANGE_START_X86 = 0x8000_0000
+SYSTEM_RANGE_START_WIN7_X64 = 0xFFFF_0800_0000_0000
+SYSTEM_RANGE_START_X64 = 0xFFFF_8000_0000_0000
 #: A dynamic region starts at a random 2 MiB boundary in the first 16 GiB of its PML4 slot.
 REGION_SPREAD = 0x4_0000_0000
 REGION_ALIGNMENT = 0x20_0000
@@ -69,6 +76,7 @@ class AddressPlan:
         # Physical frame of the kernel image when the loader maps it at a fixed offset (x86).
         self.kernel_physical: Optional[int] = None
         if not layout.is_64bit:
+            self.system_range_start = SYSTEM_RANGE_START_X86
             self.dtb = 0x185000
             self.self_ref_index = 3 if layout.pae else 0x300
             self.kernel_base = 0x8284_0000
@@ -82,6 +90,7 @@ class AddressPlan:
             self.unmapped = 0x9F0D_E000
             return
         self.kuser_shared_data = KUSER_SHARED_DATA
+        self.system_range_start = SYSTEM_RANGE_START_X64 if layout.nt_version > (6, 1) else SYSTEM_RANGE_START_WIN7_X64
         if layout.nt_version >= (10, 0):
             self.dtb = 0x1AD000
             candidates = [slot for slot in range(0x100, 0x1FF) if slot not in WIN10_RESERVED_SLOTS]

@@ -31,6 +31,7 @@ KERNEL_CODE_SYMBOLS = frozenset(
         "HalpKsrCallbackRoutine", "ExpMicrocodePowerStateCallback",
         "ExpPowerStateTransitionCallbackForLicensing", "PpmHypervisorEnlightenmentCallback",
         "SepImageVerificationCallbackWorker", "KeRegisterProcessorChangeCallback",
+        "IopInvalidDeviceRequest",
     }
 )
 KERNEL_EXPORTS = ("ExCreateCallback", "ExRegisterCallback", "ExUnregisterCallback", "ExNotifyCallback", "KeRegisterProcessorChangeCallback",

@@ -66,7 +66,7 @@ TYPE_POOL_TAGS = {"Type": b"ObjT", "Directory": b"Dire", "Callback": b"Call", "D
 TYPE_POOLS = {"Directory": PoolKind.PAGED}
 # What the ground truth calls the pool block of an object of each type.
 TYPE_ROLES = {"Type": "type_object", "Directory": "directory_object", "Callback": "callback_object",
-              "Process": "process_object"}
+              "Process": "process_object", "Driver": "driver_object"}
 
 
 def directory_hash(name: str) -> int:

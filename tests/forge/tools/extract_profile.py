@@ -77,6 +77,9 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         "DriverExtension", "DriverName", "HardwareDatabase", "FastIoDispatch", "DriverInit",
         "DriverStartIo", "DriverUnload", "MajorFunction",
     ],
+    # Allocated right behind its driver object (tests/forge/drivers.py); Volatility's
+    # driverscan reads ServiceKeyName.
+    "_DRIVER_EXTENSION": ["DriverObject", "AddDevice", "Count", "ServiceKeyName"],
     "_DEVICE_OBJECT": ["Type", "Size", "ReferenceCount", "DriverObject", "NextDevice", "AttachedDevice", "DeviceType"],
     "_IMAGE_DOS_HEADER": None,
     # Members Volatility's version heuristics (symbols/windows/versions.py) look at, then the
