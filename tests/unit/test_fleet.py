@@ -67,7 +67,7 @@ def test_rows_that_prove_no_live_registration_have_no_key():
     found = baseline.keys(rows)
     assert found[:5] == [None] * 5
     assert found[5] == key(r"\callback\a", "", "") and not found[5].comparable
-    unreadable_name = baseline.RowView(0x10, None, True, "a.sys", "a.sys+0x10", (), name_readable=False)
+    unreadable_name = baseline.RowView(None, True, "a.sys", "a.sys+0x10", (), name_readable=False)
     assert baseline.keys([unreadable_name]) == [None]
 
 

@@ -61,7 +61,7 @@ class Stack:
     not_stacked: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
-def _display_object(key: baseline.RegistrationKey, name: Optional[str]) -> str:
+def _display_object(name: Optional[str]) -> str:
     return name if name else "(unnamed)"
 
 
@@ -71,7 +71,7 @@ def build(named_outputs: Sequence[Tuple[str, outputs.Output]], not_stacked: Iter
     entries: Dict[baseline.RegistrationKey, StackEntry] = {}
     for name, output in named_outputs:
         views = [baseline.RowView.from_json(row) for row in output.rows]
-        suspicious_rows = sum(1 for view in views if any(flags.is_suspicious(flag) for flag in view.flags))
+        suspicious_rows = sum(1 for view in views if view.suspicious)
         images.append(StackedImage(name, output.path, output.image, output.build, len(views), suspicious_rows))
         for view, key in zip(views, baseline.keys(views)):
             if key is None:
@@ -80,7 +80,7 @@ def build(named_outputs: Sequence[Tuple[str, outputs.Output]], not_stacked: Iter
             if entry is None:
                 entry = entries[key] = StackEntry(
                     key,
-                    _display_object(key, view.name),
+                    _display_object(view.name),
                     view.module if key.comparable and view.module else NO_MODULE,
                     view.symbol if key.comparable and view.symbol else NO_SYMBOL,
                     [],

@@ -195,7 +195,7 @@ def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[st
     suspicious_rows = 0
     for row in rows or []:
         row_flags = outputs.row_flags(row)
-        suspicious_rows += any(flags.is_suspicious(flag) for flag in row_flags)
+        suspicious_rows += flags.any_suspicious(row_flags)
         for flag in row_flags:
             by_flag[flag] = by_flag.get(flag, 0) + 1
     if status == OK:

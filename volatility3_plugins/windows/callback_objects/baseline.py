@@ -35,8 +35,6 @@ UNNAMED_OBJECT = "unnamed"
 class RowView:
     """What the comparison reads of one output row."""
 
-    #: The object's address (read from the output; not part of any key: KASLR).
-    object: Optional[int]
     #: Full name; None when unnamed (a JSON output also writes an unreadable name as null).
     name: Optional[str]
     has_registration: bool
@@ -54,15 +52,17 @@ class RowView:
             value = row.get(column)
             return value if isinstance(value, str) and value else None
 
-        address = row.get("Object")
         return cls(
-            object=address if isinstance(address, int) else None,
             name=text("Name"),
             has_registration=row.get("Registration") is not None,
             module=text("Module"),
             symbol=text("Symbol"),
             flags=tuple(outputs.row_flags(dict(row))),
         )
+
+    @property
+    def suspicious(self) -> bool:
+        return flags.any_suspicious(self.flags)
 
     @property
     def is_evidence(self) -> bool:
@@ -180,7 +180,7 @@ class Baseline:
 def _source(output: outputs.Output) -> Tuple[BaselineSource, Set[RegistrationKey]]:
     views = [RowView.from_json(row) for row in output.rows]
     found = {key for key in keys(views) if key is not None and key.comparable}
-    suspicious = sum(1 for view in views if any(flags.is_suspicious(flag) for flag in view.flags))
+    suspicious = sum(1 for view in views if view.suspicious)
     return BaselineSource(output.path, output.build, len(found), suspicious), found
 
 

@@ -70,6 +70,11 @@ def is_suspicious(flag: str) -> bool:
     return flag in SUSPICIOUS
 
 
+def any_suspicious(flags: Iterable[str]) -> bool:
+    """Whether a row with these flags is suspicious (informational flags do not count)."""
+    return any(flag in SUSPICIOUS for flag in flags)
+
+
 def sort_flags(flags: Iterable[str]) -> List[str]:
     """Deduplicates and sorts by severity; unknown names (never expected) go last, by name."""
     unique = set(flags)

@@ -28,7 +28,7 @@ class Row:
 
     @property
     def suspicious(self) -> bool:
-        return any(flags.is_suspicious(flag) for flag in self.flags)
+        return flags.any_suspicious(self.flags)
 
     def view(self) -> RowView:
         """What the known-good comparison reads of this row: the columns a JSON output gives,
@@ -37,7 +37,6 @@ class Row:
         module = attribution.module if attribution is not None else None
         name = self.record.name
         return RowView(
-            object=self.record.address,
             name=name if isinstance(name, str) else None,
             has_registration=self.registration is not None,
             module=module.name if module is not None and module.name else None,

@@ -22,8 +22,8 @@ from volatility3.framework import exceptions
 from ..callback_objects import walk
 from ..callback_objects.views import ViewError, array_member, member_offset, type_name
 from .headers import POOL_IN_USE_BIT, pool_header_view
-from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, UNKNOWN, PoolMap,
-                    PoolMetadataUnavailable, Region)
+from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, UNKNOWN,
+                    MetadataPoolMap, PoolMetadataUnavailable, Region)
 
 if TYPE_CHECKING:
     from ..callback_objects.kernel import KernelContext
@@ -49,16 +49,13 @@ DESCRIPTORS = (
 )
 
 
-class ClassicPoolMap(PoolMap):
+class ClassicPoolMap(MetadataPoolMap):
     """Freed blocks of the classic pool: the header bit, corroborated by the free lists."""
 
     name = "classic pool"
 
     def __init__(self, kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS) -> None:
-        self._kernel = kernel
-        self._pools = tuple(pools)
-        self.complete = True
-        self.problems: List[str] = []
+        super().__init__(kernel, pools)
         if not kernel.module.has_type("_POOL_DESCRIPTOR"):
             # A kernel whose table has no pool descriptor does not run the classic pool.
             raise PoolMetadataUnavailable("the kernel's symbol table has no _POOL_DESCRIPTOR")
@@ -70,10 +67,6 @@ class ClassicPoolMap(PoolMap):
         self._walk_lookasides()
         self._walk_descriptors()
         self._range = self._nonpaged_range()
-
-    def _incomplete(self, problem: str) -> None:
-        self.complete = False
-        self.problems.append(problem)
 
     # -- free lists ----------------------------------------------------------------------
 

@@ -31,20 +31,16 @@ def open_pool_map(kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS
     up to 17763. Never the classic reader on a segment-heap kernel: there a freed block keeps
     an allocated header, so the classic rule would call every free alive. When the metadata
     cannot be read, every block is unknown (said once)."""
-    readers = [SegmentHeapMap] if uses_segment_heap(kernel) else [ClassicPoolMap]
-    problems = []
-    for reader in readers:
-        try:
-            found = reader(kernel, pools)
-        except PoolMetadataUnavailable as excp:
-            problems.append(f"{reader.name}: {excp}")
-            continue
-        if not found.complete:
-            kernel.log.warning(
-                f"Pool metadata ({found.name}) partly unreadable: " + "; ".join(found.problems[:3])
-                + (f" (and {len(found.problems) - 3} more)" if len(found.problems) > 3 else "")
-            )
-        return found
-    reason = "; ".join(problems)
-    kernel.log.warning(f"Pool allocation states unknown: {reason}")
-    return Unknown(reason)
+    reader = SegmentHeapMap if uses_segment_heap(kernel) else ClassicPoolMap
+    try:
+        found = reader(kernel, pools)
+    except PoolMetadataUnavailable as excp:
+        reason = f"{reader.name}: {excp}"
+        kernel.log.warning(f"Pool allocation states unknown: {reason}")
+        return Unknown(reason)
+    if not found.complete:
+        kernel.log.warning(
+            f"Pool metadata ({found.name}) partly unreadable: " + "; ".join(found.problems[:3])
+            + (f" (and {len(found.problems) - 3} more)" if len(found.problems) > 3 else "")
+        )
+    return found

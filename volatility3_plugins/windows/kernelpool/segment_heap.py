@@ -42,8 +42,8 @@ from volatility3.framework import exceptions
 
 from ..callback_objects import walk
 from ..callback_objects.views import StructView, ViewError, array_member, member_offset, type_name, type_size
-from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, NOT_A_BLOCK, PAGED, UNKNOWN, PoolMap,
-                    PoolMetadataUnavailable, Region, RegionIndex)
+from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, NOT_A_BLOCK, PAGED, UNKNOWN,
+                    MetadataPoolMap, PoolMetadataUnavailable, Region, RegionIndex)
 
 if TYPE_CHECKING:
     from ..callback_objects.kernel import KernelContext
@@ -91,16 +91,13 @@ def _next_page(address: int) -> int:
     return (address + 0xFFF) & ~0xFFF
 
 
-class SegmentHeapMap(PoolMap):
+class SegmentHeapMap(MetadataPoolMap):
     """The segment heap's view of the pools asked for (see the module docstring)."""
 
     name = "segment heap"
 
     def __init__(self, kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS) -> None:
-        self._kernel = kernel
-        self._pools = tuple(pools)
-        self.complete = True
-        self.problems: List[str] = []
+        super().__init__(kernel, pools)
         self._pointer = kernel.pointer_size
         self._granularity = 0x10 if self._pointer == 8 else 8
         build = kernel.build_number or 0
@@ -193,10 +190,6 @@ class SegmentHeapMap(PoolMap):
             if pointer:
                 found.append((pointer, HEAP_POOLS[index]))
         return found
-
-    def _incomplete(self, problem: str) -> None:
-        self.complete = False
-        self.problems.append(problem)
 
     def _heap(self, heap: int, pool: str) -> List[Subsegment]:
         kernel = self._kernel

@@ -2,7 +2,10 @@
 
 import bisect
 import dataclasses
-from typing import Generic, List, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Generic, List, Optional, Sequence, TypeVar
+
+if TYPE_CHECKING:
+    from ..callback_objects.kernel import KernelContext
 
 #: Allocation states of a pool block.
 ALLOCATED = "allocated"
@@ -54,6 +57,21 @@ class PoolMap:
         (NOT_A_BLOCK when the allocator knows that no block starts there); ``pool_type`` is the
         header's ``PoolType`` when the caller has already read it."""
         return UNKNOWN
+
+
+class MetadataPoolMap(PoolMap):
+    """A reader that walks the allocator's metadata for ``pools``; what it could not walk is
+    recorded in ``problems`` and makes it incomplete."""
+
+    def __init__(self, kernel: "KernelContext", pools: Sequence[str]) -> None:
+        self._kernel = kernel
+        self._pools = tuple(pools)
+        self.complete = True
+        self.problems: List[str] = []
+
+    def _incomplete(self, problem: str) -> None:
+        self.complete = False
+        self.problems.append(problem)
 
 
 class Unknown(PoolMap):
