@@ -1,14 +1,19 @@
-"""Docs that cannot drift: every Volatility plugin README.md and docs/ name exists in the
-installed Volatility 3, and every shell command they give either runs on the demo image or is
-marked as an example for a real image.
+"""Docs that cannot drift: every Volatility plugin the documentation pages (``DOCS``: README.md,
+docs/, the forge's page, the benchmark results) name exists in the installed Volatility 3, every
+shell command they give either runs on the demo image or is marked as an example for a real
+image, and every relative link they hold leads to a file and, for a page, to one of its headings.
 
 Shell blocks (```sh) start with a comment saying what they are:
 - ``# On the demo image:`` each command runs here, in a folder holding the demo image that
   ``./scripts/demo`` forges (``demo/``), and must succeed without a traceback;
 - ``# Example for a real image`` ... not run (there is no real image here); its plugin names are
   still checked;
-- ``# In a checkout`` ... the README's two commands, run from a clean clone by
-  ``tests/test_packaging.py`` (running the suite from inside itself would recurse).
+- ``# In a checkout`` ... the README's two commands and docs/FLEET.md's fleet demo, run from a
+  clean clone by ``tests/test_packaging.py`` (running the suite from inside itself would recurse).
+
+A page that gives a shell command must be in ``DOCS``: content moves between pages (issue 19 moved
+most of the README into docs/, tests/forge/README.md and benchmarks/RESULTS.md), and a command in
+a page nobody collects would stop being tested without a word.
 """
 
 import os
@@ -24,7 +29,13 @@ import pytest
 from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import PLUGIN_DIR, REPO
 
-DOCS = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+DOCS = ([REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+        + [REPO / "tests" / "forge" / "README.md", REPO / "benchmarks" / "RESULTS.md"])
+#: Pages with shell blocks that are not a user's commands, and why no doc test runs them.
+NOT_RUN = {
+    Path("tests/forge/profiles/README.md"): "maintainers' commands regenerating the forge's profiles from the "
+    "real ISFs in ../shared and Volatility 2 vtypes files, which a checkout does not hold",
+}
 DEMO = "# On the demo image:"
 EXAMPLE = "# Example for a real image"
 CHECKOUT = "# In a checkout"
@@ -38,6 +49,26 @@ def shell_blocks() -> List[Tuple[Path, List[str]]]:
         for match in re.finditer(r"^```sh\n(.*?)^```", path.read_text(), re.S | re.M):
             blocks.append((path, match.group(1).strip("\n").splitlines()))
     return blocks
+
+
+def markdown_pages() -> List[Path]:
+    """Every Markdown page of the checkout, outside hidden folders (.venv, .git) and the demos'
+    forged output."""
+    pages = []
+    for folder, subfolders, files in os.walk(REPO):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".") and name not in ("demo", "fleet-demo")]
+        pages += [Path(folder) / name for name in files if name.endswith(".md")]
+    return sorted(pages)
+
+
+def without_code(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation but ``-`` and ``_`` dropped,
+    spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
 def commands(lines: List[str]) -> List[str]:
@@ -73,6 +104,30 @@ def test_every_plugin_the_docs_name_exists(volatility_plugins):
     assert not unknown, f"plugins named in the docs that Volatility does not have: {unknown}"
 
 
+def test_every_page_with_a_shell_command_is_collected():
+    holding = [page for page in markdown_pages() if re.search(r"^```sh$", page.read_text(), re.M)]
+    assert holding, "no page gives a shell command?"
+    missing = [str(page.relative_to(REPO)) for page in holding if page not in DOCS and page.relative_to(REPO) not in NOT_RUN]
+    assert not missing, f"pages whose shell commands no doc test runs: {missing}"
+
+
+def test_relative_links_lead_to_a_file_and_a_heading():
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", without_code(path.read_text())):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, fragment = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists():
+                broken.append((path.name, target, "no such file"))
+            elif fragment and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", without_code(linked.read_text()), re.M)
+                if fragment not in {anchor(heading) for heading in headings}:
+                    broken.append((path.name, target, "no such heading"))
+    assert not broken, broken
+
+
 def test_every_shell_block_says_what_it_is():
     for path, lines in shell_blocks():
         assert lines and lines[0].startswith((DEMO, EXAMPLE, CHECKOUT)), (path.name, lines[:2])
@@ -97,7 +152,8 @@ def demo_folder(tmp_path_factory) -> Path:
 
 
 def demo_commands() -> List[Tuple[str, str]]:
-    return [(path.name, command) for path, lines in shell_blocks() if lines[0].startswith(DEMO) for command in commands(lines)]
+    return [(str(path.relative_to(REPO)), command)
+            for path, lines in shell_blocks() if lines[0].startswith(DEMO) for command in commands(lines)]
 
 
 @pytest.mark.parametrize("doc,command", demo_commands())

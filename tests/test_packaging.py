@@ -1,4 +1,5 @@
-"""The project as a user gets it: pip install, the console command, the README's demo command."""
+"""The project as a user gets it: pip install, the console command, the README's two commands and
+docs/FLEET.md's fleet demo."""
 
 import os
 import shutil
@@ -76,8 +77,8 @@ def test_readme_demo_commands_from_a_clean_clone(tmp_path):
 
     # The fleet demo in the same clone (its venv is built): the sweeps' summary names the two
     # rootkit hosts with their ten plants not in the baseline, the other build with its warning,
-    # and the stack carries each plant on those two hosts only.
-    assert "./scripts/fleet-demo" in readme
+    # and the stack carries each plant on those two hosts only. (Its page is docs/FLEET.md.)
+    assert "./scripts/fleet-demo" in (clone / "docs" / "FLEET.md").read_text()
     result = subprocess.run(["./scripts/fleet-demo"], cwd=clone, capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
     assert result.returncode == 0, result.stderr[-3000:]
