@@ -28,7 +28,7 @@ from .layout import LayoutError
 from .machine import streams
 from .memory import PAGE_SIZE
 from .pool import NOISE_TAGS, PoolHeaders, PoolKind
-from .scenarios import Story, baseline
+from .baseline import Story, baseline
 
 MIN_HEAP = 128 << 20
 MAX_HEAP = 256 << 20
