@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from .layout import pointer_format
-from .machine import Machine
+from .kernel_machine import KernelMachine
 from .memory import canonical
 from .objects import KernelObject, ObjectManager
 from .pool import PoolBlock
@@ -113,7 +113,7 @@ class CallbackObject:
 class CallbackPlanter:
     """Creates callback objects and registrations and writes the lists that join them."""
 
-    def __init__(self, machine: Machine, objects: ObjectManager, kernel_base: int) -> None:
+    def __init__(self, machine: KernelMachine, objects: ObjectManager, kernel_base: int) -> None:
         self.machine = machine
         self.objects = objects
         self.kernel_base = kernel_base

@@ -39,15 +39,14 @@ non-paged descriptor serves both executable and no-execute pool.
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .big_pool import BigPageTable
+from .machine import Machine
 from .memory import PAGE_SIZE
 from .pool import (FREED, NOISE_PLAN_SEED, POOL_IN_USE_BIT, POOL_TYPE_FREE, FreedHow, PoolAllocator, PoolBlock,
                    PoolHeaders, PoolKind, write_slist_header)
 
-if TYPE_CHECKING:
-    from .machine import Machine
 
 POOL_SMALL_LISTS = 32  # WRK base/ntos/inc/ntosdef.h
 EXP_MAXIMUM_POOL_FREES_PENDING = 32  # WRK pool.c
@@ -103,7 +102,7 @@ class ClassicPool(PoolAllocator):
 
     name = "classic"
 
-    def __init__(self, machine: "Machine", kernel_base: int, rng: random.Random) -> None:
+    def __init__(self, machine: Machine, kernel_base: int, rng: random.Random) -> None:
         super().__init__(PoolHeaders(machine.layout))
         self.machine = machine
         self.layout = machine.layout

@@ -28,7 +28,8 @@ from . import dump, truth
 from .callbacks import CallbackObject, CallbackPlanter, Registration
 from .drivers import DriverObjects
 from .layout import FORGE_SYMBOLS, KernelLayout
-from .machine import DEFAULT_SEED, Machine
+from .kernel_machine import KernelMachine
+from .machine import DEFAULT_SEED
 from .memory import canonical
 from .modules import KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
 from .objects import ObjectManager
@@ -46,7 +47,7 @@ class ImageForge:
         RAM grows as pages are needed. ``seed``: see the module's docstring."""
         self.layout = layout
         self.seed = seed
-        self.machine = Machine(layout, memory_size, seed)
+        self.machine = KernelMachine(layout, memory_size, seed)
         self.loader = ModuleLoader(self.machine)
         symbols = layout.symbols(FORGE_SYMBOLS)
         self.kernel = self.loader.load(

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .layout import FORGE_SYMBOLS, KernelLayout
-from .machine import Machine, streams
+from .kernel_machine import KernelMachine
+from .machine import streams
 from .memory import PAGE_SIZE, masked
 from .pe import CODE, READ_ONLY_DATA, WRITABLE_DATA, CodeView, PeImage, Section
 from .pool import PoolBlock, PoolKind
@@ -167,7 +168,7 @@ class LoadedModule:
 class ModuleLoader:
     """Maps images and keeps the loaded-module list in load order."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: KernelMachine) -> None:
         self.machine = machine
         self.modules: List[LoadedModule] = []
         self.unloaded: List[LoadedModule] = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from .layout import KernelLayout
-from .machine import Machine
+from .kernel_machine import KernelMachine
 from .memory import masked
 from .pool import PoolBlock, PoolKind, tag_value
 
@@ -101,7 +101,7 @@ class KernelObject:
 class ObjectManager:
     """Types, the root directory and named directories below it."""
 
-    def __init__(self, machine: Machine, kernel_base: int, cookie: int = 0x6B) -> None:
+    def __init__(self, machine: KernelMachine, kernel_base: int, cookie: int = 0x6B) -> None:
         self.machine = machine
         self.layout: KernelLayout = machine.layout
         self.kernel_base = kernel_base

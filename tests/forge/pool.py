@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .layout import KernelLayout
+from .machine import Machine
 from .memory import PAGE_SIZE, canonical
 
 if TYPE_CHECKING:
     from .big_pool import BigPageTable
-    from .machine import Machine
 
 # Vista and later keep the base pool type with an in-use bit (0x2) in the header: allocated
 # non-paged blocks read 2 (even), paged ones 3 (odd), as Volatility's POOL_HEADER_VISTA decodes
@@ -223,7 +223,7 @@ class PoolAllocator(abc.ABC):
         self.blocks.append(block)
         return block
 
-    def _noise(self, machine: "Machine", plan: random.Random, rng: random.Random, kind: PoolKind,
+    def _noise(self, machine: Machine, plan: random.Random, rng: random.Random, kind: PoolKind,
                sizes: Sequence[int]) -> None:
         """What a booted kernel leaves behind: blocks of these data sizes, in this order, with
         common tags and random contents (``rng``: they vary with the seed); a third of them,
@@ -237,7 +237,7 @@ class PoolAllocator(abc.ABC):
             if plan.randrange(3) == 0:
                 self.free(block)
 
-    def _big_noise(self, machine: "Machine", rng: random.Random) -> None:
+    def _big_noise(self, machine: Machine, rng: random.Random) -> None:
         """The big allocations of a booted kernel: a few of a few pages in each pool, random
         contents (``rng``), one freed; the plan (sizes, which is freed) is the same for every seed."""
         if self.big_pool is None:
@@ -258,7 +258,7 @@ class PoolAllocator(abc.ABC):
             raise ValueError(f"block {block.header:#x} ({block.tag!r}) is already free")
 
 
-def write_slist_header(machine: "Machine", address: int, first: int, depth: int) -> None:
+def write_slist_header(machine: Machine, address: int, first: int, depth: int) -> None:
     """An interlocked singly linked list head (``_SLIST_HEADER``) as the build's ISF lays it out.
 
     x64: ``HeaderX64`` keeps ``Depth`` and ``Sequence`` in the first quadword and the first

@@ -77,15 +77,14 @@ written unencoded; allocations never reuse freed blocks.
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from .memory import PAGE_SIZE, canonical
 from .big_pool import BigPageTable
+from .machine import Machine
+from .memory import PAGE_SIZE, canonical
 from .pool import (FREED, NOISE_PLAN_SEED, NOISE_TAGS, FreedHow, PoolAllocator, PoolBlock, PoolHeaders, PoolKind,
                    write_slist_header)
 
-if TYPE_CHECKING:
-    from .machine import Machine
 
 SEGMENT_HEAP_SIGNATURE = 0xDDEEDDEE
 PAGE_SEGMENT_KEY = 0xA2E64EAD_A2E64EAD  # 0 from build 26100 (MemProcFS)
@@ -179,7 +178,7 @@ class SegmentHeapPool(PoolAllocator):
 
     name = "segment_heap"
 
-    def __init__(self, machine: "Machine", kernel_base: int, rng: random.Random) -> None:
+    def __init__(self, machine: Machine, kernel_base: int, rng: random.Random) -> None:
         super().__init__(PoolHeaders(machine.layout))
         self.machine = machine
         self.layout = layout = machine.layout
