@@ -136,6 +136,14 @@ class PoolHeaders:
         """Units of a block holding ``size`` bytes of caller data behind its header."""
         return (self.size + size + self.unit - 1) // self.unit
 
+    def align(self, value: int) -> int:
+        """``value`` rounded up to the pool's granularity."""
+        return -(-value // self.unit) * self.unit
+
+    def block_bytes(self, block: PoolBlock) -> bytes:
+        """A block as it is handed out: its header (no previous size, pool index 0), a zeroed body."""
+        return self.pack(block.size // self.unit, block.tag, block.kind.header_pool_type) + bytes(block.size - self.size)
+
     def pack(self, block_units: int, tag: bytes, pool_type: int, previous_units: int = 0, pool_index: int = 0) -> bytes:
         key = (block_units, previous_units, pool_type, pool_index, tag)
         packed = self._cache.get(key)
