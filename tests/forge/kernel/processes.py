@@ -1,0 +1,153 @@
+"""The process list: ``_EPROCESS`` objects linked behind ``nt!PsActiveProcessHead``.
+
+A booted Windows has its processes on ``PsActiveProcessHead`` through each ``_EPROCESS``'s
+``ActiveProcessLinks``, the System process (PID 4) first, and ``nt!PsInitialSystemProcess``
+pointing at System. Readers that have no kernel symbols find the kernel's data through them:
+MemProcFS (``vmm/vmmwin.c``) walks the list from the System process to enumerate processes,
+refuses an image with ten processes or fewer (``VmmWinProcess_Enum64``) and reads the build
+number only once it has seen an ``smss.exe`` whose parent is System (``vmm/vmmwininit.c``).
+
+Each process is an object of type ``Process`` (pool tag ``Proc``) laid out by the build's ISF:
+its ``Pcb`` (``_KPROCESS``) starts with a dispatcher header of type ``ProcessObject``
+(``_KOBJECTS``) and size ``sizeof(_KPROCESS) / 4`` (the WRK's ``KeInitializeProcess``),
+``SignalState`` 0 (a process is signalled when it exits), and ``DirectoryTableBase``; then
+``UniqueProcessId``, ``InheritedFromUniqueProcessId``, ``ImageFileName`` (15 bytes, the first 14
+characters of the image name and a NUL) and the list links.
+
+:data:`BOOT_PROCESSES` is what a freshly booted desktop runs: System, ``Registry`` (from Windows
+10 1803, build 17134), the session manager and the processes it starts. The parents of
+``csrss.exe``, ``wininit.exe`` and ``winlogon.exe`` are instances of ``smss.exe`` that exited
+after starting them, so their parent PIDs name no listed process, as on a real system.
+
+Left out: user space. The forge maps no user memory, so every process's ``DirectoryTableBase``
+is the kernel's page-table root (Windows gives each process a page-table root of its own that
+shares the kernel half), ``Peb``, ``ObjectTable`` (handle tables) and ``VadRoot`` are empty, and
+there are no threads, tokens or sessions.
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+from ..memory.physical import masked
+
+if TYPE_CHECKING:
+    from .machine import KernelMachine
+    from .objects import KernelObject, ObjectManager
+
+SYSTEM_PID = 4
+#: The members the forge writes; a layout without all of them (the 32-bit built-in profiles,
+#: whose Volatility 2 overlays were extracted without them) gets no processes.
+EPROCESS_FIELDS = ("Pcb", "UniqueProcessId", "InheritedFromUniqueProcessId", "ActiveProcessLinks", "ImageFileName")
+IMAGE_FILE_NAME_LENGTH = 15
+REGISTRY_PROCESS_FIRST_BUILD = 17134
+
+#: (image name, PID, parent PID, first build or 0) of the processes of a booted system.
+BOOT_PROCESSES: Tuple[Tuple[str, int, int, int], ...] = (
+    ("System", SYSTEM_PID, 0, 0),
+    ("Registry", 92, SYSTEM_PID, REGISTRY_PROCESS_FIRST_BUILD),
+    ("smss.exe", 348, SYSTEM_PID, 0),
+    ("csrss.exe", 452, 436, 0),
+    ("wininit.exe", 524, 436, 0),
+    ("csrss.exe", 532, 516, 0),
+    ("winlogon.exe", 596, 516, 0),
+    ("services.exe", 668, 524, 0),
+    ("lsass.exe", 684, 524, 0),
+    ("svchost.exe", 788, 668, 0),
+    ("svchost.exe", 848, 668, 0),
+    ("svchost.exe", 900, 668, 0),
+    ("dwm.exe", 976, 596, 0),
+    ("svchost.exe", 1016, 668, 0),
+    ("explorer.exe", 3148, 3124, 0),
+)
+
+
+@dataclass
+class Process:
+    """One forged process."""
+
+    name: str
+    pid: int
+    parent_pid: int
+    kernel_object: "KernelObject"
+    linked: bool = True  # False: unlinked from the list as a rootkit hides a process (DKOM)
+
+    @property
+    def eprocess(self) -> int:
+        return self.kernel_object.body
+
+    def record(self) -> Dict[str, object]:
+        return {"name": self.name, "pid": self.pid, "parent_pid": self.parent_pid,
+                "eprocess": masked(self.eprocess), "linked": self.linked}
+
+
+class ProcessList:
+    """Creates ``_EPROCESS`` objects and links them behind ``nt!PsActiveProcessHead``."""
+
+    def __init__(self, machine: "KernelMachine", objects: "ObjectManager", kernel_base: int) -> None:
+        self.machine = machine
+        self.layout = machine.layout
+        self.objects = objects
+        self.kernel_base = kernel_base
+        self.processes: List[Process] = []
+
+    @property
+    def supported(self) -> bool:
+        """Whether the layout has everything the process list needs."""
+        layout = self.layout
+        return (layout.has_symbol("PsActiveProcessHead") and layout.has_type("_KPROCESS")
+                and all(layout.has_field("_EPROCESS", name) for name in EPROCESS_FIELDS))
+
+    def boot(self) -> None:
+        """The processes of :data:`BOOT_PROCESSES` this build runs (none where not supported)."""
+        if not self.supported:
+            return
+        build = self.layout.build or 0
+        for name, pid, parent, first_build in BOOT_PROCESSES:
+            if build >= first_build:
+                self.create(name, pid, parent)
+
+    def create(self, name: str, pid: int, parent_pid: int, linked: bool = True) -> Process:
+        """A running process; ``linked=False`` leaves it off the list (stale links, as DKOM does)."""
+        if not self.supported:
+            raise ValueError(f"{self.layout.name}: the layout lacks what the process list needs ({EPROCESS_FIELDS})")
+        if any(process.pid == pid for process in self.processes):
+            raise ValueError(f"PID {pid} is already taken")
+        layout = self.layout
+        kernel_object = self.objects.create_object("Process", layout.size_of("_EPROCESS"))
+        body = kernel_object.body
+        values = {
+            "Pcb.Header.Size": layout.size_of("_KPROCESS") // 4,
+            "Pcb.Header.SignalState": 0,
+            "Pcb.DirectoryTableBase": self.machine.plan.dtb,
+            "UniqueProcessId": pid,
+            "InheritedFromUniqueProcessId": parent_pid,
+        }
+        process_object = layout.enum_value("_KOBJECTS", "ProcessObject")
+        if process_object is not None:
+            values["Pcb.Header.Type"] = process_object
+        self.machine.write_fields(body, "_EPROCESS", values)
+        image_name = name.encode("ascii")[: IMAGE_FILE_NAME_LENGTH - 1]
+        self.machine.space.write(body + layout.offset_of("_EPROCESS", "ImageFileName"),
+                                 image_name.ljust(IMAGE_FILE_NAME_LENGTH, b"\0"))
+        process = Process(name, pid, parent_pid, kernel_object, linked)
+        self.processes.append(process)
+        return process
+
+    @property
+    def system(self) -> Optional[Process]:
+        return next((process for process in self.processes if process.pid == SYSTEM_PID), None)
+
+    def link(self) -> None:
+        """``PsActiveProcessHead`` in creation order, ``PsInitialSystemProcess``, the type's count."""
+        if not self.processes:
+            return
+        links = self.layout.offset_of("_EPROCESS", "ActiveProcessLinks")
+        self.machine.write_list(self.kernel_base + self.layout.symbol("PsActiveProcessHead"),
+                                [(process.eprocess + links, process.linked) for process in self.processes])
+        system = self.system
+        if system is not None and self.layout.has_symbol("PsInitialSystemProcess"):
+            self.machine.write_pointer(self.kernel_base + self.layout.symbol("PsInitialSystemProcess"), system.eprocess)
+        self.objects.set_type_count("Process", len(self.processes))
+
+    def records(self) -> List[Dict[str, object]]:
+        return [process.record() for process in self.processes]
