@@ -1,16 +1,9 @@
-"""The forge's public entry: :class:`ImageForge`, and the :class:`ForgedImage` it builds.
+"""The forge's public entry: ``from tests.forge.forge import ImageForge``.
 
-    from tests.forge.forge import ImageForge
-
-    forge = ImageForge.for_profile("win10")
-    driver = forge.add_driver("acme.sys", functions={"AcmePowerCallback": 0x1400})
-    power = forge.create_callback("PowerState")
-    forge.register(power, driver.address_of("AcmePowerCallback"), context=0x1234)
-    image = forge.build()
-    image.write(Path("out"))          # memory.raw, memory.dmp, symbols/, truth.json
-
-Both live in the image floor (``image/forge.py``, ``image/output.py``); this module only names
-them where callers have always imported them from. The ready-made stories: ``scenarios.py``.
+:class:`ImageForge` (the story API: pick a kernel, load drivers, plant callbacks, build; its
+module, ``image/forge.py``, opens with an example) and :class:`ForgedImage` (what ``build()``
+returns, and its writers: ``image/output.py``) live in the image floor; this module names them
+where callers import them from. The ready-made stories: ``scenarios.py``.
 """
 
 from .image.forge import ImageForge

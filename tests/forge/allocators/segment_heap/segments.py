@@ -64,7 +64,6 @@ class PageSegments:
 
     def __init__(self, machine: Machine, regions: PoolRegions, kind: PoolKind) -> None:
         self.machine = machine
-        self.layout = machine.layout
         self.kind = kind
         self._regions = regions
         self.first_descriptor = first_descriptor(machine.layout)
@@ -101,7 +100,7 @@ class PageSegments:
             self._write_segment(segment, context, heap_key)
 
     def _write_segment(self, segment: _Segment, context: int, heap_key: int) -> None:
-        layout = self.layout
+        layout = self.machine.layout
         key = PAGE_SEGMENT_KEY if not layout.build or layout.build <= PAGE_SEGMENT_KEY_LAST_BUILD else 0
         mask = (1 << (8 * layout.pointer_size)) - 1
         signature = (canonical(segment.address) ^ canonical(context) ^ heap_key ^ key) & mask
