@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, Tuple
 
 import pytest
 
-from tests.forge import dump
+from tests.forge.image import dump
 from tests.forge.forge import ForgedImage
 from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import SHARED_ISF_DIR, real_isfs

@@ -28,8 +28,8 @@ from volatility3.framework.automagic import stacker
 from volatility3.framework.layers import crash, physical
 
 from tests.conftest import BUILTIN_PROFILES
-from tests.forge import dump
-from tests.forge.memory import PhysicalMemory
+from tests.forge.image import dump
+from tests.forge.memory.physical import PhysicalMemory
 from tests.volatility_harness import run_vol
 from volatility3_plugins.layers import crashdump
 

@@ -7,7 +7,7 @@ import pefile
 import pytest
 
 from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
-from tests.forge.layout import KNOWN_BUILDS, KernelLayout
+from tests.forge.profiles.layout import KNOWN_BUILDS, KernelLayout
 from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json
 
 FORMATS = ("raw", "dump")

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List
 import pytest
 
 from tests.conftest import BUILTIN_PROFILES, real_isf_params, require_real_isf
-from tests.forge.memory import PAGE_SIZE
+from tests.forge.memory.physical import PAGE_SIZE
 from tests.forge.scenarios import forge_scenario
 from tests.volatility_harness import kernel_context
 from tests.volatility_heap import PoolReading, read_classic_pool, read_segment_heap

@@ -7,9 +7,9 @@ from typing import Any, Dict, List
 
 import pytest
 
-from tests.forge.layout import KernelLayout
-from tests.forge.machine import KERNEL_ALIGNMENT_WIN10, WIN10_IMAGE_RANGE, WIN7_KERNEL_RANGE, AddressPlan, streams
-from tests.forge.memory import PAGE_SIZE
+from tests.forge.memory.machine import KERNEL_ALIGNMENT_WIN10, WIN10_IMAGE_RANGE, WIN7_KERNEL_RANGE, AddressPlan, streams
+from tests.forge.memory.physical import PAGE_SIZE
+from tests.forge.profiles.layout import KernelLayout
 from tests.forge.scenarios import forge_scenario
 
 

@@ -13,9 +13,9 @@ import random
 import pytest
 
 from tests.conftest import real_isf_params, require_real_isf
-from tests.forge.damage import Damage, truncate, untouched_rows, write_mismatched_symbols
-from tests.forge.layout import KernelLayout
+from tests.forge.profiles.layout import KernelLayout
 from tests.forge.scenarios import forge_scenario
+from tests.forge.stories.damage import Damage, truncate, untouched_rows, write_mismatched_symbols
 from tests.test_plugin_truth import PLUGIN, SUSPICIOUS
 from tests.volatility_harness import run_vol
 

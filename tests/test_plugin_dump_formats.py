@@ -20,8 +20,8 @@ from typing import Dict, List, Tuple
 import pytest
 
 from tests.conftest import require_real_isf
-from tests.forge import dump
-from tests.forge.layout import KNOWN_BUILDS
+from tests.forge.image import dump
+from tests.forge.profiles.layout import KNOWN_BUILDS
 from tests.test_plugin_truth import SCANNING, assert_matches_truth
 from tests.volatility_harness import real_isfs, run_vol
 

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Tuple
 
-from .dump import DEFAULT_FORMATS, FORMATS
-from .layout import BUILTIN_PROFILES, LayoutError
-from .machine import DEFAULT_SEED
-from .scenarios import SCENARIOS, forge_scenario
+from .image.dump import DEFAULT_FORMATS, FORMATS
+from .memory.machine import DEFAULT_SEED
+from .profiles.layout import BUILTIN_PROFILES, LayoutError
+from .stories.scenarios import SCENARIOS, forge_scenario
 
 
 def parse_size(text: str) -> int:

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from tests.forge.layout import BUILTIN_PROFILES, KernelLayout, load_profile
+from tests.forge.profiles.layout import BUILTIN_PROFILES, KernelLayout, load_profile
 from tests.forge.tools.extract_profile import extract, load_vtypes, render, vtypes_to_isf
 
 SEGMENT_HEAP_TYPES = ("_EX_POOL_HEAP_MANAGER_STATE", "_RTLP_HP_HEAP_GLOBALS", "_SEGMENT_HEAP", "_HEAP_PAGE_SEGMENT",

@@ -2,8 +2,9 @@
 
 import pytest
 
-from tests.forge.kernel_pages import X64, X86, X86_PAE, clip_to, mapped_pages, runs_of
-from tests.forge.memory import PAGE_SIZE, AddressSpace, PaeAddressSpace, PhysicalMemory, X86AddressSpace
+from tests.forge.memory.kernel_pages import X64, X86, X86_PAE, clip_to, mapped_pages, runs_of
+from tests.forge.memory.paging import AddressSpace, PaeAddressSpace, X86AddressSpace
+from tests.forge.memory.physical import PAGE_SIZE, PhysicalMemory
 
 SPACES = {
     "x64": (lambda physical: AddressSpace(physical, 0x1AD000, 0x1B2), X64, 0xFFFF_F803_0000_0000, 0x7FF6_0000_0000),

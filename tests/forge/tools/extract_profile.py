@@ -30,7 +30,7 @@ import lzma
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
-from ..layout import FORGE_SYMBOLS, MACHINE_AMD64, MACHINE_I386, PROFILE_DIR
+from ..profiles.layout import FORGE_SYMBOLS, MACHINE_AMD64, MACHINE_I386, PROFILE_DIR
 
 # Types the forge writes, with the fields it needs; None keeps every field. A type absent from
 # a build (the segment heap before 18362, PPNxPagedLookasideList before 8) is simply skipped.
@@ -77,13 +77,13 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         "DriverExtension", "DriverName", "HardwareDatabase", "FastIoDispatch", "DriverInit",
         "DriverStartIo", "DriverUnload", "MajorFunction",
     ],
-    # Allocated right behind its driver object (tests/forge/drivers.py); Volatility's
+    # Allocated right behind its driver object (tests/forge/kernel/drivers.py); Volatility's
     # driverscan reads ServiceKeyName.
     "_DRIVER_EXTENSION": ["DriverObject", "AddDevice", "Count", "ServiceKeyName"],
     "_DEVICE_OBJECT": ["Type", "Size", "ReferenceCount", "DriverObject", "NextDevice", "AttachedDevice", "DeviceType"],
     "_IMAGE_DOS_HEADER": None,
     # Members Volatility's version heuristics (symbols/windows/versions.py) look at, then the
-    # process list's (tests/forge/processes.py; MemProcFS reads these offsets from its symbols,
+    # process list's (tests/forge/kernel/processes.py; MemProcFS reads these offsets from its symbols,
     # vmm/vmmwin.c VmmWinProcess_OffsetLocatorSYMSERV). Pcb embeds _KPROCESS (kept whole).
     "_EPROCESS": [
         "Pcb", "UniqueProcessId", "ActiveProcessLinks", "ImageFileName", "KeepAliveCounter",
@@ -94,7 +94,7 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         "InheritedFromUniqueProcessId", "Peb", "ObjectTable", "VadRoot", "SeAuditProcessCreationInfo",
     ],
     "_HANDLE_TABLE": ["HandleCount"],
-    # Classic pool (tests/forge/classic_pool.py): processor blocks and their lookaside lists,
+    # Classic pool (tests/forge/allocators/classic_pool/): processor blocks and their lookaside lists,
     # pool descriptors, interlocked singly linked lists.
     "_KPCR": ["Self", "CurrentPrcb", "SelfPcr", "Prcb", "PrcbData", "MajorVersion", "MinorVersion"],
     "_KPRCB": ["Number", "PendingTickFlags", "PPNPagedLookasideList", "PPPagedLookasideList", "PPNxPagedLookasideList"],
@@ -104,7 +104,7 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         "PoolType", "PoolIndex", "RunningAllocs", "RunningDeAllocs", "RunningDeallocs", "TotalPages",
         "TotalBytes", "PendingFrees", "PendingFreeDepth", "ListHeads",
     ],
-    # Segment heap (tests/forge/segment_heap.py), from nt!ExPoolState down to the block bitmap.
+    # Segment heap (tests/forge/allocators/segment_heap/), from nt!ExPoolState down to the block bitmap.
     "_EX_POOL_HEAP_MANAGER_STATE": ["HeapManager", "NumberOfPools", "PoolNode", "SpecialHeaps"],
     "_RTLP_HP_HEAP_MANAGER": ["Globals"],
     "_RTLP_HP_HEAP_GLOBALS": ["HeapKey", "LfhKey"],

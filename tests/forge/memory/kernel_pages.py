@@ -24,7 +24,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import FrozenSet, Iterable, List, Sequence, Set, Tuple
 
-from .memory import PAGE_SIZE, PhysicalMemory
+from .physical import PAGE_SIZE, PhysicalMemory
 
 PRESENT = 1 << 0
 LARGE_PAGE = 1 << 7  # PS: the entry maps a large page instead of pointing at a table

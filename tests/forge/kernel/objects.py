@@ -10,10 +10,10 @@ back to the header of that bit. On Windows 10 the header's ``TypeIndex`` is enco
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .layout import KernelLayout
-from .machine import Machine
-from .memory import masked
-from .pool import PoolBlock, PoolKind, tag_value
+from ..allocators.pool import PoolBlock, PoolKind, tag_value
+from ..memory.physical import masked
+from ..profiles.layout import KernelLayout
+from .machine import KernelMachine
 
 # Optional object headers by InfoMask bit, closest to the object header first.
 INFO_CREATOR = 0x01
@@ -101,7 +101,7 @@ class KernelObject:
 class ObjectManager:
     """Types, the root directory and named directories below it."""
 
-    def __init__(self, machine: Machine, kernel_base: int, cookie: int = 0x6B) -> None:
+    def __init__(self, machine: KernelMachine, kernel_base: int, cookie: int = 0x6B) -> None:
         self.machine = machine
         self.layout: KernelLayout = machine.layout
         self.kernel_base = kernel_base

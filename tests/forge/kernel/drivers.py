@@ -24,11 +24,11 @@ object; export drivers (a ``.sys`` loaded only as an import) are not told apart.
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from .machine import Machine
-from .memory import masked
+from ..allocators.pool import PoolKind
+from ..memory.physical import masked
+from .machine import KernelMachine
 from .modules import LoadedModule
 from .objects import KernelObject, ObjectManager
-from .pool import PoolKind
 
 IO_TYPE_DRIVER = 4  # wdm.h
 DRIVER_DIRECTORY = "Driver"
@@ -74,7 +74,7 @@ class DriverObject:
 class DriverObjects:
     """The ``\\Driver`` directory and a driver object per loaded driver."""
 
-    def __init__(self, machine: Machine, objects: ObjectManager, kernel_base: int) -> None:
+    def __init__(self, machine: KernelMachine, objects: ObjectManager, kernel_base: int) -> None:
         self.machine = machine
         self.layout = machine.layout
         self.objects = objects

@@ -28,10 +28,10 @@ there are no threads, tokens or sessions.
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from .memory import masked
+from ..memory.physical import masked
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from .machine import KernelMachine
     from .objects import KernelObject, ObjectManager
 
 SYSTEM_PID = 4
@@ -83,7 +83,7 @@ class Process:
 class ProcessList:
     """Creates ``_EPROCESS`` objects and links them behind ``nt!PsActiveProcessHead``."""
 
-    def __init__(self, machine: "Machine", objects: "ObjectManager", kernel_base: int) -> None:
+    def __init__(self, machine: "KernelMachine", objects: "ObjectManager", kernel_base: int) -> None:
         self.machine = machine
         self.layout = machine.layout
         self.objects = objects

@@ -23,12 +23,12 @@ space cannot map gigabytes. ``busy`` is never forged by the test suite at full s
 import random
 from typing import Dict, List
 
-from .forge import ImageForge
-from .layout import LayoutError
-from .machine import streams
-from .memory import PAGE_SIZE
-from .pool import NOISE_TAGS, PoolHeaders, PoolKind
-from .scenarios import Story, baseline
+from ..allocators.pool import NOISE_TAGS, PoolHeaders, PoolKind
+from ..image.forge import ImageForge
+from ..memory.machine import streams
+from ..memory.physical import PAGE_SIZE
+from ..profiles.layout import LayoutError
+from .baseline import Story, baseline
 
 MIN_HEAP = 128 << 20
 MAX_HEAP = 256 << 20

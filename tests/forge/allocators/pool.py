@@ -24,12 +24,12 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
-from .layout import KernelLayout
-from .memory import PAGE_SIZE, canonical
+from ..memory.machine import Machine
+from ..memory.physical import PAGE_SIZE, canonical
+from ..profiles.layout import KernelLayout
 
 if TYPE_CHECKING:
     from .big_pool import BigPageTable
-    from .machine import Machine
 
 # Vista and later keep the base pool type with an in-use bit (0x2) in the header: allocated
 # non-paged blocks read 2 (even), paged ones 3 (odd), as Volatility's POOL_HEADER_VISTA decodes
@@ -136,6 +136,14 @@ class PoolHeaders:
         """Units of a block holding ``size`` bytes of caller data behind its header."""
         return (self.size + size + self.unit - 1) // self.unit
 
+    def align(self, value: int) -> int:
+        """``value`` rounded up to the pool's granularity."""
+        return -(-value // self.unit) * self.unit
+
+    def block_bytes(self, block: PoolBlock) -> bytes:
+        """A block as it is handed out: its header (no previous size, pool index 0), a zeroed body."""
+        return self.pack(block.size // self.unit, block.tag, block.kind.header_pool_type) + bytes(block.size - self.size)
+
     def pack(self, block_units: int, tag: bytes, pool_type: int, previous_units: int = 0, pool_index: int = 0) -> bytes:
         key = (block_units, previous_units, pool_type, pool_index, tag)
         packed = self._cache.get(key)
@@ -223,7 +231,7 @@ class PoolAllocator(abc.ABC):
         self.blocks.append(block)
         return block
 
-    def _noise(self, machine: "Machine", plan: random.Random, rng: random.Random, kind: PoolKind,
+    def _noise(self, machine: Machine, plan: random.Random, rng: random.Random, kind: PoolKind,
                sizes: Sequence[int]) -> None:
         """What a booted kernel leaves behind: blocks of these data sizes, in this order, with
         common tags and random contents (``rng``: they vary with the seed); a third of them,
@@ -237,7 +245,7 @@ class PoolAllocator(abc.ABC):
             if plan.randrange(3) == 0:
                 self.free(block)
 
-    def _big_noise(self, machine: "Machine", rng: random.Random) -> None:
+    def _big_noise(self, machine: Machine, rng: random.Random) -> None:
         """The big allocations of a booted kernel: a few of a few pages in each pool, random
         contents (``rng``), one freed; the plan (sizes, which is freed) is the same for every seed."""
         if self.big_pool is None:
@@ -258,7 +266,7 @@ class PoolAllocator(abc.ABC):
             raise ValueError(f"block {block.header:#x} ({block.tag!r}) is already free")
 
 
-def write_slist_header(machine: "Machine", address: int, first: int, depth: int) -> None:
+def write_slist_header(machine: Machine, address: int, first: int, depth: int) -> None:
     """An interlocked singly linked list head (``_SLIST_HEADER``) as the build's ISF lays it out.
 
     x64: ``HeaderX64`` keeps ``Depth`` and ``Sequence`` in the first quadword and the first

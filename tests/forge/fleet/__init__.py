@@ -19,13 +19,12 @@ what a known-good comparison must see through. Raw images only, to keep the flee
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .forge import truth_text
-from .scenarios import forge_scenario
+from ..image.output import truth_text
+from ..stories.scenarios import forge_scenario
 
 HOSTS, GOLDEN = "hosts", "golden"
 SYMBOLS, TRUTH, ROSTER = "symbols", "truth", "fleet.json"
@@ -92,6 +91,3 @@ def main(argv=None) -> int:
         print(f"  {member['image']:20} {member['scenario']:9} {member['profile']} (build {member['build']}, seed {member['seed']})")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,11 +15,12 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .layout import FORGE_SYMBOLS, KernelLayout
-from .machine import Machine, streams
-from .memory import PAGE_SIZE, masked
+from ..allocators.pool import PoolBlock, PoolKind
+from ..memory.machine import streams
+from ..memory.physical import PAGE_SIZE, masked
+from ..profiles.layout import FORGE_SYMBOLS, KernelLayout
+from .machine import KernelMachine
 from .pe import CODE, READ_ONLY_DATA, WRITABLE_DATA, CodeView, PeImage, Section
-from .pool import PoolBlock, PoolKind
 
 KERNEL_CODE_SYMBOLS = frozenset(
     {
@@ -167,7 +168,7 @@ class LoadedModule:
 class ModuleLoader:
     """Maps images and keeps the loaded-module list in load order."""
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: KernelMachine) -> None:
         self.machine = machine
         self.modules: List[LoadedModule] = []
         self.unloaded: List[LoadedModule] = []

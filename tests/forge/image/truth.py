@@ -21,12 +21,12 @@ or loader entry gives no row at all.
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from .callbacks import CALLBACK_SIGNATURE, CallbackObject, Registration
-from .memory import masked
+from ..memory.physical import masked
+from ..plants.callbacks import CALLBACK_SIGNATURE, CallbackObject, Registration
 
 if TYPE_CHECKING:
+    from ..kernel.modules import LoadedModule
     from .forge import ImageForge
-    from .modules import LoadedModule
 
 SCAN_ONLY_FLAGS = frozenset({"hidden_module", "orphan_registration", "freed"})
 

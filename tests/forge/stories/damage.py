@@ -25,12 +25,13 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set
 
-from .layout import KernelLayout
-from .memory import PAGE_MASK, PAGE_SIZE, masked
+from ..memory.physical import PAGE_MASK, PAGE_SIZE, masked
+from ..profiles.layout import KernelLayout
 
 if TYPE_CHECKING:
-    from .callbacks import CallbackObject, Registration
-    from .forge import ForgedImage, ImageForge
+    from ..image.forge import ImageForge
+    from ..image.output import ForgedImage
+    from ..plants.callbacks import CallbackObject, Registration
 
 
 @dataclasses.dataclass

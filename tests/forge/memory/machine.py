@@ -1,4 +1,4 @@
-"""The bare machine of a forged image: paging, fixed kernel pages, its pool and typed writes.
+"""The bare machine of a forged image: physical memory, paging placed as Windows places it, typed writes.
 
 Placement follows what Volatility's automagic looks for on a real Windows machine.
 
@@ -21,23 +21,21 @@ x86 (PAE or not):
 
 A seed varies the layout (frames, bases, pool placement, noise contents) but never what is
 planted: the same scenario on the same build with another seed holds the same inventory.
+
+The pool allocators write through this machine. The fixed pages (``KUSER_SHARED_DATA``, the
+low stub) and the pool are the kernel's: ``kernel.machine.KernelMachine`` adds them.
 """
 
 import random
-import struct
 from typing import Dict, Optional, Sequence, Tuple
 
-from .layout import KernelLayout, pack_pointer
-from .memory import PAGE_SIZE, AddressSpace, KernelAddressSpace, PaeAddressSpace, PhysicalMemory, X86AddressSpace, canonical
-from .pool import PoolAllocator, PoolBlock, PoolKind
+from ..profiles.layout import KernelLayout, pack_pointer
+from .paging import AddressSpace, KernelAddressSpace, PaeAddressSpace, X86AddressSpace
+from .physical import PAGE_SIZE, PhysicalMemory, canonical
 
 KUSER_SHARED_DATA = 0xFFFF_F780_0000_0000
 KUSER_SHARED_DATA_X86 = 0xFFDF_0000
 X86_KERNEL_MAPPING = 0x8000_0000  # x86 loader: kernel virtual address = physical + 2 GiB
-LOW_STUB_PHYSICAL = 0x1000
-LOW_STUB_SIGNATURE = 0x0000_0001_0006_00E9  # JMP opcode, its offset and CompletionFlag
-LOW_STUB_LM_TARGET = 0x70
-LOW_STUB_CR3 = 0xA0
 
 #: The seed of every image forged without one: images stay the same from run to run.
 DEFAULT_SEED = 1
@@ -124,7 +122,7 @@ class AddressPlan:
 
 
 class Machine:
-    """Physical memory, one kernel address space, its pool allocator and typed writers."""
+    """Physical memory, one kernel address space placed by an :class:`AddressPlan`, typed writes."""
 
     def __init__(self, layout: KernelLayout, memory_size: int = 0, seed: int = DEFAULT_SEED) -> None:
         self.layout = layout
@@ -138,26 +136,7 @@ class Machine:
             self.space = PaeAddressSpace(self.physical, self.plan.dtb)
         else:
             self.space = X86AddressSpace(self.physical, self.plan.dtb)
-        self._pool: Optional[PoolAllocator] = None
         self._next_system_page = self.plan.system_region
-        self._map_shared_user_data()
-
-    # -- the pool --------------------------------------------------------------------------
-
-    def install_pool(self, kernel_base: int) -> PoolAllocator:
-        """The build's allocator, its globals written into the (mapped) kernel image."""
-        from .classic_pool import ClassicPool
-        from .segment_heap import SegmentHeapPool
-
-        allocator = SegmentHeapPool if self.layout.uses_segment_heap else ClassicPool
-        self._pool = allocator(self, kernel_base, streams(self.seed, "pool"))
-        return self._pool
-
-    @property
-    def pool(self) -> PoolAllocator:
-        if self._pool is None:
-            raise RuntimeError("the pool exists once the kernel image is mapped (Machine.install_pool)")
-        return self._pool
 
     def allocate_system_pages(self, count: int) -> int:
         """Non-pool kernel memory (processor blocks, descriptor arrays): fresh mapped pages."""
@@ -165,29 +144,6 @@ class Machine:
         self.space.map_range(address, count * PAGE_SIZE, executable=False)
         self._next_system_page += (count + 1) * PAGE_SIZE  # a guard page between allocations
         return address
-
-    # -- fixed pages ---------------------------------------------------------------------
-
-    def _map_shared_user_data(self) -> None:
-        kuser = self.plan.kuser_shared_data
-        self.space.map_page(kuser, executable=False)
-        major, minor = self.layout.nt_version
-        values: Dict[str, int] = {"NtMajorVersion": major, "NtMinorVersion": minor, "NtProductType": 1, "ProductTypeIsValid": 1}
-        if self.layout.has_field("_KUSER_SHARED_DATA", "NtBuildNumber") and self.layout.build:
-            values["NtBuildNumber"] = self.layout.build
-        self.write_struct(kuser, "_KUSER_SHARED_DATA", values)
-        root = "C:\\Windows".encode("utf-16-le")
-        self.space.write(kuser + self.layout.offset_of("_KUSER_SHARED_DATA", "NtSystemRoot"), root)
-
-    def write_low_stub(self, long_mode_target: int) -> None:
-        """The x64 processor start block; 32-bit Windows has none (its kernel is fixed-mapped)."""
-        if not self.layout.is_64bit:
-            return
-        stub = bytearray(PAGE_SIZE)
-        struct.pack_into("<Q", stub, 0, LOW_STUB_SIGNATURE)
-        struct.pack_into("<Q", stub, LOW_STUB_LM_TARGET, canonical(long_mode_target))
-        struct.pack_into("<Q", stub, LOW_STUB_CR3, self.plan.dtb)
-        self.physical.write(LOW_STUB_PHYSICAL, bytes(stub))
 
     # -- typed writes --------------------------------------------------------------------
 
@@ -232,20 +188,3 @@ class Machine:
                 continue
             following = next((a for a, ok in entries[position + 1 :] if ok), head)
             self.write_list_entry(address, following, previous)
-
-    def unicode_string_values(self, prefix: str, text: str, buffer: int, length: Optional[int] = None) -> Dict[str, int]:
-        """Members of an embedded _UNICODE_STRING at ``prefix``; ``length`` may lie on purpose."""
-        encoded = len(text.encode("utf-16-le"))
-        return {
-            f"{prefix}.Length": encoded if length is None else length,
-            f"{prefix}.MaximumLength": encoded + 2,
-            f"{prefix}.Buffer": canonical(buffer) if buffer else 0,
-        }
-
-    def allocate_string(self, text: str, tag: bytes = b"ObNm", kind: PoolKind = PoolKind.PAGED,
-                        role: str = "name") -> Tuple[PoolBlock, int]:
-        """A NUL-terminated UTF-16 string in pool; returns the block and the buffer address."""
-        data = text.encode("utf-16-le") + b"\x00\x00"
-        block = self.pool.allocate(len(data), tag, kind, role=role)
-        self.space.write(block.body, data)
-        return block, block.body

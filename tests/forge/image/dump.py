@@ -12,7 +12,7 @@ are handed, all holding the same memory.
 | `complete`    | memory-complete.dmp    | 10       | all of RAM but page 0, ranges| WinDbg `.dump /f` (x64 only)                       |
 
 "Kernel pages" are the page-table pages and the frames that the kernel half of the address space
-maps (``kernel_pages.py``); the forge models no user space, so `kernel-user` holds the same pages
+maps (``memory/kernel_pages.py``); the forge models no user space, so `kernel-user` holds the same pages
 as `kernel`. Pages the forge never wrote read as zeros, as they do in the raw image.
 
 Every dump starts with the first header (x64: two pages of ``_DUMP_HEADER64``, ``PAGEDU64``;
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, List, Optional, Tuple
 
-from .kernel_pages import clip_to, mapped_pages, paging_mode, runs_of
-from .memory import PAGE_SIZE, PhysicalMemory
+from ..memory.kernel_pages import clip_to, mapped_pages, paging_mode, runs_of
+from ..memory.physical import PAGE_SIZE, PhysicalMemory
 
 Runs = List[Tuple[int, int]]
 

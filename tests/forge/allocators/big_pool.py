@@ -27,13 +27,12 @@ the session pool's own table and the tracker table of tags (``PoolTrackTable``);
 ``NumberOfBytes`` holds the whole pages of the allocation.
 """
 
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional
 
-from .memory import PAGE_SIZE, canonical
+from ..memory.machine import Machine
+from ..memory.physical import PAGE_SIZE, canonical
 from .pool import FREED, FreedHow, PoolBlock, PoolKind, tag_value
 
-if TYPE_CHECKING:
-    from .machine import Machine
 
 DEFAULT_BIG_PAGE_TABLE = 4096  # entries (WRK pool.c DEFAULT_BIGPAGE_TABLE)
 ENTRY_FREE = 0x1  # WRK pool.c POOL_BIG_TABLE_ENTRY_FREE
@@ -47,7 +46,7 @@ POOL_TYPE_NAMES = {PoolKind.NONPAGED: ("NonPagedPoolNx", "NonPagedPool"),
 class BigPageTable:
     """``nt!PoolBigPageTable`` of one kernel, and the big allocations entered in it."""
 
-    def __init__(self, machine: "Machine", kernel_base: int, entries: int = DEFAULT_BIG_PAGE_TABLE) -> None:
+    def __init__(self, machine: Machine, kernel_base: int, entries: int = DEFAULT_BIG_PAGE_TABLE) -> None:
         if entries & (entries - 1):
             raise ValueError(f"PoolBigPageTableSize must be a power of two, not {entries}")
         self.machine = machine
@@ -67,7 +66,7 @@ class BigPageTable:
                             entries.to_bytes(layout.pointer_size, "little"))
 
     @classmethod
-    def install(cls, machine: "Machine", kernel_base: int) -> Optional["BigPageTable"]:
+    def install(cls, machine: Machine, kernel_base: int) -> Optional["BigPageTable"]:
         """The build's table, or None where its symbol table has none (the 32-bit built-in
         profiles, whose invented symbols do not include it)."""
         layout = machine.layout

@@ -14,11 +14,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .layout import pointer_format
-from .machine import Machine
-from .memory import canonical
-from .objects import KernelObject, ObjectManager
-from .pool import PoolBlock
+from ..allocators.pool import PoolBlock
+from ..kernel.machine import KernelMachine
+from ..kernel.objects import KernelObject, ObjectManager
+from ..memory.physical import canonical
+from ..profiles.layout import pointer_format
 
 CALLBACK_SIGNATURE = 0x6C6C6143  # "Call"
 REGISTRATION_TAG = b"CBRe"
@@ -113,7 +113,7 @@ class CallbackObject:
 class CallbackPlanter:
     """Creates callback objects and registrations and writes the lists that join them."""
 
-    def __init__(self, machine: Machine, objects: ObjectManager, kernel_base: int) -> None:
+    def __init__(self, machine: KernelMachine, objects: ObjectManager, kernel_base: int) -> None:
         self.machine = machine
         self.objects = objects
         self.kernel_base = kernel_base

@@ -45,21 +45,21 @@ FORGE_SYMBOLS = (
     "PipCslStateChangeCallback", "PopKsrCallback", "EtwpKsrCallback", "PipKsrCallback", "HalpKsrCallbackRoutine", "ExpMicrocodePowerStateCallback",
     "ExpPowerStateTransitionCallbackForLicensing", "PpmHypervisorEnlightenmentCallback",
     "SepImageVerificationCallbackWorker", "KeRegisterProcessorChangeCallback",
-    # the pool allocators' globals (tests/forge/segment_heap.py, tests/forge/classic_pool.py)
+    # the pool allocators' globals (tests/forge/allocators/segment_heap/, .../classic_pool/)
     "ExPoolState", "RtlpHpHeapGlobals", "KiProcessorBlock", "KeNumberProcessors", "PoolVector",
     "NonPagedPoolDescriptor", "ExpNonPagedPoolDescriptor", "ExpPagedPoolDescriptor",
     "ExpNumberOfNonPagedPools", "ExpNumberOfPagedPools", "ExpPoolFlags",
-    # the big-page tracker table (tests/forge/big_pool.py) and the process list (processes.py)
+    # the big-page tracker table (allocators/big_pool.py) and the process list (kernel/processes.py)
     "PoolBigPageTable", "PoolBigPageTableSize", "PsInitialSystemProcess",
-    # the dispatch routine every driver object's MajorFunction[] starts with (drivers.py), and
+    # the dispatch routine every driver object's MajorFunction[] starts with (kernel/drivers.py), and
     # where kernel space starts (Volatility's driverscan reads it)
     "IopInvalidDeviceRequest", "MmSystemRangeStart",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362
 
-#: Where the built-in profiles (JSON) live.
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+#: Where the built-in profiles (JSON) live: beside this module.
+PROFILE_DIR = Path(__file__).resolve().parent
 
 BUILTIN_PROFILES: Dict[str, str] = {
     "win10": "win10_19041_x64",
