@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from volatility3_plugins.windows.callback_objects import flags
+from volatility3_plugins.schema import flags
 
 TRIAGE = Path(__file__).resolve().parents[2] / "docs" / "TRIAGE.md"
 

@@ -3,7 +3,8 @@ blocks found on no list, and hidden-driver attribution."""
 
 import struct
 
-from volatility3_plugins.windows.callback_objects import attribution, flags, kernelspace, loaded_modules, poolscan
+from volatility3_plugins.schema import flags
+from volatility3_plugins.windows.callback_objects import attribution, classify, diagnostics, kernelspace, loaded_modules, poolscan
 from volatility3_plugins.windows.kernelpool.state import Unknown
 
 from tests.unit import memory
@@ -55,10 +56,10 @@ def test_hits_need_a_block_size_that_holds_their_structure():
 
 
 def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():
-    clean_object = flags.ObjectFacts(True, True, flags.COMPLETE, True, True, True, False, True, 1)
-    assert flags.classify(
+    clean_object = classify.ObjectFacts(True, True, diagnostics.COMPLETE, True, True, True, False, True, 1)
+    assert classify.classify(
         clean_object,
-        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True, hidden_module=True),
+        classify.RegistrationFacts(backlink_ok=True, in_module=False, executable=True, hidden_module=True),
     ) == [flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE]
 
 

@@ -15,26 +15,16 @@ from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import windows as windows_symbols  # noqa: F401 (before poolscanner: it breaks their import cycle)
 from volatility3.plugins.windows import poolscanner
 
-from .callback_objects import baseline, merge, outputs, poolscan, registrations, report, rows, verdict
+from ..schema import baseline, columns, outputs
+from .callback_objects import merge, poolscan, registrations, report, rows, verdict
 from .callback_objects.kernel import KernelContext
 
 vollog = logging.getLogger(__name__)
 
+#: The TreeGrid type of each kind of column value (:mod:`..schema.columns`).
+RENDERED_TYPES = {columns.HEX: format_hints.Hex, columns.TEXT: str, columns.BOOL: bool, columns.INT: int}
 #: Column names and types: users script against them, never rename or reorder.
-COLUMNS = [
-    ("Object", format_hints.Hex),
-    ("Name", str),
-    ("AllowMultiple", bool),
-    ("FoundBy", str),
-    ("Registration", format_hints.Hex),
-    ("Routine", format_hints.Hex),
-    ("Context", format_hints.Hex),
-    ("Busy", int),
-    ("UnregisterWaiting", bool),
-    ("Module", str),
-    ("Symbol", str),
-    ("Flags", str),
-]
+COLUMNS = [(column.name, RENDERED_TYPES[column.kind]) for column in columns.COLUMNS]
 
 DEFAULT_CONFIG_PATH = "plugins.CallbackObjects"
 
@@ -289,7 +279,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 continue
             yield 0, self.row_values(row)
         # Said at warning level: the responder sees it without -v, also with -q.
-        vollog.warning(verdict.verdict_line(found))
+        vollog.warning(verdict.line_of(found))
 
     def _known_good(self) -> Optional[baseline.Baseline]:
         """The baseline of ``--baseline``, None without one (its requirement validated it)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
 from volatility3.framework import renderers
 
-from . import flags, routes, structures
+from . import diagnostics, routes, structures
 from .object_headers import HeaderInfo, Name
 from .views import Record, is_absent
 
@@ -29,8 +29,8 @@ class CallbackObjectRecord:
     routes: Set[str]
     body: Record  # the _CALLBACK_OBJECT view's record
     registrations_head: int
-    #: How the routes that can prove absence fared: ``ExpCallbackListHead`` (flags.COMPLETE,
-    #: flags.INCOMPLETE, or None where there is no such list or it could not be read) and
+    #: How the routes that can prove absence fared: ``ExpCallbackListHead`` (diagnostics.COMPLETE,
+    #: diagnostics.INCOMPLETE, or None where there is no such list or it could not be read) and
     #: whether the ``\Callback`` directory was walked to its end.
     list_state: Optional[str]
     directory_complete: bool
@@ -130,7 +130,7 @@ def collect_objects(kernel: "KernelContext", scanned: Iterable[Tuple[int, str]] 
     head_offset = kernel.callback_object.offset("RegisteredCallbacks.Flink")
     list_state: Optional[str] = None
     if list_route is not None:
-        list_state = flags.COMPLETE if list_route.complete else flags.INCOMPLETE
+        list_state = diagnostics.COMPLETE if list_route.complete else diagnostics.INCOMPLETE
     records: Dict[int, CallbackObjectRecord] = {}
     for address, found_by in seen_by.items():
         header: Optional[HeaderInfo] = None

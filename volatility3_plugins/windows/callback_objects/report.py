@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Dict, Iterator, Optional, Set
 
 from volatility3.framework import constants
 
-from . import baseline, diagnostics, expected, flags, merge, poolscan, registrations, routes, rows
+from ...schema import baseline
+from . import classify, diagnostics, expected, merge, poolscan, registrations, routes, rows
 from .attribution import Attributor
 from .rows import Row
 
@@ -60,7 +61,7 @@ class Report:
             held = list(found)
             verdicts = self.known_good.judge([row.view() for row in held])
             for row, in_baseline in zip(held, verdicts):
-                row.flags = flags.classify_baseline(row.flags, in_baseline)
+                row.flags = classify.classify_baseline(row.flags, in_baseline)
             found = iter(held)
         for row in found:
             self.counts.add(row)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from volatility3.framework import exceptions
 
-from . import diagnostics, flags, loaded_modules
+from ...schema import flags, verdict_line
+from . import diagnostics, loaded_modules
 
 if TYPE_CHECKING:
     from .kernel import KernelContext
@@ -123,9 +124,9 @@ def check_usable(found: "Report") -> None:
         )
 
 
-def kernel_pdb(kernel: "KernelContext") -> Optional[str]:
-    """``GUID-AGE`` of the kernel's PDB as its symbol table records it (the name Volatility
-    gives the ISF file), None when the table does not say."""
+def kernel_pdb(kernel: "KernelContext") -> Optional[Tuple[str, int]]:
+    """(GUID, age) of the kernel's PDB as its symbol table records it (the name Volatility gives
+    the ISF file), None when the table does not say."""
     try:
         metadata = kernel.context.symbol_space[kernel.module.symbol_table_name].metadata
         guid, age = metadata.pdb_guid, metadata.pdb_age
@@ -133,43 +134,26 @@ def kernel_pdb(kernel: "KernelContext") -> Optional[str]:
         return None
     if not isinstance(guid, str) or not guid or not isinstance(age, int):
         return None
-    return f"{guid.upper()}-{age}"
+    return guid.upper(), age
 
 
-def kernel_identity(kernel: "KernelContext") -> str:
-    """``build 19041, kernel PDB GUID-AGE``: which kernel the verdict is about. A fleet sweep
-    reads it back from the verdict line (known-good images of another build compare badly)."""
-    build = kernel.build_number
-    identity = f"build {build if build is not None else 'unknown'}"
-    pdb = kernel_pdb(kernel)
-    return identity + (f", kernel PDB {pdb}" if pdb else "")
-
-
-def verdict_line(found: "Report") -> str:
-    """One line for the end of every run: the kernel's build, objects, registrations,
-    suspicious rows by flag, the baseline compared with, routes and their state."""
+def line_of(found: "Report") -> str:
+    """One line for the end of every run (:mod:`...schema.verdict_line`): which kernel the verdict
+    is about (a fleet sweep reads the build back: known-good images of another build compare
+    badly), objects, registrations, rows by flag, the baseline compared with, routes and their
+    state."""
     counts = found.counts
-    suspicious = sorted(
-        ((flag, count) for flag, count in counts.by_flag.items() if flags.is_suspicious(flag)),
-        key=lambda item: flags.SEVERITY_ORDER.index(item[0]),
-    )
-    informational = sorted(
-        ((flag, count) for flag, count in counts.by_flag.items() if not flags.is_suspicious(flag)),
-        key=lambda item: flags.SEVERITY_ORDER.index(item[0]),
-    )
-    parts = [
-        f"{counts.objects} callback objects",
-        f"{counts.registrations} registrations" + (f" and {counts.loose} loose" if found.scan.ran else ""),
-        f"{counts.suspicious} suspicious rows"
-        + (" (" + ", ".join(f"{flag} {count}" for flag, count in suspicious) + ")" if suspicious else ""),
-    ]
-    if informational:
-        parts.append("informational: " + ", ".join(f"{flag} {count}" for flag, count in informational))
-    if found.known_good is not None:
-        sources = len(found.known_good.sources)
-        parts.append(
-            f"baseline: {len(found.known_good.keys)} registrations from {sources} known-good output"
-            + ("s" if sources != 1 else "")
+    known_good = found.known_good
+    return verdict_line.format(
+        verdict_line.VerdictLine(
+            build=found.kernel.build_number,
+            kernel_pdb=kernel_pdb(found.kernel),
+            objects=counts.objects,
+            registrations=counts.registrations,
+            loose=counts.loose if found.scan.ran else None,
+            suspicious_rows=counts.suspicious,
+            flags=dict(counts.by_flag),
+            baseline=(len(known_good.keys), len(known_good.sources)) if known_good is not None else None,
+            routes=tuple(f"{name} {state}" for name, state in found.kernel.log.routes.items()),
         )
-    routes = ", ".join(f"{name} {state}" for name, state in found.kernel.log.routes.items())
-    return f"Verdict: {kernel_identity(found.kernel)}; " + "; ".join(parts) + f"; routes: {routes}"
+    )
