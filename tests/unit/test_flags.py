@@ -4,7 +4,8 @@ unreadable or zeroed memory and walks that did not close never raise a suspiciou
 import pytest
 
 from volatility3_plugins.schema import flags
-from volatility3_plugins.windows.callback_objects import classify, diagnostics
+from volatility3_plugins.windows.callback_objects import classify
+from volatility3_plugins.windows.kernelread import diagnostics
 
 CLEAN_OBJECT = dict(
     body_readable=True,

@@ -4,11 +4,12 @@ blocks found on no list, and hidden-driver attribution."""
 import struct
 
 from volatility3_plugins.schema import flags
-from volatility3_plugins.windows.callback_objects import attribution, classify, diagnostics, kernelspace, loaded_modules, poolscan
+from volatility3_plugins.windows.callback_objects import classify, poolscan
+from volatility3_plugins.windows.kernelread import attribution, diagnostics, loaded_modules, physical_search
 from volatility3_plugins.windows.kernelpool.state import Unknown
 
 from tests.unit import memory
-from tests.unit.test_attribution import DRIVER, _setup
+from tests.unit.test_attribution import DRIVER, _setup, listed_modules
 
 BASE = 0xFFFF9A8000000000 & memory.MASK48
 TAGS = (b"CBRe", b"Call", b"Cal\xec")
@@ -27,10 +28,10 @@ def test_tags_are_found_only_where_a_pool_header_keeps_them():
     chunk[0x408:0x418] = _header(4, 2, b"CBRe")  # not on a 16-byte boundary
     chunk[0x510:0x514] = b"CBRe"  # a tag where a header keeps its size, not its tag
     chunk[0x600:0x610] = _header(4, 2, b"CBRf")
-    found = sorted(kernelspace.search_tags(bytes(chunk), BASE, TAGS, 4, 0x10))
+    found = sorted(physical_search.search_tags(bytes(chunk), BASE, TAGS, 4, 0x10))
     assert found == [(BASE + 0x100, b"CBRe"), (BASE + 0x200, b"CBRe"), (BASE + 0x300, b"Cal\xec")]
     # x86: 8-byte headers, the tag at offset 4 of each.
-    found = list(kernelspace.search_tags(bytes(chunk), 0x84000000, (b"CBRe",), 4, 8))
+    found = list(physical_search.search_tags(bytes(chunk), 0x84000000, (b"CBRe",), 4, 8))
     assert sorted(found) == [(0x84000100, b"CBRe"), (0x84000200, b"CBRe"), (0x84000408, b"CBRe")]
 
 
@@ -74,14 +75,14 @@ def test_only_allocated_loader_entries_are_hidden_module_candidates():
 
 
 def test_hidden_modules_only_name_addresses_no_listed_module_covers():
-    kernel, _layer, listed = _setup()
+    kernel, _layer, _attributor = _setup()
     ghost_base = 0xFFFFF80040000000 & memory.MASK48  # beside every listed module
     hidden = [
         loaded_modules.LoadedModule(ghost_base, 0x3000, "ghost.sys", False, hidden=True),
         # an entry for a listed driver (its MmLd block is in pool too): ignored
         loaded_modules.LoadedModule(DRIVER & memory.MASK48, 0x3000, "shadow.sys", False, hidden=True),
     ]
-    module_list = loaded_modules.ModuleList(listed.modules, available=True, complete=True)
+    module_list = loaded_modules.ModuleList(listed_modules(), available=True, complete=True)
     attributor = attribution.Attributor(kernel, module_list, hidden_modules=hidden)
     assert [m.name for m in attributor.hidden_modules] == ["ghost.sys"]
     in_ghost = attributor.attribute(ghost_base + 0x1700)

@@ -17,7 +17,7 @@ from volatility3.plugins.windows import poolscanner
 
 from ..schema import baseline, columns, outputs
 from .callback_objects import merge, poolscan, registrations, report, rows, verdict
-from .callback_objects.kernel import KernelContext
+from .callback_objects.context import CallbackContext
 
 vollog = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     and flags tampering."""
 
     _required_framework_version = (2, 0, 0)
-    # 2.0.0: one run context (KernelContext) for every step; classmethods take it
+    # 2.0.0: one run context (CallbackContext) for every step; classmethods take it
     # 2.1.0: allocation states from the pool allocator; scan_pool(full=...)
     # 2.2.0: known-good comparison (--baseline, not_in_baseline)
     _version = (2, 2, 0)
@@ -116,7 +116,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         config_path: str = DEFAULT_CONFIG_PATH,
-    ) -> KernelContext:
+    ) -> CallbackContext:
         """Builds the state a run shares (layer, pointer size, our structure layouts, page
         cache, ...), once; pass it to the other classmethods when calling several.
 
@@ -128,7 +128,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         Returns:
             The run context
         """
-        return KernelContext.build(context, kernel_module_name, config_path)
+        return CallbackContext.build(context, kernel_module_name, config_path)
 
     @classmethod
     def list_callback_objects(
@@ -137,7 +137,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         kernel_module_name: str,
         config_path: str = DEFAULT_CONFIG_PATH,
         scan: Optional[poolscan.ScanResult] = None,
-        kernel: Optional[KernelContext] = None,
+        kernel: Optional[CallbackContext] = None,
     ) -> List[merge.CallbackObjectRecord]:
         """Every callback object found by the list, directory and global routes (and by a pool
         scan's result when given), merged by body address and sorted by it.
@@ -163,7 +163,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         kernel_module_name: str,
         callback_object: merge.CallbackObjectRecord,
         config_path: str = DEFAULT_CONFIG_PATH,
-        kernel: Optional[KernelContext] = None,
+        kernel: Optional[CallbackContext] = None,
     ) -> registrations.RegistrationList:
         """The registrations linked from an object's ``RegisteredCallbacks`` list (bounded).
 
@@ -188,7 +188,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         config_path: str = DEFAULT_CONFIG_PATH,
         kinds=poolscan.ALL_KINDS,
         progress_callback: Optional[constants.ProgressCallback] = None,
-        kernel: Optional[KernelContext] = None,
+        kernel: Optional[CallbackContext] = None,
         full: bool = False,
     ) -> poolscan.ScanResult:
         """One pass over kernel pool for the scan targets of ``kinds`` (callback objects,
@@ -219,7 +219,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         callback_objects: List[merge.CallbackObjectRecord],
         scan: poolscan.ScanResult,
         config_path: str = DEFAULT_CONFIG_PATH,
-        kernel: Optional[KernelContext] = None,
+        kernel: Optional[CallbackContext] = None,
     ) -> List[Tuple[registrations.Registration, str]]:
         """The loose registrations: blocks the scan found on none of the objects' lists whose
         ``CallbackObject`` names one of ``callback_objects``.
@@ -301,7 +301,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         verdict.check_symbols(kernel)
         if known_good is not None:
             for note in known_good.notes(kernel.build_number):
-                kernel.log.warning(note)
+                kernel.diagnostics.warning(note)
         found = report.collect(
             kernel,
             scan=not self.config.get("no_scan", False),

@@ -33,7 +33,7 @@ from ...schema.flags import (
 )
 from ..kernelpool.state import ALLOCATED
 from ..kernelpool.state import FREED as FREED_STATE
-from .diagnostics import COMPLETE
+from ..kernelread.diagnostics import COMPLETE
 
 
 @dataclasses.dataclass

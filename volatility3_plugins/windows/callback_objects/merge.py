@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Set, Tuple
 
 from volatility3.framework import renderers
 
-from . import diagnostics, routes, structures
-from .object_headers import HeaderInfo, Name
-from .views import Record, is_absent
+from ..kernelread import diagnostics
+from ..kernelread.object_headers import HeaderInfo, Name
+from ..kernelread.views import Record, is_absent
+from . import isf, routes
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import CallbackContext
 
 
 @dataclasses.dataclass
@@ -49,7 +50,7 @@ class CallbackObjectRecord:
     @property
     def signature_ok(self) -> bool:
         """False also when unreadable: the object then cannot be shown to be a callback."""
-        return self.body.Signature == structures.CALLBACK_SIGNATURE
+        return self.body.Signature == isf.CALLBACK_SIGNATURE
 
     @property
     def body_readable(self) -> bool:
@@ -82,22 +83,22 @@ def _full_name(bare: Name) -> Name:
     return bare
 
 
-def _points_elsewhere(kernel: "KernelContext", symbol: str, record: CallbackObjectRecord) -> bool:
+def _points_elsewhere(kernel: "CallbackContext", symbol: str, record: CallbackObjectRecord) -> bool:
     """Evidence that ``nt!symbol`` points at another object than the one of its name: the
     object's header was read (not zeros) and names another object, or says it has no name.
     An unreadable header or name proves nothing."""
     wanted = routes.expected_global_name(symbol)
     if record.header is None or not record.header.readable or is_absent(record.name):
-        kernel.log.info(f"nt!{symbol} points at {record.address:#x}, whose name cannot be read: not judged")
+        kernel.diagnostics.info(f"nt!{symbol} points at {record.address:#x}, whose name cannot be read: not judged")
         return False
     name = record.name
     if isinstance(name, str) and name.lower() == wanted.lower():
         return False
-    kernel.log.info(f"nt!{symbol} points at {record.address:#x} named {name or '(none)'}, expected {wanted}")
+    kernel.diagnostics.info(f"nt!{symbol} points at {record.address:#x} named {name or '(none)'}, expected {wanted}")
     return True
 
 
-def collect_objects(kernel: "KernelContext", scanned: Iterable[Tuple[int, str]] = ()) -> ObjectInventory:
+def collect_objects(kernel: "CallbackContext", scanned: Iterable[Tuple[int, str]] = ()) -> ObjectInventory:
     """Runs every route and merges the objects by body address, sorted by address.
 
     ``scanned``: (body, allocation state) of the objects the pool scan confirmed (header type

@@ -32,16 +32,18 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterable, Iterator
 
 from volatility3.framework import constants, exceptions, interfaces
 
-from . import diagnostics, kernelspace, structures
 from ..kernelpool.headers import block_unit, pool_header_view
 from ..kernelpool.maps import open_pool_map
 from ..kernelpool.state import ALLOCATED, FREED, NOT_A_BLOCK, UNKNOWN, PoolMap, Region
-from .loaded_modules import MAX_IMAGE_SIZE, LoadedModule, entry_view
-from .pagecache import PAGE_SIZE
-from .views import ViewError
+from ..kernelread import diagnostics
+from ..kernelread import physical_search as kernelspace
+from ..kernelread.addresses import PAGE_SIZE
+from ..kernelread.loaded_modules import MAX_IMAGE_SIZE, LoadedModule, entry_view
+from ..kernelread.views import ViewError
+from . import isf, routes
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import CallbackContext
 
 vollog = logging.getLogger(__name__)
 
@@ -151,7 +153,7 @@ def builtin_targets() -> Tuple[ScanTarget, ...]:
     )
 
 
-def kernel_half(kernel: "KernelContext") -> List[Tuple[int, int]]:
+def kernel_half(kernel: "CallbackContext") -> List[Tuple[int, int]]:
     """The kernel half of the address space (pool, images), as the layer addresses it."""
     start = ((1 << 47) if kernel.pointer_size == 8 else 0x80000000) & kernel.mask
     end = kernel.layer.maximum_address
@@ -207,7 +209,7 @@ class TagScanner(interfaces.layers.ScannerInterface):
 class PoolScan:
     """One scanning pass over the kernel's pool and the validation of its hits."""
 
-    def __init__(self, kernel: "KernelContext", targets: Sequence[ScanTarget], pool_map: PoolMap) -> None:
+    def __init__(self, kernel: "CallbackContext", targets: Sequence[ScanTarget], pool_map: PoolMap) -> None:
         self.kernel = kernel
         self.pool_map = pool_map
         self.header = pool_header_view(kernel)
@@ -223,7 +225,7 @@ class PoolScan:
         for target in targets:
             size = target.body_size(self)
             if size is None:
-                kernel.log.warning(f"Pool scan: {target.kind} cannot be validated on this kernel: not scanned")
+                kernel.diagnostics.warning(f"Pool scan: {target.kind} cannot be validated on this kernel: not scanned")
                 continue
             for tag in target.tags:
                 self._targets[tag] = target
@@ -313,7 +315,7 @@ class PoolScan:
             counts[target.kind] = counts.get(target.kind, 0) + 1
             if counts[target.kind] > MAX_HITS_PER_KIND:
                 if counts[target.kind] == MAX_HITS_PER_KIND + 1:
-                    self.kernel.log.warning(f"More than {MAX_HITS_PER_KIND} {target.kind} pool hits: rest ignored")
+                    self.kernel.diagnostics.warning(f"More than {MAX_HITS_PER_KIND} {target.kind} pool hits: rest ignored")
                 continue
             state = self.pool_map.state(hit.header, hit.pool_type)
             if state == NOT_A_BLOCK:
@@ -361,10 +363,10 @@ class PoolScan:
             return
         headers = self.headers
         assert headers is not None
-        callback_index = headers.type_index("Callback")
+        callback_index = headers.type_index(routes.CALLBACK_TYPE, routes.CALLBACK_TYPE_GLOBAL)
         body_offset = headers.body_offset
         table = headers.info_mask_to_offset
-        signature = structures.CALLBACK_SIGNATURE.to_bytes(4, "little")
+        signature = isf.CALLBACK_SIGNATURE.to_bytes(4, "little")
         found: List[Tuple[bool, int, int]] = []
         # Every total of optional headers an InfoMask can describe, smallest first.
         for optional in sorted(set(table)):
@@ -421,7 +423,7 @@ class PoolScan:
 
 
 def scan_pool(
-    kernel: "KernelContext",
+    kernel: "CallbackContext",
     kinds: Collection[str] = ALL_KINDS,
     progress_callback: Optional[constants.ProgressCallback] = None,
     images: Iterable[Tuple[int, int]] = (),
@@ -434,8 +436,8 @@ def scan_pool(
     try:
         scan = PoolScan(kernel, [target for target in builtin_targets() if target.kind in kinds], pool_map)
     except ViewError as excp:
-        kernel.log.warning(f"Pool headers cannot be decoded ({excp}): pool scan skipped")
-        kernel.log.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "pool headers cannot be decoded")
+        kernel.diagnostics.warning(f"Pool headers cannot be decoded ({excp}): pool scan skipped")
+        kernel.diagnostics.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "pool headers cannot be decoded")
         return ScanResult()
     regions = None if full else pool_map.regions()
     images = [(base, size) for base, size in images if 0 < size <= MAX_IMAGE_SIZE]
@@ -445,10 +447,10 @@ def scan_pool(
         extent = f"{pool_map.name}, {_size_text(sum(length for _s, length in ranges))}"
     else:
         if not full and pool_map.name == "segment heap":
-            kernel.log.warning("The non-paged heap's metadata is incomplete: scanning the whole kernel half instead")
+            kernel.diagnostics.warning("The non-paged heap's metadata is incomplete: scanning the whole kernel half instead")
         result = scan.run(scan.hits_in_kernel_half(images, progress_callback), ScanResult(ran=True, extent="kernel half"))
         extent = f"kernel half, {pool_map.name}"
-    kernel.log.route(
+    kernel.diagnostics.route(
         ROUTE_NAME,
         diagnostics.COMPLETE,
         f"{extent}: {len(result.objects)} objects, {len(result.registrations)} registration blocks, "

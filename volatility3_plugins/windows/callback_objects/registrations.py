@@ -4,11 +4,11 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Collection, Iterable, List, Tuple
 
-from . import walk
-from .views import Record, Value
+from ..kernelread import lists
+from ..kernelread.views import Record, Value
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import CallbackContext
     from .poolscan import ScannedBlock
 
 vollog = logging.getLogger(__name__)
@@ -52,25 +52,25 @@ class RegistrationList:
     complete: bool
 
 
-def read_registration(kernel: "KernelContext", address: int) -> Registration:
+def read_registration(kernel: "CallbackContext", address: int) -> Registration:
     return Registration.from_record(kernel.registration.read(kernel.reader, address))
 
 
 def list_registrations(
-    kernel: "KernelContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS
+    kernel: "CallbackContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS
 ) -> RegistrationList:
     """Every registration linked from the ``RegisteredCallbacks`` head at ``registrations_head``
     (walked both ways, bounded). ``Link`` is the registration's first member, so each list entry
     address is the registration's address minus the link offset."""
     link = kernel.registration.offset("Link.Flink")
-    walked = walk.walk_list(
+    walked = lists.walk_list(
         kernel, registrations_head, f"registrations of the object list head {registrations_head:#x}", max_entries
     )
     return RegistrationList([read_registration(kernel, entry - link) for entry in walked.entries], walked.complete)
 
 
 def loose_registrations(
-    kernel: "KernelContext",
+    kernel: "CallbackContext",
     scanned: Iterable["ScannedBlock"],
     linked: Collection[int],
     known_objects: Collection[int],

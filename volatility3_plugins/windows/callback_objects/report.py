@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Dict, Iterator, Optional, Set
 from volatility3.framework import constants
 
 from ...schema import baseline
-from . import classify, diagnostics, expected, merge, poolscan, registrations, routes, rows
-from .attribution import Attributor
+from ..kernelread import diagnostics
+from ..kernelread.attribution import Attributor
+from . import classify, expected, merge, poolscan, registrations, routes, rows
 from .rows import Row
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import CallbackContext
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ class Counts:
 
 @dataclasses.dataclass
 class Report:
-    kernel: "KernelContext"
+    kernel: "CallbackContext"
     inventory: merge.ObjectInventory
     scan: poolscan.ScanResult
     attributor: Attributor
@@ -93,7 +94,7 @@ class Report:
 
 
 def collect(
-    kernel: "KernelContext",
+    kernel: "CallbackContext",
     scan: bool = True,
     progress_callback: Optional[constants.ProgressCallback] = None,
     full_scan: bool = False,
@@ -111,7 +112,7 @@ def collect(
             full=full_scan,
         )
     else:
-        kernel.log.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
+        kernel.diagnostics.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
     inventory = merge.collect_objects(kernel, scanned=[(block.address, block.state) for block in result.objects])
     attributor = Attributor(kernel, modules, hidden_modules=result.hidden_module_candidates())
     return Report(kernel, inventory, result, attributor, expected.load(), known_good=known_good)

@@ -11,12 +11,12 @@ from typing import List, Optional, Tuple
 from ...schema import flags
 from ...schema.baseline import RowView
 from ..kernelpool.state import UNKNOWN
+from ..kernelread.attribution import Attribution, Attributor
+from ..kernelread.views import is_absent
 from . import classify, routes
-from .attribution import Attribution, Attributor
 from .expected import ExpectedRegistrants
 from .merge import CallbackObjectRecord
 from .registrations import Registration, RegistrationList
-from .views import is_absent
 
 
 @dataclasses.dataclass

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 from volatility3.framework import exceptions
 
 from ...schema import flags, verdict_line
-from . import diagnostics, loaded_modules
+from ..kernelread import diagnostics, loaded_modules
+from . import routes
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import CallbackContext
     from .report import Report
 
 TRY_TRUNCATED = (
@@ -43,22 +44,24 @@ class SymbolsMismatch(exceptions.SymbolError):
 Anchor = Tuple[str, Optional[bool]]  # (what was checked, confirmed / contradicted / unknown)
 
 
-def symbol_anchors(kernel: "KernelContext") -> List[Anchor]:
+def symbol_anchors(kernel: "CallbackContext") -> List[Anchor]:
     """Kernel globals whose contents a matching symbol table predicts: ``ExCallbackObjectType``
     points at the object type named ``Callback``; ``PsLoadedModuleList`` starts with the kernel's
     own image. Each is confirmed, contradicted (read, and not what it must be), or unknown
     (missing or zero memory proves nothing)."""
     anchors: List[Anchor] = []
     headers = kernel.object_headers
-    pointer = kernel.read_global_pointer("ExCallbackObjectType")
+    pointer = kernel.read_global_pointer(routes.CALLBACK_TYPE_GLOBAL)
     found = headers.read_type(pointer) if headers is not None and pointer else None
-    anchors.append(("nt!ExCallbackObjectType names the Callback type", None if found is None else found[1] == "Callback"))
+    anchors.append(
+        (f"nt!{routes.CALLBACK_TYPE_GLOBAL} names the {routes.CALLBACK_TYPE} type", None if found is None else found[1] == routes.CALLBACK_TYPE)
+    )
     anchors.append(("nt!PsLoadedModuleList starts with the kernel image", _first_module_is_kernel(kernel)))
     return anchors
 
 
-def _first_module_is_kernel(kernel: "KernelContext") -> Optional[bool]:
-    head = kernel.symbol(loaded_modules.LIST_SYMBOL)
+def _first_module_is_kernel(kernel: "CallbackContext") -> Optional[bool]:
+    head = kernel.symbols.address(loaded_modules.LIST_SYMBOL)
     view = loaded_modules.entry_view(kernel)
     if head is None or view is None:
         return None
@@ -74,7 +77,7 @@ def _first_module_is_kernel(kernel: "KernelContext") -> Optional[bool]:
     return record.DllBase == kernel.base
 
 
-def check_symbols(kernel: "KernelContext") -> None:
+def check_symbols(kernel: "CallbackContext") -> None:
     """Raise :class:`SymbolsMismatch` when every anchor that could be read contradicts the
     symbol table (and at least one could); warn when the anchors disagree."""
     anchors = symbol_anchors(kernel)
@@ -82,13 +85,13 @@ def check_symbols(kernel: "KernelContext") -> None:
     confirmed = [what for what, state in anchors if state is True]
     if contradicted and not confirmed:
         raise SymbolsMismatch(
-            "ExCallbackObjectType",
-            kernel.module.symbol_table_name,
+            routes.CALLBACK_TYPE_GLOBAL,
+            kernel.kernel_module.symbol_table_name,
             "the kernel symbol table does not match this image (" + "; ".join(f"not true: {c}" for c in contradicted)
             + f"). Try: {TRY_SYMBOLS}.",
         )
     if contradicted:
-        kernel.log.warning(
+        kernel.diagnostics.warning(
             "Kernel symbols doubtful: " + "; ".join(f"not true: {c}" for c in contradicted)
             + " (smear, or a symbol table of another build)"
         )
@@ -108,27 +111,27 @@ def check_usable(found: "Report") -> None:
     if problems:
         raise ImageUnusable(
             kernel.layer_name,
-            kernel.symbol(loaded_modules.LIST_SYMBOL) or 0,
+            kernel.symbols.address(loaded_modules.LIST_SYMBOL) or 0,
             "windows.callbackobjects cannot give a verdict on this image: " + "; ".join(problems)
             + ". Likely causes: a truncated or incomplete image (the pages these live in are missing), "
             f"or a kernel symbol table that does not match the image. Try: {TRY_TRUNCATED}; {TRY_SYMBOLS}.",
         )
     failed = [
-        f"{name} {state}" for name, state in kernel.log.routes.items()
+        f"{name} {state}" for name, state in kernel.diagnostics.routes.items()
         if state.state in (diagnostics.INCOMPLETE, diagnostics.UNAVAILABLE)
     ]
     if failed:
-        kernel.log.warning(
+        kernel.diagnostics.warning(
             "Degraded image: " + ", ".join(failed) + ". What they could not show is marked "
             f"{flags.LIST_INCOMPLETE} or {flags.UNREADABLE}, never accused"
         )
 
 
-def kernel_pdb(kernel: "KernelContext") -> Optional[Tuple[str, int]]:
+def kernel_pdb(kernel: "CallbackContext") -> Optional[Tuple[str, int]]:
     """(GUID, age) of the kernel's PDB as its symbol table records it (the name Volatility gives
     the ISF file), None when the table does not say."""
     try:
-        metadata = kernel.context.symbol_space[kernel.module.symbol_table_name].metadata
+        metadata = kernel.context.symbol_space[kernel.kernel_module.symbol_table_name].metadata
         guid, age = metadata.pdb_guid, metadata.pdb_age
     except (AttributeError, KeyError, exceptions.SymbolError):
         return None
@@ -154,6 +157,6 @@ def line_of(found: "Report") -> str:
             suspicious_rows=counts.suspicious,
             flags=dict(counts.by_flag),
             baseline=(len(known_good.keys), len(known_good.sources)) if known_good is not None else None,
-            routes=tuple(f"{name} {state}" for name, state in found.kernel.log.routes.items()),
+            routes=tuple(f"{name} {state}" for name, state in found.kernel.diagnostics.routes.items()),
         )
     )

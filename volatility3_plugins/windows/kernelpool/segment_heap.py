@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions
 
-from ..callback_objects import walk
-from ..callback_objects.views import StructView, ViewError, array_member, member_offset, type_name, type_size
+from ..kernelread import lists
+from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name, type_size
 from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, NOT_A_BLOCK, PAGED, UNKNOWN,
                     MetadataPoolMap, PoolMetadataUnavailable, Region, RegionIndex)
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
 vollog = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ class SegmentHeapMap(MetadataPoolMap):
 
     def _compile(self) -> None:
         kernel = self._kernel
-        table = kernel.module.symbol_table_name
-        if not kernel.module.has_type("_EX_POOL_HEAP_MANAGER_STATE") or not kernel.has_symbol("ExPoolState"):
+        table = kernel.kernel_module.symbol_table_name
+        if not kernel.kernel_module.has_type("_EX_POOL_HEAP_MANAGER_STATE") or not kernel.symbols.has("ExPoolState"):
             raise PoolMetadataUnavailable("the kernel's symbol table has no segment-heap pool (nt!ExPoolState)")
 
         def view(name: str, members: List[str]) -> StructView:
@@ -157,7 +157,7 @@ class SegmentHeapMap(MetadataPoolMap):
 
     def _manager(self) -> Tuple[int, int, List[Tuple[int, str]]]:
         kernel = self._kernel
-        state = kernel.symbol("ExPoolState")
+        state = kernel.symbols.address("ExPoolState")
         if state is None:
             raise PoolMetadataUnavailable("no nt!ExPoolState")
         record = self._state_view.read(kernel.reader, state)
@@ -209,7 +209,7 @@ class SegmentHeapMap(MetadataPoolMap):
             if not 12 <= shift <= 24 or first >= DESCRIPTORS:
                 self._incomplete(f"{pool} heap {heap:#x}: segment context {index} implausible (UnitShift {shift})")
                 continue
-            walked = walk.walk_list(kernel, context + self._list_head, f"{pool} heap {heap:#x} segment list {index}", MAX_SEGMENTS)
+            walked = lists.walk_list(kernel, context + self._list_head, f"{pool} heap {heap:#x} segment list {index}", MAX_SEGMENTS)
             if not walked.complete:
                 self._incomplete(f"{pool} heap {heap:#x}: segment list {index} incomplete")
             for segment in walked.entries:

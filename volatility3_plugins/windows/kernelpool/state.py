@@ -5,7 +5,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Generic, List, Optional, Sequence, TypeVar
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
 #: Allocation states of a pool block.
 ALLOCATED = "allocated"
