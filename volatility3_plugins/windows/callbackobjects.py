@@ -16,7 +16,7 @@ from volatility3.framework.symbols import windows as windows_symbols  # noqa: F4
 from volatility3.plugins.windows import poolscanner
 
 from ..schema import baseline, columns, outputs
-from .callback_objects import merge, poolscan, registrations, report, rows, verdict
+from .callback_objects import merge, registrations, report, rows, scan_targets, verdict
 from .callback_objects.context import CallbackContext
 
 vollog = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         config_path: str = DEFAULT_CONFIG_PATH,
-        scan: Optional[poolscan.ScanResult] = None,
+        scan: Optional[scan_targets.ScanResult] = None,
         kernel: Optional[CallbackContext] = None,
     ) -> List[merge.CallbackObjectRecord]:
         """Every callback object found by the list, directory and global routes (and by a pool
@@ -186,20 +186,20 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         config_path: str = DEFAULT_CONFIG_PATH,
-        kinds=poolscan.ALL_KINDS,
+        kinds=scan_targets.ALL_KINDS,
         progress_callback: Optional[constants.ProgressCallback] = None,
         kernel: Optional[CallbackContext] = None,
         full: bool = False,
-    ) -> poolscan.ScanResult:
+    ) -> scan_targets.ScanResult:
         """One pass over kernel pool for the scan targets of ``kinds`` (callback objects,
-        registration blocks, loader entries; see ``poolscan.builtin_targets``), every hit
+        registration blocks, loader entries; see ``scan_targets.CallbackTargets.targets``), every hit
         validated; the images of loaded modules are not searched.
 
         Args:
             context: The context to retrieve required elements (layers, symbol tables) from
             kernel_module_name: The name of the kernel module on which to operate
             config_path: Where our symbol table's configuration goes
-            kinds: Which targets to look for (``poolscan.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
+            kinds: Which targets to look for (``scan_targets.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
             progress_callback: Receives the scan's progress
             kernel: A run context from :meth:`build_kernel_context` (built when None)
             full: Scan the whole kernel half even where the allocator says where its blocks lie
@@ -209,7 +209,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
         images = [(module.base, module.size) for module in kernel.loaded_modules.modules]
-        return poolscan.scan_pool(kernel, kinds, progress_callback, images, full)
+        return scan_targets.scan_pool(kernel, kinds, progress_callback, images, full)
 
     @classmethod
     def list_loose_registrations(
@@ -217,7 +217,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         callback_objects: List[merge.CallbackObjectRecord],
-        scan: poolscan.ScanResult,
+        scan: scan_targets.ScanResult,
         config_path: str = DEFAULT_CONFIG_PATH,
         kernel: Optional[CallbackContext] = None,
     ) -> List[Tuple[registrations.Registration, str]]:

@@ -31,8 +31,7 @@ from ...schema.flags import (
     is_evidence,
     sort_flags,
 )
-from ..kernelpool.state import ALLOCATED
-from ..kernelpool.state import FREED as FREED_STATE
+from ..kernelpool.state import BlockState
 from ..kernelread.diagnostics import COMPLETE
 
 
@@ -145,7 +144,7 @@ def classify_baseline(row_flags: Sequence[str], in_baseline: Optional[bool]) -> 
     return list(row_flags)
 
 
-def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bool) -> List[str]:
+def classify_loose(facts: RegistrationFacts, state: BlockState, owner_list_complete: bool) -> List[str]:
     """Flags of a loose registration: a block the scan found on no walked list.
 
     Freed pool is full of stale blocks (the false positive of scanners that report them as
@@ -156,9 +155,9 @@ def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bo
     a break in any list), plus what its routine's location says; the object-level flags stay on
     the rows of the object it names.
     """
-    if state == FREED_STATE:
+    if state == BlockState.FREED:
         return [FREED]
-    if state != ALLOCATED:
+    if state != BlockState.ALLOCATED:
         return [ALLOCATION_UNKNOWN]
     return sort_flags(
         {ORPHAN_REGISTRATION if owner_list_complete else LIST_INCOMPLETE} | classify_routine(facts)

@@ -9,7 +9,7 @@ from ..kernelread.views import Record, Value
 
 if TYPE_CHECKING:
     from .context import CallbackContext
-    from .poolscan import ScannedBlock
+    from .scan_targets import ScannedBlock
 
 vollog = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Dict, Iterator, Optional, Set
 from volatility3.framework import constants
 
 from ...schema import baseline
-from ..kernelread import diagnostics
 from ..kernelread.attribution import Attributor
-from . import classify, expected, merge, poolscan, registrations, routes, rows
+from . import classify, expected, merge, registrations, rows, scan_targets
 from .rows import Row
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ class Counts:
 class Report:
     kernel: "CallbackContext"
     inventory: merge.ObjectInventory
-    scan: poolscan.ScanResult
+    scan: scan_targets.ScanResult
     attributor: Attributor
     rules: expected.ExpectedRegistrants
     counts: Counts = dataclasses.field(default_factory=Counts)
@@ -103,16 +102,16 @@ def collect(
     """Run the pool scan (unless ``scan`` is False; over the whole kernel half with
     ``full_scan``) and every route, once; rows are compared with ``known_good`` when given."""
     modules = kernel.loaded_modules
-    result = poolscan.ScanResult()
+    result = scan_targets.ScanResult()
     if scan:
-        result = poolscan.scan_pool(
+        result = scan_targets.scan_pool(
             kernel,
             progress_callback=progress_callback,
             images=[(module.base, module.size) for module in modules.modules],
             full=full_scan,
         )
     else:
-        kernel.diagnostics.route(routes.ROUTE_SCAN, diagnostics.SKIPPED, "--no-scan")
+        result = scan_targets.not_scanned(kernel, "--no-scan")
     inventory = merge.collect_objects(kernel, scanned=[(block.address, block.state) for block in result.objects])
     attributor = Attributor(kernel, modules, hidden_modules=result.hidden_module_candidates())
     return Report(kernel, inventory, result, attributor, expected.load(), known_good=known_good)

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 from ...schema import flags
 from ...schema.baseline import RowView
-from ..kernelpool.state import UNKNOWN
+from ..kernelpool.state import BlockState
 from ..kernelread.attribution import Attribution, Attributor
 from ..kernelread.views import is_absent
 from . import classify, routes
@@ -60,7 +60,7 @@ def object_facts(record: CallbackObjectRecord, registration_count: int) -> class
         global_mismatch=record.global_mismatch,
         allow_multiple=None if is_absent(allow) else bool(allow),
         registration_count=registration_count,
-        allocation_unknown=record.routes == {routes.ROUTE_SCAN} and record.scan_state == UNKNOWN,
+        allocation_unknown=record.routes == {routes.ROUTE_SCAN} and record.scan_state == BlockState.UNKNOWN,
     )
 
 

@@ -20,17 +20,16 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set
 from volatility3.framework import exceptions
 
 from ..kernelread import lists
+from ..kernelread.addresses import canonical
 from ..kernelread.views import ViewError, array_member, member_offset, type_name
 from .headers import POOL_IN_USE_BIT, pool_header_view
-from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, UNKNOWN,
-                    MetadataPoolMap, PoolMetadataUnavailable, Region)
+from .state import NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable, Region
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
 
 vollog = logging.getLogger(__name__)
 
-LAST_BUILD = 17763
 MAX_PROCESSORS = 2048
 MAX_POOLS = 64
 #: An SLIST or pending chain longer than this is corruption (a lookaside's Depth is at most 256).
@@ -96,8 +95,8 @@ class ClassicPoolMap(MetadataPoolMap):
             record = view.read(kernel.reader, address)
             if not record.complete:
                 return None
-            first = record["HeaderX64.NextEntry"] << 4
-            return (first | 0xFFFF_0000_0000_0000 if first & (1 << 47) else first) & kernel.mask
+            # The header keeps bits 4-47 of the entry: the kernel's pointer is canonical.
+            return canonical(record["HeaderX64.NextEntry"] << 4, kernel.pointer_size) & kernel.mask
         try:
             return kernel.read_pointer(address)
         except exceptions.InvalidAddressException:
@@ -205,13 +204,13 @@ class ClassicPoolMap(MetadataPoolMap):
             return None
         return [self._range]
 
-    def state(self, header: int, pool_type: Optional[int] = None) -> str:
+    def state(self, header: int, pool_type: Optional[int] = None) -> BlockState:
         header &= self._kernel.mask
         if header in self._on_free_lists:
-            return FREED
+            return BlockState.FREED
         if pool_type is None:
             record = self._header.read(self._kernel.reader, header)
             if not record.readable("PoolType"):
-                return UNKNOWN
+                return BlockState.UNKNOWN
             pool_type = record.PoolType
-        return ALLOCATED if pool_type & POOL_IN_USE_BIT else FREED
+        return BlockState.ALLOCATED if pool_type & POOL_IN_USE_BIT else BlockState.FREED

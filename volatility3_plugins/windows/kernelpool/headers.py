@@ -28,6 +28,7 @@ def pool_header_view(kernel: "KernelContext") -> StructView:
     )
 
 
-def block_unit(kernel: "KernelContext") -> int:
-    """``BlockSize`` unit and header alignment: 16 bytes on x64, 8 on x86."""
-    return 0x10 if kernel.pointer_size == 8 else 8
+def block_unit(pointer_size: int) -> int:
+    """``BlockSize`` unit and header alignment: 16 bytes on x64, 8 on x86 (also the segment
+    heap's granule)."""
+    return 0x10 if pointer_size == 8 else 8
