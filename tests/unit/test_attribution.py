@@ -3,7 +3,7 @@
 import struct
 
 from volatility3.framework import renderers
-from volatility3_plugins.windows.callback_objects import expected, merge, registrations, rows
+from volatility3_plugins.windows.callback_objects import expected, inventory, registrations, rows
 from volatility3_plugins.windows.kernelread import attribution, loaded_modules, pe_image
 
 from tests.unit import memory
@@ -121,7 +121,7 @@ def test_kernel_without_isf_symbol_falls_back_to_offset():
 def _record(name, allow_multiple):
     obj = _addr(0xFFFFF80040000100)
     body = memory.record(obj, Signature=0x6C6C6143, AllowMultipleCallbacks=allow_multiple)
-    return merge.CallbackObjectRecord(
+    return inventory.CallbackObjectRecord(
         address=obj, name=name, routes={"list", "directory"}, body=body, registrations_head=obj + 0x10,
         list_state="complete", directory_complete=True,
     )

@@ -4,6 +4,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Collection, Iterable, List, Tuple
 
+from ..kernelpool.state import BlockState
 from ..kernelread import lists
 from ..kernelread.views import Record, Value
 
@@ -74,12 +75,12 @@ def loose_registrations(
     scanned: Iterable["ScannedBlock"],
     linked: Collection[int],
     known_objects: Collection[int],
-) -> List[Tuple[Registration, str]]:
+) -> List[Tuple[Registration, BlockState]]:
     """The *loose* registrations: blocks the pool scan found that no walked list holds, whose
     ``CallbackObject`` names a known callback object; with their allocation state, sorted by
     the object they name, then by address. A block on a list is reported by its walk, never
     twice; a block naming no known object is dropped as noise (said at debug level)."""
-    found: List[Tuple[Registration, str]] = []
+    found: List[Tuple[Registration, BlockState]] = []
     dropped = 0
     for block in sorted(set(scanned), key=lambda b: b.address):
         if block.address in linked:

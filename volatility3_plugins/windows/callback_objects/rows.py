@@ -15,7 +15,7 @@ from ..kernelread.attribution import Attribution, Attributor
 from ..kernelread.views import is_absent
 from . import classify, routes
 from .expected import ExpectedRegistrants
-from .merge import CallbackObjectRecord
+from .inventory import CallbackObjectRecord
 from .registrations import Registration, RegistrationList
 
 
@@ -125,7 +125,7 @@ def object_rows(
 def loose_row(
     record: CallbackObjectRecord,
     registration: Registration,
-    state: str,
+    state: BlockState,
     owner_list_complete: bool,
     attributor: Attributor,
 ) -> Row:

@@ -20,7 +20,7 @@ from . import routes
 
 if TYPE_CHECKING:
     from .context import CallbackContext
-    from .report import Report
+    from .pipeline import Report
 
 TRY_TRUNCATED = (
     "check that the file is whole (its size against the acquisition log, or a crash dump's "
@@ -106,7 +106,7 @@ def check_usable(found: "Report") -> None:
         problems.append("the loaded-module list (nt!PsLoadedModuleList) is unreadable")
     if kernel.object_headers is None:
         problems.append("object headers cannot be decoded")
-    if not any(record.body_readable for record in found.inventory.objects):
+    if not any(record.body_readable for record in found.objects):
         problems.append("no route reached a single readable callback object")
     if problems:
         raise ImageUnusable(
