@@ -23,15 +23,15 @@ ALLOWED: Dict[str, Set[str]] = {
     "windows.callback_objects": {"windows.kernelread", "windows.kernelpool", "schema"},
     "windows.plugins": {"windows.kernelread", "windows.kernelpool", "windows.callback_objects", "schema"},
     "fleet": {"schema"},
-    # The crash-dump layer shares the run diagnostics' warn-once; it may import nothing else.
+    # The crash-dump layer shares the page size and the run diagnostics' warn-once, nothing else.
     "layers": {"windows.kernelread"},
     "windows": set(),  # the package marker that merges plugin folders
     "entry": {"fleet"},  # the vol-callbackobjects command
 }
 #: Modules of ours that a module of a package may import when not all of that package is allowed.
-ONLY_MODULES: Dict[str, Set[str]] = {"layers": {"windows.kernelread.diagnostics"}}
+ONLY_MODULES: Dict[str, Set[str]] = {"layers": {"windows.kernelread.addresses", "windows.kernelread.diagnostics"}}
 #: Modules that must import nothing but the standard library.
-STANDARD_LIBRARY_ONLY = ("schema", "windows.kernelread.diagnostics")
+STANDARD_LIBRARY_ONLY = ("schema", "windows.kernelread.addresses", "windows.kernelread.diagnostics")
 
 
 def module_name(path: Path) -> str:

@@ -36,12 +36,13 @@ from volatility3.framework import constants, exceptions, interfaces
 from volatility3.framework.layers import crash
 from volatility3.framework.symbols import intermed
 
-# Standard library only (the run diagnostics' warn-once): the layer loads without the plugins.
+# Both standard library only (the page size, the run diagnostics' warn-once): the layer loads
+# without the plugins.
+from ..windows.kernelread.addresses import PAGE_SIZE
 from ..windows.kernelread.diagnostics import SaidOnce
 
 vollog = logging.getLogger(__name__)
 
-PAGE_SIZE = 0x1000
 MAX_PAGE_NUMBER = 1 << 40  # x64 addresses 52 bits of physical memory at most
 
 DUMP_TYPE_BITMAP_KERNEL = 6

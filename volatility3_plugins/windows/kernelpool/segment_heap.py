@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from volatility3.framework import exceptions
 
 from ..kernelread import lists
-from ..kernelread.addresses import canonical
+from ..kernelread.addresses import PAGE_SIZE, canonical
 from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name, type_size
 from .headers import block_unit
 from .state import (NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable,
@@ -90,7 +90,7 @@ class VsChunks:
 def _next_page(address: int) -> int:
     """Where a block whose chunk body would cross a page keeps its pool header instead: at the
     next page (MemProcFS ``VmmWinPool_AllPool1903_5_VS_DoWork``)."""
-    return (address + 0xFFF) & ~0xFFF
+    return (address + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 class SegmentHeapMap(MetadataPoolMap):

@@ -4,6 +4,8 @@ Volatility's Intel layers address memory with the layer's width (48 bits on x64,
 sign-extended); the kernel computes with canonical pointers (bit 47 copied into the top 16 bits).
 Both forms meet here: a key the kernel derives from an address, or a raw pointer read from
 memory, is canonical; an address handed to a layer is masked.
+
+Standard library only (nothing at all, in fact): the crash-dump layer takes its page size here.
 """
 
 #: The page size of every Windows kernel this project reads (x86, PAE and x64 alike).
