@@ -29,6 +29,7 @@ class CallbackContext(KernelContext):
         layout: isf.Layout,
     ) -> None:
         super().__init__(context, kernel_module_name)
+        #: Which of our ISF files was loaded, and the name of its symbol table.
         self.layout = layout
         self.callback_table = callback_table_name
         self.callback_object = StructView.compile(

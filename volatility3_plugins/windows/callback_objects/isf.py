@@ -54,10 +54,6 @@ class Layout:
         suffix = "" if self.has_callback_list else "-win7"
         return f"{ISF_BASENAME}-{arch}{suffix}.json"
 
-    @property
-    def pointer_size(self) -> int:
-        return 8 if self.is_64bit else 4
-
     @classmethod
     def for_kernel(cls, context: interfaces.context.ContextInterface, kernel_module_name: str) -> "Layout":
         """The layout of a kernel: the pointer size of its symbol table, and whether it has
