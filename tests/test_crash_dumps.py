@@ -42,7 +42,7 @@ DUMP_TYPE_OFFSET = {64: 0xF98, 32: 0xF88}
 @pytest.fixture(autouse=True)
 def fresh_log_memory(monkeypatch):
     """The layer says each fact once per process; each test here is a process of its own."""
-    monkeypatch.setattr(crashdump, "_said", set())
+    monkeypatch.setattr(crashdump, "_said", crashdump.SaidOnce(crashdump.vollog))
 
 
 def page_numbers(runs: Sequence[Tuple[int, int]]) -> Iterator[int]:

@@ -55,9 +55,9 @@ def vol_json(image: Path, symbols: Path, plugin: str, *plugin_args: str, cache: 
     return json.loads(result.stdout)
 
 
-def _prepare(symbols: Path, cache: Path) -> None:
+def _prepare(symbols: Path, cache: Path, ours: bool = True) -> None:
     """Volatility configured as ``vol --offline -s SYMBOLS --cache-path CACHE`` would, its plugins
-    (ours included) imported."""
+    (ours included, unless ``ours`` is False) imported."""
     import volatility3.plugins
     import volatility3.symbols
     from volatility3 import framework
@@ -69,6 +69,9 @@ def _prepare(symbols: Path, cache: Path) -> None:
     volatility3.symbols.__path__ = [str(symbols)] + [p for p in constants.SYMBOL_BASEPATHS]
     # As ``vol -p``: our folder first on the plugin path; Volatility's own modules may have
     # imported volatility3.plugins.windows already, so its path gets our windows folder too.
+    if not ours:
+        framework.import_files(volatility3.plugins, True)
+        return
     if str(PLUGIN_DIR) not in volatility3.plugins.__path__:
         volatility3.plugins.__path__.insert(0, str(PLUGIN_DIR))
     windows = sys.modules.get("volatility3.plugins.windows")
@@ -77,12 +80,12 @@ def _prepare(symbols: Path, cache: Path) -> None:
     framework.import_files(volatility3.plugins, True)
 
 
-def _in_process(image: Path, symbols: Path, cache: Path, plugin_class: Any, options: Dict[str, Any]) -> Any:
+def _in_process(image: Path, symbols: Path, cache: Path, plugin_class: Any, options: Dict[str, Any], ours: bool = True) -> Any:
     """A constructed plugin on ``image`` (automagic as ``vol`` runs it, offline)."""
     from volatility3.framework import automagic, contexts
     from volatility3.framework.plugins import construct_plugin
 
-    _prepare(symbols, cache)
+    _prepare(symbols, cache, ours)
     context = contexts.Context()
     context.config["automagic.LayerStacker.single_location"] = Path(image).resolve().as_uri()
     for name, value in options.items():
@@ -110,6 +113,16 @@ def _image_context(image: Path, symbols: Path, cache: Path) -> Tuple[Any, str]:
             _CONTEXTS.popitem(last=False)
     _CONTEXTS.move_to_end(key)
     return _CONTEXTS[key]
+
+
+def kernel_context_without_our_plugins(image: Path, symbols: Path, cache: Path) -> Tuple[Any, str]:
+    """As :func:`kernel_context`, with Volatility's own ``windows.modules`` for the automagic and
+    none of our plugins imported: for tests of what another plugin can use of our packages."""
+    _prepare(symbols, cache, ours=False)
+    from volatility3.plugins.windows import modules
+
+    constructed = _in_process(image, symbols, cache, modules.Modules, {}, ours=False)
+    return constructed.context, constructed.context.config[f"{constructed.config_path}.kernel"]
 
 
 def module_rows(image: Path, symbols: Path, cache: Path) -> List[Tuple[str, int, int]]:

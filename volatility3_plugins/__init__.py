@@ -6,6 +6,13 @@ mistaken for a plugin.
 
 ``vol-callbackobjects stack ...`` and ``vol-callbackobjects sweep ...`` are the fleet commands
 (:mod:`.fleet.cli`); anything else is Volatility's own command line with this folder added.
+
+Packages, each importing only those below it (``tests/unit/test_layering.py`` checks it):
+``windows/kernelread`` (reading the kernel, for any plugin), ``windows/kernelpool`` (the pool
+allocators and the pool-scan engine), ``windows/callback_objects`` (what is callback-specific),
+the plugin ``windows/callbackobjects.py`` on top; ``schema`` (what the output means, standard
+library only) beside them, the only package ``fleet`` imports; ``layers`` (the crash-dump
+layer) takes only the page size and the warn-once of ``kernelread``.
 """
 
 import os

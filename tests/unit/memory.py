@@ -6,8 +6,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from volatility3.framework import contexts, exceptions
 from volatility3.framework.layers import physical
 
-from volatility3_plugins.windows.callback_objects import structures
-from volatility3_plugins.windows.callback_objects.kernel import KernelContext
+from volatility3_plugins.windows.callback_objects import isf
+from volatility3_plugins.windows.callback_objects.context import CallbackContext
 
 MASK48 = (1 << 48) - 1
 
@@ -90,8 +90,8 @@ def make_context(bits: int = 48):
 
 
 def load_our_table(context, is_64bit: bool = True, has_list: bool = True) -> str:
-    layout = structures.Layout(is_64bit=is_64bit, has_callback_list=has_list)
-    return structures.load_table(context, "test.symbols", layout)
+    layout = isf.Layout(is_64bit=is_64bit, has_callback_list=has_list)
+    return isf.load_table(context, "test.symbols", layout)
 
 
 #: Where the test "kernel" module is based (its symbol table is ours: no kernel symbols).
@@ -103,13 +103,13 @@ def make_kernel(bits: int = 48, has_list: bool = True):
     context, layer = make_context(bits)
     table = load_our_table(context, bits == 48, has_list)
     module = context.module(table, layer_name="test", offset=KERNEL_BASE if bits == 48 else 0x82800000)
-    kernel = KernelContext(context, module.name, table, structures.Layout(bits == 48, has_list))
+    kernel = CallbackContext(context, module.name, table, isf.Layout(bits == 48, has_list))
     layer.on_change.append(kernel.reader.invalidate)
     return kernel, layer
 
 
 def record(address: int, **values):
     """A structure record as a view returns it, for tests that build rows by hand."""
-    from volatility3_plugins.windows.callback_objects.views import Record
+    from volatility3_plugins.windows.kernelread.views import Record
 
     return Record(address, dict(values), complete=True, zeroed=not any(values.values()))

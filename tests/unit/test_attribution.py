@@ -3,15 +3,8 @@
 import struct
 
 from volatility3.framework import renderers
-from volatility3_plugins.windows.callback_objects import (
-    attribution,
-    expected,
-    loaded_modules,
-    merge,
-    pe_image,
-    registrations,
-    rows,
-)
+from volatility3_plugins.windows.callback_objects import expected, inventory, registrations, rows
+from volatility3_plugins.windows.kernelread import attribution, loaded_modules, pe_image
 
 from tests.unit import memory
 
@@ -51,17 +44,21 @@ def build_pe() -> bytes:
     return bytes(image)
 
 
+def listed_modules():
+    """The kernel, a driver with a PE image, and a driver whose headers are not mapped."""
+    return [
+        loaded_modules.LoadedModule(KERNEL & memory.MASK48, 0x100000, "ntoskrnl.exe", True),
+        loaded_modules.LoadedModule(DRIVER & memory.MASK48, 0x3000, "test.sys", False),
+        loaded_modules.LoadedModule(HIDDEN_HEADERS & memory.MASK48, 0x3000, "paged.sys", False),
+    ]
+
+
 def _setup(complete=True):
     kernel, layer = memory.make_kernel()
     layer.map(DRIVER, 0x3000)
     layer.write(DRIVER, build_pe())
     layer.map(KERNEL, 0x1000)  # kernel headers absent (zeros): not a PE
-    mods = [
-        loaded_modules.LoadedModule(KERNEL & memory.MASK48, 0x100000, "ntoskrnl.exe", True),
-        loaded_modules.LoadedModule(DRIVER & memory.MASK48, 0x3000, "test.sys", False),
-        loaded_modules.LoadedModule(HIDDEN_HEADERS & memory.MASK48, 0x3000, "paged.sys", False),
-    ]
-    module_list = loaded_modules.ModuleList(mods, available=True, complete=complete)
+    module_list = loaded_modules.ModuleList(listed_modules(), available=True, complete=complete)
     return kernel, layer, attribution.Attributor(kernel, module_list)
 
 
@@ -124,7 +121,7 @@ def test_kernel_without_isf_symbol_falls_back_to_offset():
 def _record(name, allow_multiple):
     obj = _addr(0xFFFFF80040000100)
     body = memory.record(obj, Signature=0x6C6C6143, AllowMultipleCallbacks=allow_multiple)
-    return merge.CallbackObjectRecord(
+    return inventory.CallbackObjectRecord(
         address=obj, name=name, routes={"list", "directory"}, body=body, registrations_head=obj + 0x10,
         list_state="complete", directory_complete=True,
     )

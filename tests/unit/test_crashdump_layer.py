@@ -37,7 +37,7 @@ def test_bitmap_runs_ignore_bits_past_the_page_count():
 
 
 def test_settle_segments_sorts_merges_clips_and_drops_overlaps(caplog, monkeypatch):
-    monkeypatch.setattr(crashdump, "_said", set())
+    monkeypatch.setattr(crashdump, "_said", crashdump.SaidOnce(crashdump.vollog))
     caplog.set_level(logging.INFO, logger=crashdump.vollog.name)
     segments = [
         (0x5000, 0x3000, 2 * PAGE, 2 * PAGE),  # continues the first one in memory and in the file

@@ -5,7 +5,7 @@ flag table of its own (issue 19: one flag table, not two; a README read in five 
 import re
 from pathlib import Path
 
-from volatility3_plugins.windows.callback_objects import flags
+from volatility3_plugins.schema import flags
 
 REPO = Path(__file__).resolve().parents[2]
 TRIAGE = REPO / "docs" / "TRIAGE.md"

@@ -12,7 +12,8 @@ import pytest
 from volatility3_plugins import _merge_repeated_baselines
 from volatility3_plugins.fleet import paths, stack, sweep
 from volatility3_plugins.fleet.progress import Progress
-from volatility3_plugins.windows.callback_objects import baseline, flags, outputs
+from volatility3_plugins.schema import baseline, outputs
+from volatility3_plugins.windows.callback_objects import classify
 
 
 def row(obj: int, name: Optional[str], module: Optional[str], symbol: Optional[str], row_flags: str = "",
@@ -84,12 +85,12 @@ def test_judge_and_flag_only_live_registrations_missing_from_every_baseline():
                  row(0x77, r"\Callback\A", None, None, "outside_modules"))
     verdicts = good.judge(rows)
     assert verdicts == [True, False, None, False]
-    flagged = [flags.classify_baseline(list(r.flags), v) for r, v in zip(rows, verdicts)]
+    flagged = [classify.classify_baseline(list(r.flags), v) for r, v in zip(rows, verdicts)]
     assert flagged == [[], ["multiple_on_exclusive", "not_in_baseline"], ["freed"],
                        ["outside_modules", "not_in_baseline"]]
-    assert flags.classify_baseline(["not_in_directory"], False) == ["not_in_baseline", "not_in_directory"]
-    assert flags.classify_baseline(["unreadable"], False) == ["unreadable"]
-    assert flags.classify_baseline([], None) == []
+    assert classify.classify_baseline(["not_in_directory"], False) == ["not_in_baseline", "not_in_directory"]
+    assert classify.classify_baseline(["unreadable"], False) == ["unreadable"]
+    assert classify.classify_baseline([], None) == []
 
 
 def test_notes_warn_of_another_build_and_of_a_doubtful_baseline():

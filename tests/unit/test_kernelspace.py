@@ -5,9 +5,8 @@ import struct
 from volatility3.framework import contexts
 from volatility3.framework.layers import intel, physical
 
-from volatility3_plugins.windows.callback_objects import kernelspace
-from volatility3_plugins.windows.callback_objects.kernel import KernelContext
-from volatility3_plugins.windows.callback_objects import structures
+from volatility3_plugins.windows.kernelread import physical_search
+from volatility3_plugins.windows.kernelread.context import KernelContext
 
 from tests.unit import memory
 
@@ -46,7 +45,7 @@ def _kernel(ram):
     context.add_layer(intel.Intel32e(context, "layers.virtual", "virtual"))
     table = memory.load_our_table(context)
     module = context.module(table, layer_name="virtual", offset=0xFFFFF80000000000)
-    return KernelContext(context, module.name, table, structures.Layout(True, True))
+    return KernelContext(context, module.name)
 
 
 def test_hits_map_back_to_kernel_addresses_only():
@@ -56,10 +55,10 @@ def test_hits_map_back_to_kernel_addresses_only():
     ram[0x250000 + 0x304 : 0x250000 + 0x308] = b"Call"  # inside the 2 MiB page
     ram[0x30000 + 0x404 : 0x30000 + 0x408] = b"CBRe"  # a frame nothing maps
     kernel = _kernel(ram)
-    hits = kernelspace.physical_search(kernel, [b"CBRe", b"Call"], 4, 0x10)
+    hits = physical_search.physical_search(kernel, [b"CBRe", b"Call"], 4, 0x10)
     assert sorted((hit.frame, hit.offset, hit.tag) for hit in hits) == [
         (0x10, 0x100, b"CBRe"), (0x11, 0x200, b"CBRe"), (0x30, 0x400, b"CBRe"), (0x250, 0x300, b"Call")]
-    mapped = kernelspace.kernel_mappings(kernel, {hit.frame for hit in hits})
+    mapped = physical_search.kernel_mappings(kernel, {hit.frame for hit in hits})
     # The layer's addresses: 48 bits, not sign-extended (callers mask theirs the same way).
     assert mapped == {0x10: [0x800000000000], 0x250: [0x800000200000 + 0x50 * PAGE]}
 
@@ -68,5 +67,5 @@ def test_reads_bypass_the_layers_cache_and_zero_fill_gaps():
     ram = _tables()
     ram[0x10000:0x10004] = b"ABCD"
     kernel = _kernel(ram)
-    data = kernelspace.read_uncached(kernel.context, kernel.layer, 0xFFFF800000000000 - PAGE, 2 * PAGE)
+    data = physical_search.read_uncached(kernel.context, kernel.layer, 0xFFFF800000000000 - PAGE, 2 * PAGE)
     assert data[:PAGE] == bytes(PAGE) and data[PAGE : PAGE + 4] == b"ABCD"

@@ -3,11 +3,15 @@ blocks found on no list, and hidden-driver attribution."""
 
 import struct
 
-from volatility3_plugins.windows.callback_objects import attribution, flags, kernelspace, loaded_modules, poolscan
+from volatility3_plugins.schema import flags
+from volatility3_plugins.windows.callback_objects import classify, scan_targets
+from volatility3_plugins.windows.kernelpool import scan
+from volatility3_plugins.windows.kernelpool.state import BlockState
+from volatility3_plugins.windows.kernelread import attribution, diagnostics, loaded_modules, physical_search
 from volatility3_plugins.windows.kernelpool.state import Unknown
 
 from tests.unit import memory
-from tests.unit.test_attribution import DRIVER, _setup
+from tests.unit.test_attribution import DRIVER, _setup, listed_modules
 
 BASE = 0xFFFF9A8000000000 & memory.MASK48
 TAGS = (b"CBRe", b"Call", b"Cal\xec")
@@ -26,61 +30,61 @@ def test_tags_are_found_only_where_a_pool_header_keeps_them():
     chunk[0x408:0x418] = _header(4, 2, b"CBRe")  # not on a 16-byte boundary
     chunk[0x510:0x514] = b"CBRe"  # a tag where a header keeps its size, not its tag
     chunk[0x600:0x610] = _header(4, 2, b"CBRf")
-    found = sorted(kernelspace.search_tags(bytes(chunk), BASE, TAGS, 4, 0x10))
+    found = sorted(physical_search.search_tags(bytes(chunk), BASE, TAGS, 4, 0x10))
     assert found == [(BASE + 0x100, b"CBRe"), (BASE + 0x200, b"CBRe"), (BASE + 0x300, b"Cal\xec")]
     # x86: 8-byte headers, the tag at offset 4 of each.
-    found = list(kernelspace.search_tags(bytes(chunk), 0x84000000, (b"CBRe",), 4, 8))
+    found = list(physical_search.search_tags(bytes(chunk), 0x84000000, (b"CBRe",), 4, 8))
     assert sorted(found) == [(0x84000100, b"CBRe"), (0x84000200, b"CBRe"), (0x84000408, b"CBRe")]
 
 
 def test_volatility_scanner_fallback_finds_the_same_positions():
-    chunk = bytearray(poolscan.REGION_READ)
+    chunk = bytearray(scan.REGION_READ)
     chunk[0x100:0x110] = _header(4, 2, b"CBRe")
     chunk[-0x10:] = _header(4, 2, b"CBRe")
-    scanner = poolscan.TagScanner((b"CBRe",), 4, 0x10)
+    scanner = scan.TagScanner((b"CBRe",), 4, 0x10)
     assert sorted(scanner(bytes(chunk) + bytes(0x100), BASE)) == [(BASE + 0x100, b"CBRe"), (BASE + len(chunk) - 0x10, b"CBRe")]
 
 
 def test_hits_need_a_block_size_that_holds_their_structure():
     kernel, layer = memory.make_kernel()
-    scan = poolscan.PoolScan(kernel, [t for t in poolscan.builtin_targets() if t.kind == poolscan.REGISTRATIONS], Unknown("test"))
+    scanner = scan.PoolScanner(kernel, scan_targets.CallbackTargets(kernel).targets([scan_targets.REGISTRATIONS]), Unknown("test"))
     chunk = bytearray(0x1000)
     chunk[0x100:0x110] = _header(4, 2, b"CBRe")  # 0x40 bytes: header and registration
     chunk[0x200:0x210] = _header(2, 2, b"CBRe")  # 0x20 bytes cannot hold a registration
     chunk[0x300:0x310] = _header(0, 2, b"CBRe")  # BlockSize 0
     chunk[0x400:0x410] = _header(0xFF, 2, b"CBRe")  # 0xFF0 bytes: within a page
-    hits = [scan._hit(BASE + offset, b"CBRe", bytes(chunk), offset) for offset in (0x100, 0x200, 0x300, 0x400)]
+    hits = [scanner._hit(BASE + offset, b"CBRe", bytes(chunk), offset) for offset in (0x100, 0x200, 0x300, 0x400)]
     assert [(h.block_size, h.pool_type) if h else None for h in hits] == [(0x40, 2), None, None, (0xFF0, 2)]
     assert hits[0].data == bytes(chunk[0x100:0x140])
 
 
 def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():
-    clean_object = flags.ObjectFacts(True, True, flags.COMPLETE, True, True, True, False, True, 1)
-    assert flags.classify(
+    clean_object = classify.ObjectFacts(True, True, diagnostics.COMPLETE, True, True, True, False, True, 1)
+    assert classify.classify(
         clean_object,
-        flags.RegistrationFacts(backlink_ok=True, in_module=False, executable=True, hidden_module=True),
+        classify.RegistrationFacts(backlink_ok=True, in_module=False, executable=True, hidden_module=True),
     ) == [flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE]
 
 
 def test_only_allocated_loader_entries_are_hidden_module_candidates():
-    result = poolscan.ScanResult(ran=True)
+    result = scan_targets.ScanResult(ran=True)
     result.modules = [
-        poolscan.ScannedModule(0x1000, 0x40000000, 0x3000, "ghost.sys", poolscan.ALLOCATED),
-        poolscan.ScannedModule(0x2000, 0x40000000, 0x3000, "ghost.sys", poolscan.FREED),
-        poolscan.ScannedModule(0x3000, 0x50000000, 0x3000, "unloaded.sys", poolscan.FREED),
+        scan_targets.ScannedModule(0x1000, 0x40000000, 0x3000, "ghost.sys", BlockState.ALLOCATED),
+        scan_targets.ScannedModule(0x2000, 0x40000000, 0x3000, "ghost.sys", BlockState.FREED),
+        scan_targets.ScannedModule(0x3000, 0x50000000, 0x3000, "unloaded.sys", BlockState.FREED),
     ]
     assert [(m.base, m.name, m.hidden) for m in result.hidden_module_candidates()] == [(0x40000000, "ghost.sys", True)]
 
 
 def test_hidden_modules_only_name_addresses_no_listed_module_covers():
-    kernel, _layer, listed = _setup()
+    kernel, _layer, _attributor = _setup()
     ghost_base = 0xFFFFF80040000000 & memory.MASK48  # beside every listed module
     hidden = [
         loaded_modules.LoadedModule(ghost_base, 0x3000, "ghost.sys", False, hidden=True),
         # an entry for a listed driver (its MmLd block is in pool too): ignored
         loaded_modules.LoadedModule(DRIVER & memory.MASK48, 0x3000, "shadow.sys", False, hidden=True),
     ]
-    module_list = loaded_modules.ModuleList(listed.modules, available=True, complete=True)
+    module_list = loaded_modules.ModuleList(listed_modules(), available=True, complete=True)
     attributor = attribution.Attributor(kernel, module_list, hidden_modules=hidden)
     assert [m.name for m in attributor.hidden_modules] == ["ghost.sys"]
     in_ghost = attributor.attribute(ghost_base + 0x1700)
@@ -101,7 +105,7 @@ def test_canonical_kernel_pointers():
 
 
 def test_module_images_are_cut_out_of_the_scanned_sections():
-    from volatility3_plugins.windows.callback_objects.poolscan import without_ranges
+    from volatility3_plugins.windows.kernelpool.scan import without_ranges
 
     kernel_half = [(0x8000_0000_0000, 0x8000_0000_0000)]
     holes = [(0xF803_1240_0000, 0xD1_0000), (0xF803_1321_0000, 0xD000), (0x1000, 0x1000)]

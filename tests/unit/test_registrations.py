@@ -1,7 +1,7 @@
 """Reading callback objects and their registrations from hand-made memory with our ISF."""
 
 from volatility3.framework import renderers
-from volatility3_plugins.windows.callback_objects import registrations, structures
+from volatility3_plugins.windows.callback_objects import isf, registrations
 
 from tests.unit import memory
 
@@ -13,7 +13,7 @@ ROUTINE = 0xFFFFF80012345678
 
 
 def _write_object(layer, address, allow_multiple=1, garbage=True):
-    layer.u32(address, structures.CALLBACK_SIGNATURE)
+    layer.u32(address, isf.CALLBACK_SIGNATURE)
     if garbage:
         layer.u32(address + 4, 0xDEADBEEF)  # padding after Signature
         layer.write(address + 0x21, b"\xAA" * 7)  # padding after AllowMultipleCallbacks
@@ -49,7 +49,7 @@ def _setup():
 def test_object_fields_read_exact_widths():
     kernel, layer = _setup()
     body = kernel.callback_object.read(kernel.reader, OBJ)
-    assert body.Signature == structures.CALLBACK_SIGNATURE  # 0xDEADBEEF padding ignored
+    assert body.Signature == isf.CALLBACK_SIGNATURE  # 0xDEADBEEF padding ignored
     assert body.AllowMultipleCallbacks is True  # one byte, garbage after it ignored
     assert kernel.callback_object.offset("RegisteredCallbacks.Flink") == 0x10
     assert body.complete and not body.zeroed

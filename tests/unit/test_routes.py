@@ -23,8 +23,8 @@ def test_every_excb_global_of_the_symbol_table_is_checked(tmp_path):
     import json
 
     from volatility3.framework.symbols import intermed
-    from volatility3_plugins.windows.callback_objects import structures
-    from volatility3_plugins.windows.callback_objects.kernel import KernelContext
+    from volatility3_plugins.windows.callback_objects import isf
+    from volatility3_plugins.windows.callback_objects.context import CallbackContext
 
     from tests.unit import memory
 
@@ -42,7 +42,7 @@ def test_every_excb_global_of_the_symbol_table_is_checked(tmp_path):
     path.write_text(json.dumps(table))
     context.symbol_space.append(intermed.IntermediateSymbolTable(context, "test.nt", "nt", isf_url=path.as_uri()))
     module = context.module("nt", layer_name="test", offset=memory.KERNEL_BASE)
-    kernel = KernelContext(context, module.name, ours, structures.Layout(True, True))
+    kernel = CallbackContext(context, module.name, ours, isf.Layout(True, True))
     layer.map(memory.KERNEL_BASE, 0x1000)
     layer.ptr(memory.KERNEL_BASE + 0x100, 0xFFFF9A8000001000)
     layer.ptr(memory.KERNEL_BASE + 0x108, 0xFFFF9A8000002000)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from volatility3_plugins.windows.callback_objects import structures
+from volatility3_plugins.windows.callback_objects import isf
 
 from tests.unit import memory
 
@@ -50,16 +50,16 @@ def test_layout_matches_notes(is_64bit, has_list, obj_fields, obj_size, reg_fiel
 
 
 def test_layout_filenames():
-    assert structures.Layout(True, True).filename == "callbackobjects-x64.json"
-    assert structures.Layout(True, False).filename == "callbackobjects-x64-win7.json"
-    assert structures.Layout(False, True).filename == "callbackobjects-x86.json"
-    assert structures.Layout(False, False).filename == "callbackobjects-x86-win7.json"
+    assert isf.Layout(True, True).filename == "callbackobjects-x64.json"
+    assert isf.Layout(True, False).filename == "callbackobjects-x64-win7.json"
+    assert isf.Layout(False, True).filename == "callbackobjects-x86.json"
+    assert isf.Layout(False, False).filename == "callbackobjects-x86-win7.json"
 
 
 def test_isf_found_without_user_path():
     for is_64bit in (True, False):
         for has_list in (True, False):
-            path = structures.find_isf(structures.Layout(is_64bit, has_list).filename)
+            path = isf.find_isf(isf.Layout(is_64bit, has_list).filename)
             assert path is not None and os.path.isfile(path)
             with open(path) as handle:
                 assert json.load(handle)["metadata"]["format"].startswith("6.")

@@ -7,8 +7,8 @@ import pytest
 
 from volatility3.framework import renderers
 from volatility3.framework.symbols import intermed
-from volatility3_plugins.windows.callback_objects import views
-from volatility3_plugins.windows.callback_objects.pagecache import PageReader
+from volatility3_plugins.windows.kernelread import views
+from volatility3_plugins.windows.kernelread.pages import PageReader
 
 from tests.unit import memory
 

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from ..windows.callback_objects import baseline, outputs
+from ..schema import baseline, outputs
 from . import executors, paths, stack, sweep
 
 PROG = "vol-callbackobjects"

@@ -2,9 +2,9 @@
 
 The rarest first: what one or two machines of a thousand have and the others do not is where a
 responder looks first (the "least frequency of occurrence" of process and service stacking).
-Registrations are keyed as the known-good comparison keys them (:mod:`..windows.callback_objects
-.baseline`: object name, every unnamed object alike; module and symbol or module-relative
-offset; never an address), over the rows that are evidence of a live registration (freed
+Registrations are keyed as the known-good comparison keys them (:mod:`..schema.baseline`: object
+name, every unnamed object alike; module and symbol or module-relative offset; never an
+address), over the rows that are evidence of a live registration (freed
 blocks, blocks of unknown state and unreadable memory are history or noise, not registrations).
 A routine in no module is stacked per object as ``(no module)``: shellcode on ``PowerState`` on
 two machines shows as one line carried by two images.
@@ -14,7 +14,7 @@ import dataclasses
 import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..windows.callback_objects import baseline, flags, outputs
+from ..schema import baseline, flags, outputs
 
 #: Shown for the module of a routine in no module, and its symbol.
 NO_MODULE = "(no module)"

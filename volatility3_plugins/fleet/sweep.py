@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..windows.callback_objects import flags, outputs
+from ..schema import flags, outputs, verdict_line
 from . import executors, paths, stack
 
 PLUGIN = "windows.callbackobjects"
@@ -44,9 +44,6 @@ OWN_OPTIONS = ("-f", "--file", "--single-location", "-r", "--renderer")
 MAX_REASON_LINES = 40
 MAX_WARNINGS = 50
 BANNER = "Volatility 3 Framework"
-VERDICT = re.compile(r"(Verdict: .*)$")
-BUILD = re.compile(r"^Verdict: build (\d+)")
-PDB = re.compile(r"kernel PDB ([0-9A-Fa-f]+)-(\d+)[;,]")
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".", ".partial"
 #: A first line for the refusals every sweep meets, before Volatility's own words.
 HINTS = (
@@ -146,17 +143,18 @@ def _lines(text: str) -> List[str]:
 
 
 def verdict_of(stderr: str) -> Optional[str]:
+    """The last verdict line the plugin logged, from its prefix on."""
     for line in reversed(_lines(stderr)):
-        match = VERDICT.search(line)
-        if match:
-            return match.group(1)
+        found = verdict_line.locate(line)
+        if found is not None:
+            return found
     return None
 
 
 def explanation(run: Run) -> str:
     """What Volatility said when it did not give rows: its error lines and any explanation it
     printed on standard output, without the banner and the verdict."""
-    said = [line for line in _lines(run.stderr) if not line.startswith(BANNER) and not VERDICT.search(line)]
+    said = [line for line in _lines(run.stderr) if not line.startswith(BANNER) and verdict_line.locate(line) is None]
     try:
         json.loads(run.stdout)
     except ValueError:
@@ -189,8 +187,8 @@ def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[st
     else:
         status = REFUSED
     verdict = verdict_of(run.stderr)
-    build = BUILD.search(verdict or "")
-    pdb = PDB.search(verdict or "")
+    said = verdict_line.parse(verdict) if verdict is not None else None
+    pdb = said.kernel_pdb if said is not None else None
     by_flag: Dict[str, int] = {}
     suspicious_rows = 0
     for row in rows or []:
@@ -217,13 +215,13 @@ def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[st
         "exit_code": run.exit_code,
         "reason": reason,
         "verdict": verdict,
-        "build": int(build.group(1)) if build else None,
-        "kernel_pdb": {"guid": pdb.group(1).upper(), "age": int(pdb.group(2))} if pdb else None,
+        "build": said.build if said is not None else None,
+        "kernel_pdb": {"guid": pdb[0], "age": pdb[1]} if pdb is not None else None,
         "rows": len(rows) if rows is not None else None,
         "suspicious_rows": suspicious_rows if rows is not None else None,
         "flags": {flag: by_flag[flag] for flag in flags.sort_flags(by_flag)},
         "warnings": [line for line in _lines(run.stderr)
-                     if line.startswith(("WARNING", "ERROR", "CRITICAL")) and not VERDICT.search(line)][:MAX_WARNINGS],
+                     if line.startswith(("WARNING", "ERROR", "CRITICAL")) and verdict_line.locate(line) is None][:MAX_WARNINGS],
         "plugin": PLUGIN,
         "plugin_options": list(job.options.plugin),
         "volatility_options": list(job.options.volatility),

@@ -30,15 +30,19 @@ import datetime
 import logging
 import struct
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 from volatility3.framework import constants, exceptions, interfaces
 from volatility3.framework.layers import crash
 from volatility3.framework.symbols import intermed
 
+# Both standard library only (the page size, the run diagnostics' warn-once): the layer loads
+# without the plugins.
+from ..windows.kernelread.addresses import PAGE_SIZE
+from ..windows.kernelread.diagnostics import SaidOnce
+
 vollog = logging.getLogger(__name__)
 
-PAGE_SIZE = 0x1000
 MAX_PAGE_NUMBER = 1 << 40  # x64 addresses 52 bits of physical memory at most
 
 DUMP_TYPE_BITMAP_KERNEL = 6
@@ -80,15 +84,14 @@ PFN_RANGE = struct.Struct("<QQ")  # PageFileNumber, NumberOfPages
 
 Segment = Tuple[int, int, int, int]  # physical address, file offset, length, mapped length
 
-_said: Set[Tuple[str, str]] = set()
+#: What was said about which file, once per process: the stacker and the layer run again for
+#: every automagic pass and every context clone, the facts do not change.
+_said = SaidOnce(vollog)
 
 
 def _say_once(level: int, source: str, message: str) -> None:
-    """Log ``message`` about ``source`` once per process: the stacker and the layer run again
-    for every automagic pass and every context clone, the facts do not change."""
-    if (source, message) not in _said:
-        _said.add((source, message))
-        vollog.log(level, message)
+    """Log ``message`` about ``source`` once per process."""
+    _said.log(level, message, key=(source, message))
 
 
 def _source(layer: interfaces.layers.DataLayerInterface) -> str:

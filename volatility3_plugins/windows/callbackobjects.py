@@ -1,13 +1,14 @@
 """``windows.callbackobjects``: every callback object, its registrations and their owners.
 
-The work lives in the ``callback_objects`` package beside this file; this module declares the
-requirements, exposes the reusable classmethods and renders the rows. An image goes to its rows
-through :mod:`.callback_objects.report` (routes, scan, merge) and
-:mod:`.callback_objects.rows` (classification).
+The work lives in the packages beside this file (``kernelread``: reading the kernel;
+``kernelpool``: the pool allocators and the pool-scan engine; ``callback_objects``: what is
+callback-specific; ``..schema``: what the output means). This module declares the
+requirements, exposes the reusable classmethods, runs them (``run`` takes exactly the path
+another plugin would) and renders the rows.
 """
 
 import logging
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Tuple
 
 from volatility3.framework import constants, exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
@@ -15,26 +16,17 @@ from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import windows as windows_symbols  # noqa: F401 (before poolscanner: it breaks their import cycle)
 from volatility3.plugins.windows import poolscanner
 
-from .callback_objects import baseline, merge, outputs, poolscan, registrations, report, rows, verdict
-from .callback_objects.kernel import KernelContext
+from ..schema import baseline, columns, outputs
+from .callback_objects import inventory, pipeline, registrations, rows, scan_targets, verdict
+from .callback_objects.context import CallbackContext
+from .kernelpool.state import BlockState
 
 vollog = logging.getLogger(__name__)
 
+#: The TreeGrid type of each kind of column value (:mod:`..schema.columns`).
+RENDERED_TYPES = {columns.HEX: format_hints.Hex, columns.TEXT: str, columns.BOOL: bool, columns.INT: int}
 #: Column names and types: users script against them, never rename or reorder.
-COLUMNS = [
-    ("Object", format_hints.Hex),
-    ("Name", str),
-    ("AllowMultiple", bool),
-    ("FoundBy", str),
-    ("Registration", format_hints.Hex),
-    ("Routine", format_hints.Hex),
-    ("Context", format_hints.Hex),
-    ("Busy", int),
-    ("UnregisterWaiting", bool),
-    ("Module", str),
-    ("Symbol", str),
-    ("Flags", str),
-]
+COLUMNS = [(column.name, RENDERED_TYPES[column.kind]) for column in columns.COLUMNS]
 
 DEFAULT_CONFIG_PATH = "plugins.CallbackObjects"
 
@@ -52,13 +44,35 @@ class BaselineUnreadable(exceptions.VolatilityException):
 
 class CallbackObjects(interfaces.plugins.PluginInterface):
     """Lists kernel callback objects (ExCreateCallback), their registered routines and owners,
-    and flags tampering."""
+    and flags tampering.
+
+    Reusing it from another plugin: the classmethods below, like those of Volatility's
+    ``windows.callbacks`` and ``windows.ssdt``. Declare
+    ``requirements.VersionRequirement(name="callbackobjects", component=CallbackObjects,
+    version=(3, 0, 0))``, build the run context once with :meth:`build_kernel_context` and pass
+    it as ``kernel=`` to the others (each builds one when it is None)::
+
+        kernel = CallbackObjects.build_kernel_context(context, kernel_module_name)
+        scan = CallbackObjects.scan_pool(context, kernel_module_name, kernel=kernel)
+        objects = CallbackObjects.list_callback_objects(context, kernel_module_name, scan=scan, kernel=kernel)
+        for record in objects:
+            listed = CallbackObjects.list_registrations(context, kernel_module_name, record, kernel=kernel)
+        loose = CallbackObjects.list_loose_registrations(context, kernel_module_name, objects, scan, kernel=kernel)
+
+    This is the path :meth:`run` takes. A plugin that only needs the kernel's pool (where its
+    blocks lie, whether one is allocated) needs none of this: ``KernelContext(context,
+    kernel_module_name)`` (``kernelread.context``) and ``open_pool_map(kernel)``
+    (``kernelpool.maps``) import nothing of callbacks.
+    """
 
     _required_framework_version = (2, 0, 0)
     # 2.0.0: one run context (KernelContext) for every step; classmethods take it
     # 2.1.0: allocation states from the pool allocator; scan_pool(full=...)
     # 2.2.0: known-good comparison (--baseline, not_in_baseline)
-    _version = (2, 2, 0)
+    # 3.0.0: the run context is a CallbackContext (KernelContext plus our views);
+    #        list_callback_objects returns the records; allocation states are BlockState
+    #        values; list_loose_registrations(linked=...); run() goes through these methods
+    _version = (3, 0, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -126,9 +140,12 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         config_path: str = DEFAULT_CONFIG_PATH,
-    ) -> KernelContext:
-        """Builds the state a run shares (layer, pointer size, our structure layouts, page
-        cache, ...), once; pass it to the other classmethods when calling several.
+    ) -> CallbackContext:
+        """Builds the state a run shares, once, like ``ssdt.SSDT.build_module_collection``: the
+        kernel module and its layer, pointer size, build number, page cache, the kernel's
+        symbols, the module list and object headers (on first use), and the views of
+        ``_CALLBACK_OBJECT`` / ``_CALLBACK_REGISTRATION`` from our own ISF (loaded here, under
+        ``config_path``). Pass it as ``kernel=`` to the other classmethods.
 
         Args:
             context: The context to retrieve required elements (layers, symbol tables) from
@@ -136,9 +153,43 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             config_path: Where our symbol table's configuration goes
 
         Returns:
-            The run context
+            The run context (its ``diagnostics`` holds the warnings said and each route's state)
         """
-        return KernelContext.build(context, kernel_module_name, config_path)
+        return CallbackContext.build(context, kernel_module_name, config_path)
+
+    @classmethod
+    def scan_pool(
+        cls,
+        context: interfaces.context.ContextInterface,
+        kernel_module_name: str,
+        config_path: str = DEFAULT_CONFIG_PATH,
+        kinds: Collection[str] = scan_targets.ALL_KINDS,
+        progress_callback: Optional[constants.ProgressCallback] = None,
+        kernel: Optional[CallbackContext] = None,
+        full: bool = False,
+    ) -> scan_targets.ScanResult:
+        """One pass over the kernel's non-paged pool for the blocks of ``kinds`` (callback
+        objects, registration blocks, loader entries), every hit validated; where the pool
+        allocator's metadata says its blocks lie, else (or with ``full``) the whole kernel half,
+        the images of loaded modules left out.
+
+        Args:
+            context: The context to retrieve required elements (layers, symbol tables) from
+            kernel_module_name: The name of the kernel module on which to operate
+            config_path: Where our symbol table's configuration goes
+            kinds: Which targets to look for (``scan_targets.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
+            progress_callback: Receives the scan's progress
+            kernel: A run context from :meth:`build_kernel_context` (built when None)
+            full: Scan the whole kernel half even where the allocator says where its blocks lie
+
+        Returns:
+            The validated blocks (``objects``, ``registrations``, ``modules``), each with its
+            allocation state (a ``BlockState``) from the pool allocator's metadata; ``ran`` is
+            False when pool headers cannot be decoded on this kernel
+        """
+        kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
+        images = [(module.base, module.size) for module in kernel.loaded_modules.modules]
+        return scan_targets.scan_pool(kernel, kinds, progress_callback, images, full)
 
     @classmethod
     def list_callback_objects(
@@ -146,11 +197,12 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
         config_path: str = DEFAULT_CONFIG_PATH,
-        scan: Optional[poolscan.ScanResult] = None,
-        kernel: Optional[KernelContext] = None,
-    ) -> List[merge.CallbackObjectRecord]:
-        """Every callback object found by the list, directory and global routes (and by a pool
-        scan's result when given), merged by body address and sorted by it.
+        scan: Optional[scan_targets.ScanResult] = None,
+        kernel: Optional[CallbackContext] = None,
+    ) -> List[inventory.CallbackObjectRecord]:
+        """Every callback object the list (``nt!ExpCallbackListHead``, 8.1+), directory
+        (``\\Callback``) and global (``nt!ExCb*``) routes reach, and those a pool scan's result
+        confirmed, merged by body address and sorted by it.
 
         Args:
             context: The context to retrieve required elements (layers, symbol tables) from
@@ -160,22 +212,23 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             kernel: A run context from :meth:`build_kernel_context` (built when None)
 
         Returns:
-            One record per callback object
+            One record per object: body address, name, the routes that found it (``found_by``),
+            its body's fields, its ``RegisteredCallbacks`` head, the globals pointing at it
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
-        scanned = [(block.address, block.state) for block in scan.objects] if scan is not None else []
-        return merge.collect_objects(kernel, scanned).objects
+        return inventory.collect_objects(kernel, scan.objects if scan is not None else ())
 
     @classmethod
     def list_registrations(
         cls,
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
-        callback_object: merge.CallbackObjectRecord,
+        callback_object: inventory.CallbackObjectRecord,
         config_path: str = DEFAULT_CONFIG_PATH,
-        kernel: Optional[KernelContext] = None,
+        kernel: Optional[CallbackContext] = None,
     ) -> registrations.RegistrationList:
-        """The registrations linked from an object's ``RegisteredCallbacks`` list (bounded).
+        """The registrations linked from an object's ``RegisteredCallbacks`` list, walked both
+        ways and bounded.
 
         Args:
             context: The context to retrieve required elements (layers, symbol tables) from
@@ -185,54 +238,25 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             kernel: A run context from :meth:`build_kernel_context` (built when None)
 
         Returns:
-            The registrations, and whether the list walk closed
+            The registrations (routine, context, owner object, ...) and whether the list walk
+            closed (``complete``: only then is a block on no list really off it)
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
         return registrations.list_registrations(kernel, callback_object.registrations_head)
-
-    @classmethod
-    def scan_pool(
-        cls,
-        context: interfaces.context.ContextInterface,
-        kernel_module_name: str,
-        config_path: str = DEFAULT_CONFIG_PATH,
-        kinds=poolscan.ALL_KINDS,
-        progress_callback: Optional[constants.ProgressCallback] = None,
-        kernel: Optional[KernelContext] = None,
-        full: bool = False,
-    ) -> poolscan.ScanResult:
-        """One pass over kernel pool for the scan targets of ``kinds`` (callback objects,
-        registration blocks, loader entries; see ``poolscan.builtin_targets``), every hit
-        validated; the images of loaded modules are not searched.
-
-        Args:
-            context: The context to retrieve required elements (layers, symbol tables) from
-            kernel_module_name: The name of the kernel module on which to operate
-            config_path: Where our symbol table's configuration goes
-            kinds: Which targets to look for (``poolscan.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
-            progress_callback: Receives the scan's progress
-            kernel: A run context from :meth:`build_kernel_context` (built when None)
-            full: Scan the whole kernel half even where the allocator says where its blocks lie
-
-        Returns:
-            The validated blocks, with their allocation state from the pool allocator's metadata
-        """
-        kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
-        images = [(module.base, module.size) for module in kernel.loaded_modules.modules]
-        return poolscan.scan_pool(kernel, kinds, progress_callback, images, full)
 
     @classmethod
     def list_loose_registrations(
         cls,
         context: interfaces.context.ContextInterface,
         kernel_module_name: str,
-        callback_objects: List[merge.CallbackObjectRecord],
-        scan: poolscan.ScanResult,
+        callback_objects: List[inventory.CallbackObjectRecord],
+        scan: scan_targets.ScanResult,
         config_path: str = DEFAULT_CONFIG_PATH,
-        kernel: Optional[KernelContext] = None,
-    ) -> List[Tuple[registrations.Registration, str]]:
-        """The loose registrations: blocks the scan found on none of the objects' lists whose
-        ``CallbackObject`` names one of ``callback_objects``.
+        kernel: Optional[CallbackContext] = None,
+        linked: Optional[Collection[int]] = None,
+    ) -> List[Tuple[registrations.Registration, BlockState]]:
+        """The loose registrations: registration blocks the scan found on none of the objects'
+        lists, whose ``CallbackObject`` names one of ``callback_objects``.
 
         Args:
             context: The context to retrieve required elements (layers, symbol tables) from
@@ -241,15 +265,23 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             scan: A result of :meth:`scan_pool` that looked for registrations
             config_path: Where our symbol table's configuration goes
             kernel: A run context from :meth:`build_kernel_context` (built when None)
+            linked: The addresses of the registrations :meth:`list_registrations` returned for
+                ``callback_objects``, when the caller walked every list already (``run`` does);
+                the lists are walked here when None
 
         Returns:
-            (registration, allocation state) pairs, grouped by the object they name
+            (registration, allocation state of its block) pairs, grouped by the object they
+            name, then by address
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
-        linked = set()
-        for record in callback_objects:
-            listed = registrations.list_registrations(kernel, record.registrations_head)
-            linked.update(reg.address for reg in listed.registrations)
+        if linked is None:
+            linked = {
+                registration.address
+                for record in callback_objects
+                for registration in cls.list_registrations(
+                    context, kernel_module_name, record, config_path, kernel=kernel
+                ).registrations
+            }
         known = {record.address for record in callback_objects}
         return registrations.loose_registrations(kernel, scan.registrations, linked, known)
 
@@ -282,14 +314,23 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         values.append(",".join(row.flags))
         return tuple(values)
 
-    def _generator(self, found: report.Report) -> Iterator[Tuple[int, Tuple]]:
+    def _generator(self, kernel: CallbackContext, found: pipeline.Report) -> Iterator[Tuple[int, Tuple]]:
         only_suspicious = bool(self.config.get("suspicious", False))
-        for row in found.rows():
+        name = kernel.kernel_module_name
+        found_rows = found.rows(
+            registrations_of=lambda record: self.list_registrations(
+                self.context, name, record, self.config_path, kernel=kernel
+            ),
+            loose_of=lambda linked: self.list_loose_registrations(
+                self.context, name, found.objects, found.scan, self.config_path, kernel=kernel, linked=linked
+            ),
+        )
+        for row in found_rows:
             if only_suspicious and not row.suspicious:
                 continue
             yield 0, self.row_values(row)
         # Said at warning level: the responder sees it without -v, also with -q.
-        vollog.warning(verdict.verdict_line(found))
+        vollog.warning(verdict.line_of(found))
 
     def _known_good(self) -> Optional[baseline.Baseline]:
         """The baseline of ``--baseline``, None without one (its requirement validated it)."""
@@ -303,21 +344,32 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             raise BaselineUnreadable(str(error)) from None
 
     def run(self) -> renderers.TreeGrid:
-        """Refuses, before printing anything, an image that cannot support a verdict (wrong
-        symbol table, truncated or unreadable memory): an exception the command line explains,
-        with a non-zero exit, instead of a clean-looking table."""
+        """The classmethods' path, in order; refuses, before printing anything, an image that
+        cannot support a verdict (wrong symbol table, truncated or unreadable memory): an
+        exception the command line explains, with a non-zero exit, instead of a clean-looking
+        table."""
         known_good = self._known_good()
-        kernel = self.build_kernel_context(self.context, self.config["kernel"], self.config_path)
+        name = self.config["kernel"]
+        kernel = self.build_kernel_context(self.context, name, self.config_path)
         verdict.check_symbols(kernel)
         if known_good is not None:
             for note in known_good.notes(kernel.build_number):
-                kernel.log.warning(note)
-        found = report.collect(
-            kernel,
-            scan=not self.config.get("no_scan", False),
-            progress_callback=self._progress_callback,
-            full_scan=bool(self.config.get("full_scan", False)),
-            known_good=known_good,
-        )
+                kernel.diagnostics.warning(note)
+        # The module list is walked first, scan or not (the scan leaves its images out): the
+        # verdict line names the routes in the order they ran.
+        kernel.loaded_modules
+        if self.config.get("no_scan", False):
+            scan = scan_targets.not_scanned(kernel, "--no-scan")
+        else:
+            scan = self.scan_pool(
+                self.context,
+                name,
+                self.config_path,
+                progress_callback=self._progress_callback,
+                kernel=kernel,
+                full=bool(self.config.get("full_scan", False)),
+            )
+        objects = self.list_callback_objects(self.context, name, self.config_path, scan=scan, kernel=kernel)
+        found = pipeline.Report(kernel, objects, scan, known_good)
         verdict.check_usable(found)
-        return renderers.TreeGrid(COLUMNS, self._generator(found))
+        return renderers.TreeGrid(COLUMNS, self._generator(kernel, found))

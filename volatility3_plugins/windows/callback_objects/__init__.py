@@ -1,18 +1,16 @@
-"""Building blocks of ``windows.callbackobjects``, one job per module.
+"""What is callback-specific in ``windows.callbackobjects``, one job per module, on top of
+``..kernelread`` (reading the kernel) and ``..kernelpool`` (the pool and its scan engine).
 
-- ``kernel``: the run context (:class:`~.kernel.KernelContext`), built once per run;
-- ``pagecache``, ``views``: the page reader and the structure views compiled from ISFs;
-- ``structures``: our ISF for ``_CALLBACK_OBJECT`` / ``_CALLBACK_REGISTRATION``;
-- ``walk``: the bounded two-way LIST_ENTRY walker;
-- ``object_headers``, ``loaded_modules``: kernel objects' names and types, PsLoadedModuleList;
+- ``isf``, ``context``: our ISF for ``_CALLBACK_OBJECT`` / ``_CALLBACK_REGISTRATION``, and the
+  run context with their views (:class:`~.context.CallbackContext`);
 - ``routes``: the list, directory and global routes to callback objects;
-- ``poolscan``: the pool scan and its declared table of targets;
-- ``merge``, ``registrations``, ``rows``, ``flags``: merging routes into objects, reading
-  registrations, building rows and classifying them;
-- ``attribution``, ``pe_image``, ``expected``: owner module and symbol of a routine, the PE
-  reader, the expected-registrant data;
-- ``report``: the pipeline from an image to its rows; ``diagnostics``: warnings said once and
-  the state of each route.
+- ``scan_targets``: what the pool scan looks for, and how a hit is validated;
+- ``inventory``: the routes and the scan merged into one record per object, globals checked;
+- ``registrations``: an object's registrations, and the loose ones the scan found;
+- ``classify``, ``rows``, ``expected``: facts to flags, output rows, the expected-registrant
+  data;
+- ``pipeline``: the rows of an image, one at a time, and their counts;
+- ``verdict``: refusing an image that cannot support a verdict, and the verdict line.
 
 Volatility imports every module below the ``-p`` folder at start-up, so nothing here may do
 work at import time. Modules import each other relatively, so tools see the graph.

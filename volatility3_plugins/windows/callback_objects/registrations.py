@@ -4,12 +4,13 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Collection, Iterable, List, Tuple
 
-from . import walk
-from .views import Record, Value
+from ..kernelpool.state import BlockState
+from ..kernelread import lists
+from ..kernelread.views import Record, Value
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
-    from .poolscan import ScannedBlock
+    from .context import CallbackContext
+    from .scan_targets import ScannedBlock
 
 vollog = logging.getLogger(__name__)
 
@@ -52,34 +53,34 @@ class RegistrationList:
     complete: bool
 
 
-def read_registration(kernel: "KernelContext", address: int) -> Registration:
+def read_registration(kernel: "CallbackContext", address: int) -> Registration:
     return Registration.from_record(kernel.registration.read(kernel.reader, address))
 
 
 def list_registrations(
-    kernel: "KernelContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS
+    kernel: "CallbackContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS
 ) -> RegistrationList:
     """Every registration linked from the ``RegisteredCallbacks`` head at ``registrations_head``
     (walked both ways, bounded). ``Link`` is the registration's first member, so each list entry
     address is the registration's address minus the link offset."""
     link = kernel.registration.offset("Link.Flink")
-    walked = walk.walk_list(
+    walked = lists.walk_list(
         kernel, registrations_head, f"registrations of the object list head {registrations_head:#x}", max_entries
     )
     return RegistrationList([read_registration(kernel, entry - link) for entry in walked.entries], walked.complete)
 
 
 def loose_registrations(
-    kernel: "KernelContext",
+    kernel: "CallbackContext",
     scanned: Iterable["ScannedBlock"],
     linked: Collection[int],
     known_objects: Collection[int],
-) -> List[Tuple[Registration, str]]:
+) -> List[Tuple[Registration, BlockState]]:
     """The *loose* registrations: blocks the pool scan found that no walked list holds, whose
     ``CallbackObject`` names a known callback object; with their allocation state, sorted by
     the object they name, then by address. A block on a list is reported by its walk, never
     twice; a block naming no known object is dropped as noise (said at debug level)."""
-    found: List[Tuple[Registration, str]] = []
+    found: List[Tuple[Registration, BlockState]] = []
     dropped = 0
     for block in sorted(set(scanned), key=lambda b: b.address):
         if block.address in linked:

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
 from volatility3.framework import exceptions
 
-from . import diagnostics, structures, walk
-from .object_headers import HeaderInfo, ObjectHeaders
-from .views import ViewError, member_offset, type_name
+from ..kernelread import diagnostics, lists
+from ..kernelread.object_headers import HeaderInfo, ObjectHeaders
+from ..kernelread.views import ViewError, member_offset
+from . import isf
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import CallbackContext
 
 ROUTE_LIST = "list"
 ROUTE_DIRECTORY = "directory"
@@ -27,6 +28,8 @@ ROUTE_ORDER = (ROUTE_LIST, ROUTE_DIRECTORY, ROUTE_GLOBAL, ROUTE_SCAN)
 
 CALLBACK_DIRECTORY = "Callback"
 CALLBACK_TYPE = "Callback"
+#: The kernel global that points at the ``Callback`` object type.
+CALLBACK_TYPE_GLOBAL = "ExCallbackObjectType"
 DIRECTORY_TYPE = "Directory"
 NAME_PREFIX = "\\Callback\\"
 #: Kernel globals that point at callback objects: ``nt!ExCb<Name>`` -> ``\\Callback\\<Name>``.
@@ -59,26 +62,26 @@ class ListRoute:
     complete: bool
 
 
-def from_callback_list(kernel: "KernelContext", max_objects: int = MAX_OBJECTS_PER_LIST) -> Optional[ListRoute]:
+def from_callback_list(kernel: "CallbackContext", max_objects: int = MAX_OBJECTS_PER_LIST) -> Optional[ListRoute]:
     """Objects linked into ``nt!ExpCallbackListHead``; None before 8.1 or when the head is
     unreadable (then membership is unknown and ``unlinked_object`` must not be raised)."""
-    head = kernel.symbol(structures.LIST_HEAD_SYMBOL)
+    head = kernel.symbols.address(isf.LIST_HEAD_SYMBOL)
     if head is None:
-        kernel.log.info("No nt!ExpCallbackListHead (before Windows 8.1): list route not available")
-        kernel.log.route(ROUTE_LIST, diagnostics.NOT_ON_THIS_BUILD, "before Windows 8.1")
+        kernel.diagnostics.info("No nt!ExpCallbackListHead (before Windows 8.1): list route not available")
+        kernel.diagnostics.route(ROUTE_LIST, diagnostics.NOT_ON_THIS_BUILD, "before Windows 8.1")
         return None
     if not kernel.callback_object.has("ExpCallbackList.Flink"):
-        kernel.log.warning("Callback object layout has no ExpCallbackList: list route skipped")
-        kernel.log.route(ROUTE_LIST, diagnostics.UNAVAILABLE, "no ExpCallbackList member")
+        kernel.diagnostics.warning("Callback object layout has no ExpCallbackList: list route skipped")
+        kernel.diagnostics.route(ROUTE_LIST, diagnostics.UNAVAILABLE, "no ExpCallbackList member")
         return None
     link = kernel.callback_object.offset("ExpCallbackList.Flink")
-    walked = walk.walk_list(kernel, head, "nt!ExpCallbackListHead", max_objects)
+    walked = lists.walk_list(kernel, head, "nt!ExpCallbackListHead", max_objects)
     if walked.head_unreadable:
-        kernel.log.route(ROUTE_LIST, diagnostics.UNAVAILABLE, "head unreadable")
+        kernel.diagnostics.route(ROUTE_LIST, diagnostics.UNAVAILABLE, "head unreadable")
         return None
     objects = [(entry - link) & kernel.mask for entry in walked.entries]
     state = diagnostics.COMPLETE if walked.complete else diagnostics.INCOMPLETE
-    kernel.log.route(ROUTE_LIST, state, f"{len(objects)} objects")
+    kernel.diagnostics.route(ROUTE_LIST, state, f"{len(objects)} objects")
     return ListRoute(objects=objects, complete=walked.complete)
 
 
@@ -92,7 +95,7 @@ class DirectoryWalk:
 
 
 def directory_entries(
-    kernel: "KernelContext",
+    kernel: "CallbackContext",
     headers: ObjectHeaders,
     directory_body: int,
     max_entries: int = MAX_DIRECTORY_ENTRIES,
@@ -102,9 +105,7 @@ def directory_entries(
     False when a bucket or a chain could not be read to its end."""
     entry_view = kernel.kernel_view("_OBJECT_DIRECTORY_ENTRY", ["ChainLink", "Object"])
     try:
-        buckets_offset = member_offset(
-            kernel.context, type_name(kernel.module.symbol_table_name, "_OBJECT_DIRECTORY"), "HashBuckets"
-        )
+        buckets_offset = member_offset(kernel.context, kernel.kernel_type("_OBJECT_DIRECTORY"), "HashBuckets")
     except ViewError:
         entry_view = None
     if entry_view is None:
@@ -124,7 +125,7 @@ def directory_entries(
                 # A chain that loops: every entry on it was seen; nothing is missing.
                 break
             if len(seen) >= max_entries:
-                kernel.log.warning(f"directory {directory_body:#x}: bound of {max_entries} entries reached")
+                kernel.diagnostics.warning(f"directory {directory_body:#x}: bound of {max_entries} entries reached")
                 return DirectoryWalk(found, False)
             seen.add(entry)
             record = entry_view.read(kernel.reader, entry)
@@ -137,20 +138,20 @@ def directory_entries(
     return DirectoryWalk(found, complete)
 
 
-def find_callback_directory(kernel: "KernelContext", headers: ObjectHeaders) -> Optional[int]:
+def find_callback_directory(kernel: "CallbackContext", headers: ObjectHeaders) -> Optional[int]:
     """Body address of ``\\Callback`` (name ``Callback``, type ``Directory`` in the root)."""
-    if not kernel.has_symbol("ObpRootDirectoryObject"):
-        kernel.log.warning("No nt!ObpRootDirectoryObject: directory route skipped")
+    if not kernel.symbols.has("ObpRootDirectoryObject"):
+        kernel.diagnostics.warning("No nt!ObpRootDirectoryObject: directory route skipped")
         return None
     root = kernel.read_global_pointer("ObpRootDirectoryObject")
     if not root:
-        kernel.log.warning("nt!ObpRootDirectoryObject unreadable or null: directory route skipped")
+        kernel.diagnostics.warning("nt!ObpRootDirectoryObject unreadable or null: directory route skipped")
         return None
     directory_index = headers.type_index(DIRECTORY_TYPE)
     for entry in directory_entries(kernel, headers, root).entries:
         if entry.name == CALLBACK_DIRECTORY and (directory_index is None or entry.type_index == directory_index):
             return entry.body
-    kernel.log.warning("No \\Callback directory in the root directory: directory route skipped")
+    kernel.diagnostics.warning("No \\Callback directory in the root directory: directory route skipped")
     return None
 
 
@@ -164,41 +165,41 @@ class DirectoryRoute:
     unreadable: Set[int] = dataclasses.field(default_factory=set)
 
 
-def from_directory(kernel: "KernelContext") -> Optional[DirectoryRoute]:
+def from_directory(kernel: "CallbackContext") -> Optional[DirectoryRoute]:
     """Objects of type ``Callback`` in ``\\Callback``; None when the directory is not found."""
     headers = kernel.object_headers
     if headers is None:
-        kernel.log.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "object headers unusable")
+        kernel.diagnostics.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "object headers unusable")
         return None
     directory = find_callback_directory(kernel, headers)
     if directory is None:
-        kernel.log.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "no \\Callback directory")
+        kernel.diagnostics.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "no \\Callback directory")
         return None
-    callback_index = headers.type_index(CALLBACK_TYPE)
+    callback_index = headers.type_index(CALLBACK_TYPE, CALLBACK_TYPE_GLOBAL)
     if callback_index is None:
-        kernel.log.warning("The Callback object type cannot be identified: directory route skipped")
-        kernel.log.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "Callback type unknown")
+        kernel.diagnostics.warning("The Callback object type cannot be identified: directory route skipped")
+        kernel.diagnostics.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "Callback type unknown")
         return None
     walked = directory_entries(kernel, headers, directory)
     found = {entry.body: entry for entry in walked.entries if entry.readable and entry.type_index == callback_index}
     unreadable = {entry.body for entry in walked.entries if not entry.readable}
     state = diagnostics.COMPLETE if walked.complete else diagnostics.INCOMPLETE
-    kernel.log.route(ROUTE_DIRECTORY, state, f"{len(found)} objects")
+    kernel.diagnostics.route(ROUTE_DIRECTORY, state, f"{len(found)} objects")
     if not walked.complete:
-        kernel.log.warning("\\Callback directory incomplete: some hash chains could not be read")
+        kernel.diagnostics.warning("\\Callback directory incomplete: some hash chains could not be read")
     return DirectoryRoute(directory=directory, objects=found, complete=walked.complete, unreadable=unreadable)
 
 
 # --- global route ------------------------------------------------------------------------
 
 
-def global_symbols(kernel: "KernelContext") -> List[str]:
+def global_symbols(kernel: "CallbackContext") -> List[str]:
     """Every ``nt!ExCb*`` the kernel's symbol table has: each points at the built-in callback
     object of the matching name (``ExCbPowerState`` -> ``\\Callback\\PowerState``)."""
-    return list(kernel.symbols_with_prefix(GLOBAL_PREFIX))
+    return list(kernel.symbols.with_prefix(GLOBAL_PREFIX))
 
 
-def from_globals(kernel: "KernelContext") -> Dict[str, int]:
+def from_globals(kernel: "CallbackContext") -> Dict[str, int]:
     """``{symbol: object body}`` for each ``nt!ExCb*`` that holds a non-null pointer; missing
     or unreadable ones are logged and left out."""
     found: Dict[str, int] = {}
@@ -206,5 +207,5 @@ def from_globals(kernel: "KernelContext") -> Dict[str, int]:
         value = kernel.read_global_pointer(symbol)
         if value:
             found[symbol] = value
-    kernel.log.route(ROUTE_GLOBAL, diagnostics.COMPLETE, f"{len(found)} pointers")
+    kernel.diagnostics.route(ROUTE_GLOBAL, diagnostics.COMPLETE, f"{len(found)} pointers")
     return found

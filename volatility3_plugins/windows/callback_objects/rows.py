@@ -8,13 +8,15 @@ registration columns absent. A registration found only by the pool scan, on no w
 import dataclasses
 from typing import List, Optional, Tuple
 
-from . import flags, routes
-from .attribution import Attribution, Attributor
-from .baseline import RowView
+from ...schema import flags
+from ...schema.baseline import RowView
+from ..kernelpool.state import BlockState
+from ..kernelread.attribution import Attribution, Attributor
+from ..kernelread.views import is_absent
+from . import classify, routes
 from .expected import ExpectedRegistrants
-from .merge import CallbackObjectRecord
+from .inventory import CallbackObjectRecord
 from .registrations import Registration, RegistrationList
-from .views import is_absent
 
 
 @dataclasses.dataclass
@@ -46,9 +48,9 @@ class Row:
         )
 
 
-def object_facts(record: CallbackObjectRecord, registration_count: int) -> flags.ObjectFacts:
+def object_facts(record: CallbackObjectRecord, registration_count: int) -> classify.ObjectFacts:
     allow = record.allow_multiple
-    return flags.ObjectFacts(
+    return classify.ObjectFacts(
         body_readable=record.body_readable,
         signature_ok=record.signature_ok,
         list_state=record.list_state,
@@ -58,7 +60,7 @@ def object_facts(record: CallbackObjectRecord, registration_count: int) -> flags
         global_mismatch=record.global_mismatch,
         allow_multiple=None if is_absent(allow) else bool(allow),
         registration_count=registration_count,
-        allocation_unknown=record.routes == {routes.ROUTE_SCAN} and record.scan_state == flags.UNKNOWN_STATE,
+        allocation_unknown=record.routes == {routes.ROUTE_SCAN} and record.scan_state == BlockState.UNKNOWN,
     )
 
 
@@ -69,13 +71,13 @@ def _nonzero(value: object) -> Optional[int]:
 
 def routine_facts(
     registration: Registration, attributor: Attributor
-) -> Tuple[Optional[Attribution], flags.RegistrationFacts]:
+) -> Tuple[Optional[Attribution], classify.RegistrationFacts]:
     """Where the routine lies, as classification input (no backlink or registrant facts).
 
     A routine of zero or that could not be read says nothing; a routine in no module of a
     module list that was not read to its end may lie in a module past the break: no
     ``outside_modules`` then (``list_incomplete`` says why)."""
-    facts = flags.RegistrationFacts(readable=not registration.zeroed)
+    facts = classify.RegistrationFacts(readable=not registration.zeroed)
     routine = _nonzero(registration.routine)
     if routine is None or not facts.readable:
         return None, facts
@@ -101,7 +103,7 @@ def object_rows(
     regs = registrations.registrations
     obj_facts = object_facts(record, sum(1 for reg in regs if not reg.zeroed))
     if not regs:
-        return [Row(record, None, None, flags.classify(obj_facts))]
+        return [Row(record, None, None, classify.classify(obj_facts))]
     rows: List[Row] = []
     name = record.name if isinstance(record.name, str) else None
     for reg in regs:
@@ -116,14 +118,14 @@ def object_rows(
             # page under its loader entry) has an owner we cannot name: no evidence either way.
             if not (facts.in_module and not module_name):
                 facts.unexpected_registrant = rules.is_unexpected(name, module_name)
-        rows.append(Row(record, reg, attribution, flags.classify(obj_facts, facts)))
+        rows.append(Row(record, reg, attribution, classify.classify(obj_facts, facts)))
     return rows
 
 
 def loose_row(
     record: CallbackObjectRecord,
     registration: Registration,
-    state: str,
+    state: BlockState,
     owner_list_complete: bool,
     attributor: Attributor,
 ) -> Row:
@@ -131,4 +133,4 @@ def loose_row(
     object its ``CallbackObject`` names (``record``): ``state`` is its block's allocation state,
     ``owner_list_complete`` says whether every list that could hold it was walked to its end."""
     attribution, facts = routine_facts(registration, attributor)
-    return Row(record, registration, attribution, flags.classify_loose(facts, state, owner_list_complete))
+    return Row(record, registration, attribution, classify.classify_loose(facts, state, owner_list_complete))

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from volatility3.framework import exceptions
 
-from . import diagnostics, flags, loaded_modules
+from ...schema import flags, verdict_line
+from ..kernelread import diagnostics, loaded_modules
+from . import routes
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
-    from .report import Report
+    from .context import CallbackContext
+    from .pipeline import Report
 
 TRY_TRUNCATED = (
     "check that the file is whole (its size against the acquisition log, or a crash dump's "
@@ -42,22 +44,24 @@ class SymbolsMismatch(exceptions.SymbolError):
 Anchor = Tuple[str, Optional[bool]]  # (what was checked, confirmed / contradicted / unknown)
 
 
-def symbol_anchors(kernel: "KernelContext") -> List[Anchor]:
+def symbol_anchors(kernel: "CallbackContext") -> List[Anchor]:
     """Kernel globals whose contents a matching symbol table predicts: ``ExCallbackObjectType``
     points at the object type named ``Callback``; ``PsLoadedModuleList`` starts with the kernel's
     own image. Each is confirmed, contradicted (read, and not what it must be), or unknown
     (missing or zero memory proves nothing)."""
     anchors: List[Anchor] = []
     headers = kernel.object_headers
-    pointer = kernel.read_global_pointer("ExCallbackObjectType")
+    pointer = kernel.read_global_pointer(routes.CALLBACK_TYPE_GLOBAL)
     found = headers.read_type(pointer) if headers is not None and pointer else None
-    anchors.append(("nt!ExCallbackObjectType names the Callback type", None if found is None else found[1] == "Callback"))
+    anchors.append(
+        (f"nt!{routes.CALLBACK_TYPE_GLOBAL} names the {routes.CALLBACK_TYPE} type", None if found is None else found[1] == routes.CALLBACK_TYPE)
+    )
     anchors.append(("nt!PsLoadedModuleList starts with the kernel image", _first_module_is_kernel(kernel)))
     return anchors
 
 
-def _first_module_is_kernel(kernel: "KernelContext") -> Optional[bool]:
-    head = kernel.symbol(loaded_modules.LIST_SYMBOL)
+def _first_module_is_kernel(kernel: "CallbackContext") -> Optional[bool]:
+    head = kernel.symbols.address(loaded_modules.LIST_SYMBOL)
     view = loaded_modules.entry_view(kernel)
     if head is None or view is None:
         return None
@@ -73,7 +77,7 @@ def _first_module_is_kernel(kernel: "KernelContext") -> Optional[bool]:
     return record.DllBase == kernel.base
 
 
-def check_symbols(kernel: "KernelContext") -> None:
+def check_symbols(kernel: "CallbackContext") -> None:
     """Raise :class:`SymbolsMismatch` when every anchor that could be read contradicts the
     symbol table (and at least one could); warn when the anchors disagree."""
     anchors = symbol_anchors(kernel)
@@ -81,13 +85,13 @@ def check_symbols(kernel: "KernelContext") -> None:
     confirmed = [what for what, state in anchors if state is True]
     if contradicted and not confirmed:
         raise SymbolsMismatch(
-            "ExCallbackObjectType",
-            kernel.module.symbol_table_name,
+            routes.CALLBACK_TYPE_GLOBAL,
+            kernel.kernel_module.symbol_table_name,
             "the kernel symbol table does not match this image (" + "; ".join(f"not true: {c}" for c in contradicted)
             + f"). Try: {TRY_SYMBOLS}.",
         )
     if contradicted:
-        kernel.log.warning(
+        kernel.diagnostics.warning(
             "Kernel symbols doubtful: " + "; ".join(f"not true: {c}" for c in contradicted)
             + " (smear, or a symbol table of another build)"
         )
@@ -102,74 +106,57 @@ def check_usable(found: "Report") -> None:
         problems.append("the loaded-module list (nt!PsLoadedModuleList) is unreadable")
     if kernel.object_headers is None:
         problems.append("object headers cannot be decoded")
-    if not any(record.body_readable for record in found.inventory.objects):
+    if not any(record.body_readable for record in found.objects):
         problems.append("no route reached a single readable callback object")
     if problems:
         raise ImageUnusable(
             kernel.layer_name,
-            kernel.symbol(loaded_modules.LIST_SYMBOL) or 0,
+            kernel.symbols.address(loaded_modules.LIST_SYMBOL) or 0,
             "windows.callbackobjects cannot give a verdict on this image: " + "; ".join(problems)
             + ". Likely causes: a truncated or incomplete image (the pages these live in are missing), "
             f"or a kernel symbol table that does not match the image. Try: {TRY_TRUNCATED}; {TRY_SYMBOLS}.",
         )
     failed = [
-        f"{name} {state}" for name, state in kernel.log.routes.items()
+        f"{name} {state}" for name, state in kernel.diagnostics.routes.items()
         if state.state in (diagnostics.INCOMPLETE, diagnostics.UNAVAILABLE)
     ]
     if failed:
-        kernel.log.warning(
+        kernel.diagnostics.warning(
             "Degraded image: " + ", ".join(failed) + ". What they could not show is marked "
             f"{flags.LIST_INCOMPLETE} or {flags.UNREADABLE}, never accused"
         )
 
 
-def kernel_pdb(kernel: "KernelContext") -> Optional[str]:
-    """``GUID-AGE`` of the kernel's PDB as its symbol table records it (the name Volatility
-    gives the ISF file), None when the table does not say."""
+def kernel_pdb(kernel: "CallbackContext") -> Optional[Tuple[str, int]]:
+    """(GUID, age) of the kernel's PDB as its symbol table records it (the name Volatility gives
+    the ISF file), None when the table does not say."""
     try:
-        metadata = kernel.context.symbol_space[kernel.module.symbol_table_name].metadata
+        metadata = kernel.context.symbol_space[kernel.kernel_module.symbol_table_name].metadata
         guid, age = metadata.pdb_guid, metadata.pdb_age
     except (AttributeError, KeyError, exceptions.SymbolError):
         return None
     if not isinstance(guid, str) or not guid or not isinstance(age, int):
         return None
-    return f"{guid.upper()}-{age}"
+    return guid.upper(), age
 
 
-def kernel_identity(kernel: "KernelContext") -> str:
-    """``build 19041, kernel PDB GUID-AGE``: which kernel the verdict is about. A fleet sweep
-    reads it back from the verdict line (known-good images of another build compare badly)."""
-    build = kernel.build_number
-    identity = f"build {build if build is not None else 'unknown'}"
-    pdb = kernel_pdb(kernel)
-    return identity + (f", kernel PDB {pdb}" if pdb else "")
-
-
-def verdict_line(found: "Report") -> str:
-    """One line for the end of every run: the kernel's build, objects, registrations,
-    suspicious rows by flag, the baseline compared with, routes and their state."""
+def line_of(found: "Report") -> str:
+    """One line for the end of every run (:mod:`...schema.verdict_line`): which kernel the verdict
+    is about (a fleet sweep reads the build back: known-good images of another build compare
+    badly), objects, registrations, rows by flag, the baseline compared with, routes and their
+    state."""
     counts = found.counts
-    suspicious = sorted(
-        ((flag, count) for flag, count in counts.by_flag.items() if flags.is_suspicious(flag)),
-        key=lambda item: flags.SEVERITY_ORDER.index(item[0]),
-    )
-    informational = sorted(
-        ((flag, count) for flag, count in counts.by_flag.items() if not flags.is_suspicious(flag)),
-        key=lambda item: flags.SEVERITY_ORDER.index(item[0]),
-    )
-    parts = [
-        f"{counts.objects} callback objects",
-        f"{counts.registrations} registrations" + (f" and {counts.loose} loose" if found.scan.ran else ""),
-        f"{counts.suspicious} suspicious rows"
-        + (" (" + ", ".join(f"{flag} {count}" for flag, count in suspicious) + ")" if suspicious else ""),
-    ]
-    if informational:
-        parts.append("informational: " + ", ".join(f"{flag} {count}" for flag, count in informational))
-    if found.known_good is not None:
-        sources = len(found.known_good.sources)
-        parts.append(
-            f"baseline: {len(found.known_good.keys)} registrations from {sources} known-good output"
-            + ("s" if sources != 1 else "")
+    known_good = found.known_good
+    return verdict_line.format(
+        verdict_line.VerdictLine(
+            build=found.kernel.build_number,
+            kernel_pdb=kernel_pdb(found.kernel),
+            objects=counts.objects,
+            registrations=counts.registrations,
+            loose=counts.loose if found.scan.ran else None,
+            suspicious_rows=counts.suspicious,
+            flags=dict(counts.by_flag),
+            baseline=(len(known_good.keys), len(known_good.sources)) if known_good is not None else None,
+            routes=tuple(f"{name} {state}" for name, state in found.kernel.diagnostics.routes.items()),
         )
-    routes = ", ".join(f"{name} {state}" for name, state in found.kernel.log.routes.items())
-    return f"Verdict: {kernel_identity(found.kernel)}; " + "; ".join(parts) + f"; routes: {routes}"
+    )

@@ -12,9 +12,14 @@ and answer the two questions a scanner needs:
 - is the block whose pool header is at an address allocated, freed or unknown
   (:meth:`~.state.PoolMap.state`).
 
-``open_pool_map(kernel)`` picks the reader for the kernel's build: :mod:`.segment_heap` from build
-18362, :mod:`.classic` before it. Both take a ``KernelContext`` (``CallbackObjects
-.build_kernel_context`` builds one for any plugin) and read through its page cache and the
-structure views it compiles from the kernel's symbol table; every walk is bounded and every
-structure validated, and what the metadata cannot tell is ``unknown``, never guessed.
+``open_pool_map(kernel)`` (:mod:`.maps`) picks the reader for the kernel's build:
+:mod:`.segment_heap` from build 18362, :mod:`.classic` before it. Both take a
+:class:`~..kernelread.context.KernelContext` (``KernelContext(context, kernel_module_name)``:
+nothing of any plugin is needed) and read through its page cache and the structure views it
+compiles from the kernel's symbol table; every walk is bounded and every structure validated,
+and what the metadata cannot tell is :attr:`~.state.BlockState.UNKNOWN`, never guessed.
+
+:mod:`.scan` is the pool-scan engine on top of them: a plugin declares its targets (tags, the
+size their structure needs, a validator) and gets back what its validators kept, each block with
+its allocation state. Nothing here imports anything of ours but :mod:`..kernelread`.
 """

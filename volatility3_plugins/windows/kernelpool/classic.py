@@ -19,18 +19,17 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set
 
 from volatility3.framework import exceptions
 
-from ..callback_objects import walk
-from ..callback_objects.views import ViewError, array_member, member_offset, type_name
+from ..kernelread import lists
+from ..kernelread.addresses import canonical
+from ..kernelread.views import ViewError, array_member, member_offset, type_name
 from .headers import POOL_IN_USE_BIT, pool_header_view
-from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, UNKNOWN,
-                    MetadataPoolMap, PoolMetadataUnavailable, Region)
+from .state import NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable, Region
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
 vollog = logging.getLogger(__name__)
 
-LAST_BUILD = 17763
 MAX_PROCESSORS = 2048
 MAX_POOLS = 64
 #: An SLIST or pending chain longer than this is corruption (a lookaside's Depth is at most 256).
@@ -56,7 +55,7 @@ class ClassicPoolMap(MetadataPoolMap):
 
     def __init__(self, kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS) -> None:
         super().__init__(kernel, pools)
-        if not kernel.module.has_type("_POOL_DESCRIPTOR"):
+        if not kernel.kernel_module.has_type("_POOL_DESCRIPTOR"):
             # A kernel whose table has no pool descriptor does not run the classic pool.
             raise PoolMetadataUnavailable("the kernel's symbol table has no _POOL_DESCRIPTOR")
         try:
@@ -96,8 +95,8 @@ class ClassicPoolMap(MetadataPoolMap):
             record = view.read(kernel.reader, address)
             if not record.complete:
                 return None
-            first = record["HeaderX64.NextEntry"] << 4
-            return (first | 0xFFFF_0000_0000_0000 if first & (1 << 47) else first) & kernel.mask
+            # The header keeps bits 4-47 of the entry: the kernel's pointer is canonical.
+            return canonical(record["HeaderX64.NextEntry"] << 4, kernel.pointer_size) & kernel.mask
         try:
             return kernel.read_pointer(address)
         except exceptions.InvalidAddressException:
@@ -105,9 +104,9 @@ class ClassicPoolMap(MetadataPoolMap):
 
     def _walk_lookasides(self) -> None:
         kernel = self._kernel
-        table = kernel.module.symbol_table_name
-        blocks = kernel.symbol("KiProcessorBlock")
-        count_at = kernel.symbol("KeNumberProcessors")
+        table = kernel.kernel_module.symbol_table_name
+        blocks = kernel.symbols.address("KiProcessorBlock")
+        count_at = kernel.symbols.address("KeNumberProcessors")
         if blocks is None or count_at is None:
             self._incomplete("no nt!KiProcessorBlock or nt!KeNumberProcessors: lookaside lists not read")
             return
@@ -148,7 +147,7 @@ class ClassicPoolMap(MetadataPoolMap):
         for array, count_symbol, pool in DESCRIPTORS:
             if pool not in self._pools:
                 continue
-            base, count_at = kernel.symbol(array), kernel.symbol(count_symbol)
+            base, count_at = kernel.symbols.address(array), kernel.symbols.address(count_symbol)
             if base is None or count_at is None:
                 continue
             try:
@@ -169,7 +168,7 @@ class ClassicPoolMap(MetadataPoolMap):
 
     def _walk_descriptors(self) -> None:
         kernel = self._kernel
-        table = kernel.module.symbol_table_name
+        table = kernel.kernel_module.symbol_table_name
         try:
             pending = member_offset(kernel.context, type_name(table, "_POOL_DESCRIPTOR"), "PendingFrees")
             heads_offset, heads, head_size = array_member(kernel.context, type_name(table, "_POOL_DESCRIPTOR"), "ListHeads")
@@ -183,7 +182,7 @@ class ClassicPoolMap(MetadataPoolMap):
                 self._incomplete(f"pool descriptor {descriptor:#x} unreadable")
                 continue
             for index in range(heads):
-                walked = walk.walk_list(
+                walked = lists.walk_list(
                     kernel, descriptor + heads_offset + index * head_size, f"pool descriptor {descriptor:#x} ListHeads[{index}]",
                     MAX_CHAIN,
                 )
@@ -205,13 +204,13 @@ class ClassicPoolMap(MetadataPoolMap):
             return None
         return [self._range]
 
-    def state(self, header: int, pool_type: Optional[int] = None) -> str:
+    def state(self, header: int, pool_type: Optional[int] = None) -> BlockState:
         header &= self._kernel.mask
         if header in self._on_free_lists:
-            return FREED
+            return BlockState.FREED
         if pool_type is None:
             record = self._header.read(self._kernel.reader, header)
             if not record.readable("PoolType"):
-                return UNKNOWN
+                return BlockState.UNKNOWN
             pool_type = record.PoolType
-        return ALLOCATED if pool_type & POOL_IN_USE_BIT else FREED
+        return BlockState.ALLOCATED if pool_type & POOL_IN_USE_BIT else BlockState.FREED

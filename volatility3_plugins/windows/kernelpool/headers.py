@@ -4,10 +4,10 @@ from typing import TYPE_CHECKING
 
 from volatility3.framework import constants
 
-from ..callback_objects.views import StructView
+from ..kernelread.views import StructView
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
 #: Vista and later store the pool type plus one in ``PoolType`` and clear this bit on every free
 #: (``MARK_POOL_HEADER_FREED``): an allocated non-paged block reads 2, freed 0; paged 3, freed 1.
@@ -17,17 +17,18 @@ POOL_IN_USE_BIT = 0x2
 def pool_header_view(kernel: "KernelContext") -> StructView:
     """The kernel's ``_POOL_HEADER`` (``BlockSize``, ``PoolType``, ``PoolTag``), or Volatility's
     pool-header table where the kernel's ISF has none. Raises ViewError when neither fits."""
-    if kernel.module.has_type("_POOL_HEADER"):
-        table = kernel.module.symbol_table_name
+    if kernel.kernel_module.has_type("_POOL_HEADER"):
+        table = kernel.kernel_module.symbol_table_name
     else:
         from volatility3.plugins.windows import poolscanner  # late: it imports the Windows symbols
 
-        table = poolscanner.PoolScanner.get_pool_header_table(kernel.context, kernel.module.symbol_table_name)
+        table = poolscanner.PoolScanner.get_pool_header_table(kernel.context, kernel.kernel_module.symbol_table_name)
     return StructView.compile(
         kernel.context, table + constants.BANG + "_POOL_HEADER", ["BlockSize", "PoolType", "PoolTag"], kernel.mask
     )
 
 
-def block_unit(kernel: "KernelContext") -> int:
-    """``BlockSize`` unit and header alignment: 16 bytes on x64, 8 on x86."""
-    return 0x10 if kernel.pointer_size == 8 else 8
+def block_unit(pointer_size: int) -> int:
+    """``BlockSize`` unit and header alignment: 16 bytes on x64, 8 on x86 (also the segment
+    heap's granule)."""
+    return 0x10 if pointer_size == 8 else 8

@@ -8,7 +8,7 @@ from .segment_heap import FIRST_BUILD, SegmentHeapMap
 from .state import NONPAGED_POOLS, PoolMap, PoolMetadataUnavailable, Unknown
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
 vollog = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def uses_segment_heap(kernel: "KernelContext") -> bool:
         return build >= FIRST_BUILD
     from volatility3.framework.symbols.windows import versions
 
-    return versions.is_win10_18362_or_later(kernel.context, kernel.module.symbol_table_name)
+    return versions.is_win10_18362_or_later(kernel.context, kernel.kernel_module.symbol_table_name)
 
 
 def open_pool_map(kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS) -> PoolMap:
@@ -36,10 +36,10 @@ def open_pool_map(kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS
         found = reader(kernel, pools)
     except PoolMetadataUnavailable as excp:
         reason = f"{reader.name}: {excp}"
-        kernel.log.warning(f"Pool allocation states unknown: {reason}")
+        kernel.diagnostics.warning(f"Pool allocation states unknown: {reason}")
         return Unknown(reason)
     if not found.complete:
-        kernel.log.warning(
+        kernel.diagnostics.warning(
             f"Pool metadata ({found.name}) partly unreadable: " + "; ".join(found.problems[:3])
             + (f" (and {len(found.problems) - 3} more)" if len(found.problems) > 3 else "")
         )

@@ -40,13 +40,15 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions
 
-from ..callback_objects import walk
-from ..callback_objects.views import StructView, ViewError, array_member, member_offset, type_name, type_size
-from .state import (ALLOCATED, FREED, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, NOT_A_BLOCK, PAGED, UNKNOWN,
-                    MetadataPoolMap, PoolMetadataUnavailable, Region, RegionIndex)
+from ..kernelread import lists
+from ..kernelread.addresses import PAGE_SIZE, canonical
+from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name, type_size
+from .headers import block_unit
+from .state import (NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable,
+                    Region, RegionIndex)
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
 vollog = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class VsChunks:
 def _next_page(address: int) -> int:
     """Where a block whose chunk body would cross a page keeps its pool header instead: at the
     next page (MemProcFS ``VmmWinPool_AllPool1903_5_VS_DoWork``)."""
-    return (address + 0xFFF) & ~0xFFF
+    return (address + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
 class SegmentHeapMap(MetadataPoolMap):
@@ -99,7 +101,8 @@ class SegmentHeapMap(MetadataPoolMap):
     def __init__(self, kernel: "KernelContext", pools: Sequence[str] = NONPAGED_POOLS) -> None:
         super().__init__(kernel, pools)
         self._pointer = kernel.pointer_size
-        self._granularity = 0x10 if self._pointer == 8 else 8
+        # The heap's granule is the pool's block unit: both are how the allocator rounds sizes.
+        self._granularity = block_unit(self._pointer)
         build = kernel.build_number or 0
         self._new_layout = build >= NEW_LAYOUT_BUILD
         self._segment_key = 0 if self._new_layout else PAGE_SEGMENT_KEY
@@ -116,8 +119,8 @@ class SegmentHeapMap(MetadataPoolMap):
 
     def _compile(self) -> None:
         kernel = self._kernel
-        table = kernel.module.symbol_table_name
-        if not kernel.module.has_type("_EX_POOL_HEAP_MANAGER_STATE") or not kernel.has_symbol("ExPoolState"):
+        table = kernel.kernel_module.symbol_table_name
+        if not kernel.kernel_module.has_type("_EX_POOL_HEAP_MANAGER_STATE") or not kernel.symbols.has("ExPoolState"):
             raise PoolMetadataUnavailable("the kernel's symbol table has no segment-heap pool (nt!ExPoolState)")
 
         def view(name: str, members: List[str]) -> StructView:
@@ -149,15 +152,9 @@ class SegmentHeapMap(MetadataPoolMap):
 
     # -- the chain -----------------------------------------------------------------------
 
-    def _canonical(self, address: int) -> int:
-        """Addresses as the kernel computes its keys with them: sign-extended on x64."""
-        if self._pointer == 8 and address & (1 << 47):
-            return address | 0xFFFF_0000_0000_0000
-        return address
-
     def _manager(self) -> Tuple[int, int, List[Tuple[int, str]]]:
         kernel = self._kernel
-        state = kernel.symbol("ExPoolState")
+        state = kernel.symbols.address("ExPoolState")
         if state is None:
             raise PoolMetadataUnavailable("no nt!ExPoolState")
         record = self._state_view.read(kernel.reader, state)
@@ -209,7 +206,7 @@ class SegmentHeapMap(MetadataPoolMap):
             if not 12 <= shift <= 24 or first >= DESCRIPTORS:
                 self._incomplete(f"{pool} heap {heap:#x}: segment context {index} implausible (UnitShift {shift})")
                 continue
-            walked = walk.walk_list(kernel, context + self._list_head, f"{pool} heap {heap:#x} segment list {index}", MAX_SEGMENTS)
+            walked = lists.walk_list(kernel, context + self._list_head, f"{pool} heap {heap:#x} segment list {index}", MAX_SEGMENTS)
             if not walked.complete:
                 self._incomplete(f"{pool} heap {heap:#x}: segment list {index} incomplete")
             for segment in walked.entries:
@@ -219,7 +216,7 @@ class SegmentHeapMap(MetadataPoolMap):
     def _segment(self, segment: int, context: int, shift: int, first: int, pool: str) -> List[Subsegment]:
         kernel = self._kernel
         record = self._segment_view.read(kernel.reader, segment)
-        expected = self._canonical(segment) ^ self._canonical(context) ^ self.heap_key ^ self._segment_key
+        expected = canonical(segment, self._pointer) ^ canonical(context, self._pointer) ^ self.heap_key ^ self._segment_key
         if not record.complete or record.Signature != expected & (2 ** (8 * self._pointer) - 1):
             self._incomplete(f"{pool} page segment {segment:#x}: signature does not validate")
             return []
@@ -261,41 +258,34 @@ class SegmentHeapMap(MetadataPoolMap):
             return None
         return [region for region in self._index.regions if region.pool in pools]
 
-    def subsegment(self, address: int) -> Optional[Subsegment]:
-        return self._index.find(address & self._kernel.mask)
-
-    def state(self, header: int, pool_type: Optional[int] = None) -> str:
+    def state(self, header: int, pool_type: Optional[int] = None) -> BlockState:
         header &= self._kernel.mask
         region = self._index.find(header)
         if region is None:
-            return UNKNOWN
+            return BlockState.UNKNOWN
         if region.kind == "lfh":
             blocks = self._lfh_blocks(region)
             if blocks is None:
-                return UNKNOWN
+                return BlockState.UNKNOWN
             offset = header - region.start - blocks.first
             if offset < 0 or offset % blocks.size or offset // blocks.size >= blocks.count:
-                return NOT_A_BLOCK
+                return BlockState.NOT_A_BLOCK
             index = offset // blocks.size
             bits = blocks.bitmap[index >> 2] >> ((index & 3) << 1)
-            return ALLOCATED if bits & 1 else FREED
+            return BlockState.ALLOCATED if bits & 1 else BlockState.FREED
         chunks = self._vs_chunks(region)
         if chunks is None:
-            return UNKNOWN
+            return BlockState.UNKNOWN
         position = bisect.bisect_right(chunks.starts, header) - 1
         if position < 0 or header >= chunks.ends[position]:
-            return UNKNOWN  # past the chunks that could be walked
+            return BlockState.UNKNOWN  # past the chunks that could be walked
         if not chunks.allocated[position]:
             # A free chunk, including the stale headers of the chunks merged into it.
-            return FREED
+            return BlockState.FREED
         start = chunks.starts[position] + chunks.header_size
         if header != start and header != _next_page(start):
-            return NOT_A_BLOCK
-        return ALLOCATED
-
-    def lfh_blocks(self, region: Subsegment) -> Optional[LfhBlocks]:
-        """Block size, first offset, count and bitmap of an LFH subsegment (None: invalid)."""
-        return self._lfh_blocks(region)
+            return BlockState.NOT_A_BLOCK
+        return BlockState.ALLOCATED
 
     def _lfh_blocks(self, region: Subsegment) -> Optional[LfhBlocks]:
         if region.start in self._lfh:
@@ -304,7 +294,8 @@ class SegmentHeapMap(MetadataPoolMap):
         found: Optional[LfhBlocks] = None
         record = self._lfh_view.read(kernel.reader, region.start)
         if record.complete:
-            address = self._canonical(region.start)
+            # The kernel computes its keys with canonical (sign-extended) addresses.
+            address = canonical(region.start, self._pointer)
             shift = ((address >> 12) if self._new_layout else (address & 0xFFFF_FFFF) >> 12) & 0xFFFF_FFFF
             decoded = record["BlockOffsets.EncodedData"] ^ self.lfh_key ^ shift
             size, first = decoded & 0xFFFF, decoded >> 16
@@ -349,7 +340,7 @@ class SegmentHeapMap(MetadataPoolMap):
         offset = (self._vs_header + granule - 1) // granule * granule
         previous = None
         while offset + self._chunk_header <= region.length:
-            address = self._canonical(region.start + offset)
+            address = canonical(region.start + offset, self._pointer)
             raw = int.from_bytes(data[offset : offset + width], "little")
             decoded = ((raw ^ address ^ self.heap_key) & word_mask).to_bytes(width, "little")
             size = self._chunk_view.fields["UnsafeSize"].unpack(decoded) * granule

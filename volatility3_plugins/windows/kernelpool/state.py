@@ -2,18 +2,25 @@
 
 import bisect
 import dataclasses
+import enum
 from typing import TYPE_CHECKING, Generic, List, Optional, Sequence, TypeVar
 
 if TYPE_CHECKING:
-    from ..callback_objects.kernel import KernelContext
+    from ..kernelread.context import KernelContext
 
-#: Allocation states of a pool block.
-ALLOCATED = "allocated"
-FREED = "freed"
-UNKNOWN = "unknown"
-#: Inside memory the allocator accounts for, but not where a block starts: the bytes there are
-#: data of another block, not a pool header.
-NOT_A_BLOCK = "not a block"
+class BlockState(str, enum.Enum):
+    """The allocation state of a pool block, as the allocator's metadata tells it (not the flag
+    ``freed`` of a row, which says what a row's block is worth as evidence)."""
+
+    ALLOCATED = "allocated"
+    FREED = "freed"
+    UNKNOWN = "unknown"
+    #: Inside memory the allocator accounts for, but not where a block starts: the bytes there
+    #: are data of another block, not a pool header.
+    NOT_A_BLOCK = "not a block"
+
+    def __str__(self) -> str:
+        return self.value
 
 #: Pool types a reader can be asked for.
 NONPAGED = "NonPagedPool"
@@ -52,11 +59,11 @@ class PoolMap:
         (then a scanner must read the whole kernel half)."""
         return None
 
-    def state(self, header: int, pool_type: Optional[int] = None) -> str:
+    def state(self, header: int, pool_type: Optional[int] = None) -> BlockState:
         """ALLOCATED, FREED or UNKNOWN for the block whose ``_POOL_HEADER`` is at ``header``
         (NOT_A_BLOCK when the allocator knows that no block starts there); ``pool_type`` is the
         header's ``PoolType`` when the caller has already read it."""
-        return UNKNOWN
+        return BlockState.UNKNOWN
 
 
 class MetadataPoolMap(PoolMap):

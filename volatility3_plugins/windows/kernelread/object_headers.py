@@ -7,9 +7,9 @@ is XOR-encoded with ``nt!ObHeaderCookie`` and the second byte of the header's ad
 on bytes from the page cache: thousands of directory entries and scan hits would otherwise
 build several Volatility objects each.
 
-Only the type indices the plugin asks about are resolved (``Callback``, ``Directory``): from
-``nt!ExCallbackObjectType`` / ``nt!ObpDirectoryObjectType`` when the kernel has them, else from
-a bounded walk of ``nt!ObTypeIndexTable``; the full type map is never built otherwise.
+Only the type indices a caller asks about are resolved: from the kernel global that points at
+the type when there is one (the caller names it, or :data:`TYPE_GLOBALS` knows it), else from a
+bounded walk of ``nt!ObTypeIndexTable``; the full type map is never built otherwise.
 """
 
 import dataclasses
@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
 from volatility3.framework import exceptions, renderers
 
-from .views import Absent, StructView, ViewError, member_offset, type_name
+from .views import Absent, StructView, ViewError, member_offset
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import KernelContext
 
 NAME_INFO_BIT = 0x02
 #: ObTypeIndexTable has at most 256 entries (the TypeIndex is one byte).
 MAX_TYPES = 256
-#: Globals that point at the _OBJECT_TYPE of a type, by type name.
-TYPE_GLOBALS = {"Callback": "ExCallbackObjectType", "Directory": "ObpDirectoryObjectType", "Type": "ObpTypeObjectType"}
+#: Kernel globals that point at the _OBJECT_TYPE of the object manager's own types, by type name.
+TYPE_GLOBALS = {"Directory": "ObpDirectoryObjectType", "Type": "ObpTypeObjectType"}
 
 Name = Union[str, None, Absent]
 
@@ -69,17 +69,15 @@ class ObjectHeaders:
         self._name_info: StructView = name_info
         self._object_type: StructView = object_type
         try:
-            self.body_offset: int = member_offset(
-                kernel.context, type_name(kernel.module.symbol_table_name, "_OBJECT_HEADER"), "Body"
-            )
+            self.body_offset: int = member_offset(kernel.context, kernel.kernel_type("_OBJECT_HEADER"), "Body")
         except ViewError as excp:
             raise ObjectHeadersUnusable(f"_OBJECT_HEADER.Body: {excp}") from excp
         self._indices: Dict[str, Optional[int]] = {}
-        table = kernel.symbol("ObpInfoMaskToOffset")
+        table = kernel.symbols.address("ObpInfoMaskToOffset")
         if table is None:
             raise ObjectHeadersUnusable("no nt!ObpInfoMaskToOffset")
         self.info_mask_to_offset = self._read_offset_table(table)
-        cookie_address = kernel.symbol("ObHeaderCookie")
+        cookie_address = kernel.symbols.address("ObHeaderCookie")
         self.cookie: Optional[int] = None
         if cookie_address is not None:
             try:
@@ -103,13 +101,14 @@ class ObjectHeaders:
 
     # -- type indices --------------------------------------------------------------------
 
-    def type_index(self, type_name: str) -> Optional[int]:
+    def type_index(self, type_name: str, type_global: Optional[str] = None) -> Optional[int]:
         """The (decoded) index of the object type named ``type_name``, None when unknown:
-        through the kernel global that points at the type when there is one (one read), else
-        through ``ObTypeIndexTable``."""
+        through the kernel global that points at the type when there is one (one read;
+        ``type_global``, else the one :data:`TYPE_GLOBALS` knows), else through
+        ``ObTypeIndexTable``."""
         if type_name not in self._indices:
             index: Optional[int] = None
-            symbol = TYPE_GLOBALS.get(type_name)
+            symbol = type_global or TYPE_GLOBALS.get(type_name)
             pointer = self._kernel.read_global_pointer(symbol) if symbol else None
             if pointer:
                 found = self.read_type(pointer)
@@ -131,7 +130,7 @@ class ObjectHeaders:
     @functools.cached_property
     def _type_table(self) -> Dict[str, int]:
         """The full map from ``nt!ObTypeIndexTable`` (bounded): only when a global is missing."""
-        table = self._kernel.symbol("ObTypeIndexTable")
+        table = self._kernel.symbols.address("ObTypeIndexTable")
         found: Dict[str, int] = {}
         if table is None:
             return found
@@ -167,18 +166,6 @@ class ObjectHeaders:
             return HeaderInfo(body, False, None, renderers.UnreadableValue())
         return HeaderInfo(
             body,
-            True,
-            self.decode_type_index(header, record.TypeIndex),
-            self._name(header, record.InfoMask),
-        )
-
-    def info_from_bytes(self, header: int, data: bytes, base: int = 0) -> HeaderInfo:
-        """As :meth:`info`, with the header's bytes already read (``data[base]`` is its start)."""
-        record = self._header.unpack(data, header, base)
-        if record.zeroed:
-            return HeaderInfo((header + self.body_offset) & self._kernel.mask, False, None, renderers.UnreadableValue())
-        return HeaderInfo(
-            (header + self.body_offset) & self._kernel.mask,
             True,
             self.decode_type_index(header, record.TypeIndex),
             self._name(header, record.InfoMask),

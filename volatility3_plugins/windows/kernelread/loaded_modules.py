@@ -8,10 +8,10 @@ in no module of an incomplete list, it may lie in a module past the break (no ev
 import dataclasses
 from typing import TYPE_CHECKING, List, Optional
 
-from . import diagnostics, walk
+from . import diagnostics, lists
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import KernelContext
 
 MAX_MODULES = 4096
 #: No driver image is larger (the largest kernel images are tens of MiB).
@@ -56,19 +56,19 @@ def entry_view(kernel: "KernelContext"):
         "BaseDllName.MaximumLength",
         "BaseDllName.Buffer",
     ]
-    name = "_KLDR_DATA_TABLE_ENTRY" if kernel.module.has_type("_KLDR_DATA_TABLE_ENTRY") else "_LDR_DATA_TABLE_ENTRY"
+    name = "_KLDR_DATA_TABLE_ENTRY" if kernel.kernel_module.has_type("_KLDR_DATA_TABLE_ENTRY") else "_LDR_DATA_TABLE_ENTRY"
     return kernel.kernel_view(name, members)
 
 
 def list_loaded_modules(kernel: "KernelContext") -> ModuleList:
     """The modules of ``PsLoadedModuleList``, bounded; entries without a usable range skipped."""
-    head = kernel.symbol(LIST_SYMBOL)
+    head = kernel.symbols.address(LIST_SYMBOL)
     view = entry_view(kernel)
     if head is None or view is None:
-        kernel.log.warning("No nt!PsLoadedModuleList: routines not attributed")
-        kernel.log.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "no symbol")
+        kernel.diagnostics.warning("No nt!PsLoadedModuleList: routines not attributed")
+        kernel.diagnostics.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "no symbol")
         return ModuleList()
-    walked = walk.walk_list(kernel, head, "nt!PsLoadedModuleList", MAX_MODULES)
+    walked = lists.walk_list(kernel, head, "nt!PsLoadedModuleList", MAX_MODULES)
     link = view.offset("InLoadOrderLinks.Flink")
     found: List[LoadedModule] = []
     for entry in walked.entries:
@@ -85,9 +85,9 @@ def list_loaded_modules(kernel: "KernelContext") -> ModuleList:
             )
         found.append(LoadedModule(base, size, name, base == kernel.base))
     if not found:
-        kernel.log.warning("PsLoadedModuleList is unreadable or empty: routines not attributed")
-        kernel.log.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "unreadable or empty")
+        kernel.diagnostics.warning("PsLoadedModuleList is unreadable or empty: routines not attributed")
+        kernel.diagnostics.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "unreadable or empty")
         return ModuleList()
     state = diagnostics.COMPLETE if walked.complete else diagnostics.INCOMPLETE
-    kernel.log.route(ROUTE_NAME, state, f"{len(found)} modules")
+    kernel.diagnostics.route(ROUTE_NAME, state, f"{len(found)} modules")
     return ModuleList(found, True, walked.complete)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, FrozenSet, List, Optional, Tuple
 from volatility3.framework import exceptions
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import KernelContext
 
 DEFAULT_MAX_ENTRIES = 4096
 
@@ -89,7 +89,7 @@ def walk_list(
     except exceptions.InvalidAddressException:
         result.head_unreadable = True
         result.problems.append(f"list head {head:#x} unreadable")
-        kernel.log.warning(f"{what}: list head {head:#x} unreadable")
+        kernel.diagnostics.warning(f"{what}: list head {head:#x} unreadable")
         return result
     forward, result.forward_closed, problem = _walk_one_way(kernel, head, flink, 0, max_entries)
     if problem:
@@ -101,7 +101,7 @@ def walk_list(
     result.entries = forward + [entry for entry in reversed(backward) if entry not in reached]
     result.members = frozenset(result.entries)
     if not result.complete:
-        kernel.log.warning(f"{what} incomplete: " + "; ".join(result.problems))
+        kernel.diagnostics.warning(f"{what} incomplete: " + "; ".join(result.problems))
     elif result.problems:
-        kernel.log.info(f"{what}: " + "; ".join(result.problems) + " (the other direction closed)")
+        kernel.diagnostics.info(f"{what}: " + "; ".join(result.problems) + " (the other direction closed)")
     return result

@@ -1,4 +1,5 @@
-"""Our ISF for ``_CALLBACK_OBJECT`` / ``_CALLBACK_REGISTRATION`` and the layout choice.
+"""Our ISF for ``_CALLBACK_OBJECT`` / ``_CALLBACK_REGISTRATION``: which of its files fits a kernel,
+and loading it.
 
 Neither structure is in any PDB, so the project ships hand-written ISF files in
 ``symbols/windows/``. The user never passes ``-s`` for them: :func:`symbol_directories` finds
@@ -11,7 +12,7 @@ import os
 import pathlib
 from typing import List, Optional
 
-from volatility3.framework import constants, exceptions, interfaces, symbols
+from volatility3.framework import interfaces, symbols
 from volatility3.framework.symbols import intermed
 
 vollog = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ ISF_BASENAME = "callbackobjects"
 def symbol_directories() -> List[str]:
     """Candidate folders holding ``windows/callbackobjects-*.json``, most specific first.
 
-    In a checkout this file is ``volatility3_plugins/windows/callback_objects/structures.py``
+    In a checkout this file is ``volatility3_plugins/windows/callback_objects/isf.py``
     and the ISF lives in ``<checkout>/symbols``. An installed package can append its own data
     folder here.
     """
@@ -53,9 +54,16 @@ class Layout:
         suffix = "" if self.has_callback_list else "-win7"
         return f"{ISF_BASENAME}-{arch}{suffix}.json"
 
-    @property
-    def pointer_size(self) -> int:
-        return 8 if self.is_64bit else 4
+    @classmethod
+    def for_kernel(cls, context: interfaces.context.ContextInterface, kernel_module_name: str) -> "Layout":
+        """The layout of a kernel: the pointer size of its symbol table, and whether it has
+        ``ExpCallbackListHead`` (the global object list, added with 8.1 together with the
+        ``ExpCallbackList`` link that grows the object)."""
+        kernel_module = context.modules[kernel_module_name]
+        return cls(
+            is_64bit=symbols.symbol_table_is_64bit(context=context, symbol_table_name=kernel_module.symbol_table_name),
+            has_callback_list=kernel_module.has_symbol(LIST_HEAD_SYMBOL),
+        )
 
 
 def find_isf(filename: str) -> Optional[str]:
@@ -65,19 +73,6 @@ def find_isf(filename: str) -> Optional[str]:
         if os.path.isfile(path):
             return path
     return None
-
-
-def choose_layout(
-    context: interfaces.context.ContextInterface, kernel_module_name: str
-) -> Layout:
-    """Picks the layout from the kernel: pointer size of its symbol table and whether the
-    kernel has ``ExpCallbackListHead`` (the global object list, added with 8.1 together with
-    the ``ExpCallbackList`` link that grows the object)."""
-    kernel = context.modules[kernel_module_name]
-    is_64bit = symbols.symbol_table_is_64bit(
-        context=context, symbol_table_name=kernel.symbol_table_name
-    )
-    return Layout(is_64bit=is_64bit, has_callback_list=kernel.has_symbol(LIST_HEAD_SYMBOL))
 
 
 def load_table(
@@ -102,33 +97,3 @@ def load_table(
     vollog.debug(f"Loaded {path} as symbol table {table_name}")
     return table_name
 
-
-def create_symbol_table(
-    context: interfaces.context.ContextInterface,
-    config_path: str,
-    kernel_module_name: str,
-) -> str:
-    """Chooses the layout for the kernel and loads the matching ISF."""
-    return load_table(context, config_path, choose_layout(context, kernel_module_name))
-
-
-def type_name(table_name: str, name: str) -> str:
-    return table_name + constants.BANG + name
-
-
-def member_offset(
-    context: interfaces.context.ContextInterface, table_name: str, struct: str, member: str
-) -> int:
-    return context.symbol_space.get_type(type_name(table_name, struct)).relative_child_offset(
-        member
-    )
-
-
-def table_has_member(
-    context: interfaces.context.ContextInterface, table_name: str, struct: str, member: str
-) -> bool:
-    try:
-        member_offset(context, table_name, struct, member)
-        return True
-    except (exceptions.SymbolError, KeyError, AttributeError):
-        return False

@@ -1,84 +1,38 @@
-"""The detection-flag vocabulary, its severity order, and the row classification.
-
-The names are the product's contract (see the project notes, "Detection flags"): users script
-against them, so never rename one. ``SEVERITY_ORDER`` is the single place that orders them:
-suspicious flags first, then informational ones; the ``Flags`` column is sorted by it.
+"""Row classification: from what the routes, the registrations' reads and the attribution
+found (the facts) to the flags of each output row.
 
 The evidence rule: a suspicious flag rests on something read from memory. Memory that is
 missing, unreadable or all zeros proves nothing, and neither does absence from a walk that did
 not reach its end: such rows get the informational ``unreadable`` or ``list_incomplete``
-instead, so the analyst sees what could not be judged.
+instead, so the analyst sees what could not be judged. The flag names and their order are the
+schema's (:mod:`...schema.flags`).
 """
 
 import dataclasses
-from typing import Iterable, List, Optional, Sequence, Set
+from typing import List, Optional, Sequence, Set
 
-from ..kernelpool.state import ALLOCATED
-from ..kernelpool.state import FREED as FREED_STATE
-from ..kernelpool.state import UNKNOWN as UNKNOWN_STATE
-
-# Suspicious
-OUTSIDE_MODULES = "outside_modules"
-HIDDEN_MODULE = "hidden_module"  # needs pool scanning (loader entries in pool)
-NON_EXECUTABLE = "non_executable"
-UNLINKED_OBJECT = "unlinked_object"
-ORPHAN_REGISTRATION = "orphan_registration"  # needs pool scanning
-BAD_BACKLINK = "bad_backlink"
-MULTIPLE_ON_EXCLUSIVE = "multiple_on_exclusive"
-BAD_SIGNATURE = "bad_signature"
-UNEXPECTED_REGISTRANT = "unexpected_registrant"
-GLOBAL_MISMATCH = "global_mismatch"
-NOT_IN_BASELINE = "not_in_baseline"  # needs --baseline
-# Informational
-FREED = "freed"  # needs pool scanning
-NOT_IN_DIRECTORY = "not_in_directory"
-ALLOCATION_UNKNOWN = "allocation_unknown"  # needs pool scanning
-LIST_INCOMPLETE = "list_incomplete"
-UNREADABLE = "unreadable"
-
-SUSPICIOUS = (
-    OUTSIDE_MODULES,
-    HIDDEN_MODULE,
-    NON_EXECUTABLE,
-    UNLINKED_OBJECT,
-    ORPHAN_REGISTRATION,
+from ...schema.flags import (
+    ALLOCATION_UNKNOWN,
     BAD_BACKLINK,
-    MULTIPLE_ON_EXCLUSIVE,
     BAD_SIGNATURE,
-    UNEXPECTED_REGISTRANT,
+    FREED,
     GLOBAL_MISMATCH,
+    HIDDEN_MODULE,
+    LIST_INCOMPLETE,
+    MULTIPLE_ON_EXCLUSIVE,
+    NON_EXECUTABLE,
     NOT_IN_BASELINE,
+    NOT_IN_DIRECTORY,
+    ORPHAN_REGISTRATION,
+    OUTSIDE_MODULES,
+    UNEXPECTED_REGISTRANT,
+    UNLINKED_OBJECT,
+    UNREADABLE,
+    is_evidence,
+    sort_flags,
 )
-INFORMATIONAL = (FREED, NOT_IN_DIRECTORY, ALLOCATION_UNKNOWN, LIST_INCOMPLETE, UNREADABLE)
-#: A row carrying one of these is no evidence of a live registration (a freed block, a block of
-#: unknown state, memory that cannot be read): never compared with a baseline, never stacked.
-NO_EVIDENCE = frozenset({FREED, ALLOCATION_UNKNOWN, UNREADABLE})
-
-#: Most severe first. Within the suspicious group the order puts code-location findings
-#: (where the routine runs) before structure tampering, then data-driven findings, then the
-#: comparison with known-good images (a difference, not yet a finding).
-SEVERITY_ORDER = SUSPICIOUS + INFORMATIONAL
-_RANK = {name: rank for rank, name in enumerate(SEVERITY_ORDER)}
-
-#: States of a list walk, as the facts carry them (None: no such list on this kernel, or the
-#: route could not run at all).
-COMPLETE = "complete"
-INCOMPLETE = "incomplete"
-
-
-def is_suspicious(flag: str) -> bool:
-    return flag in SUSPICIOUS
-
-
-def any_suspicious(flags: Iterable[str]) -> bool:
-    """Whether a row with these flags is suspicious (informational flags do not count)."""
-    return any(flag in SUSPICIOUS for flag in flags)
-
-
-def sort_flags(flags: Iterable[str]) -> List[str]:
-    """Deduplicates and sorts by severity; unknown names (never expected) go last, by name."""
-    unique = set(flags)
-    return sorted(unique, key=lambda f: (_RANK.get(f, len(_RANK)), f))
+from ..kernelpool.state import BlockState
+from ..kernelread.diagnostics import COMPLETE
 
 
 @dataclasses.dataclass
@@ -180,11 +134,6 @@ def classify(
     return sort_flags(found)
 
 
-def is_evidence(row_flags: Iterable[str]) -> bool:
-    """Whether a registration row with these flags is evidence of a live registration."""
-    return not NO_EVIDENCE.intersection(row_flags)
-
-
 def classify_baseline(row_flags: Sequence[str], in_baseline: Optional[bool]) -> List[str]:
     """A registration row's flags with the known-good comparison's verdict: ``in_baseline`` is
     True or False when the row was compared, None when no baseline was given or the row cannot
@@ -195,7 +144,7 @@ def classify_baseline(row_flags: Sequence[str], in_baseline: Optional[bool]) -> 
     return list(row_flags)
 
 
-def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bool) -> List[str]:
+def classify_loose(facts: RegistrationFacts, state: BlockState, owner_list_complete: bool) -> List[str]:
     """Flags of a loose registration: a block the scan found on no walked list.
 
     Freed pool is full of stale blocks (the false positive of scanners that report them as
@@ -206,14 +155,11 @@ def classify_loose(facts: RegistrationFacts, state: str, owner_list_complete: bo
     a break in any list), plus what its routine's location says; the object-level flags stay on
     the rows of the object it names.
     """
-    if state == FREED_STATE:
+    if state == BlockState.FREED:
         return [FREED]
-    if state != ALLOCATED:
+    if state != BlockState.ALLOCATED:
         return [ALLOCATION_UNKNOWN]
     return sort_flags(
         {ORPHAN_REGISTRATION if owner_list_complete else LIST_INCOMPLETE} | classify_routine(facts)
     )
 
-
-def vocabulary() -> Sequence[str]:
-    return SEVERITY_ORDER

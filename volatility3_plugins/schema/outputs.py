@@ -9,14 +9,15 @@ its kernel build, the plugin's exit status and verdict line.
 Anything else is refused with a message saying what the file is and what was expected, never a
 traceback: a responder pointing ``--baseline`` at the wrong folder must learn it at once.
 
-Standard library only: Volatility imports this module at start-up, and the fleet commands use it
-without starting Volatility.
+Standard library only: the fleet commands use it without starting Volatility.
 """
 
 import dataclasses
 import json
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from . import columns
 
 #: A plugin output is ``NAME.json``; its sidecar, written by a sweep, ``NAME.meta.json``.
 OUTPUT_SUFFIX = ".json"
@@ -25,10 +26,6 @@ SIDECAR_SUFFIX = ".meta.json"
 STACK_JSON = "stack.json"
 STACK_TEXT = "stack.txt"
 NOT_OUTPUTS = frozenset({STACK_JSON})
-
-#: Columns the comparison and the stack read; an output made with ``--hide-columns`` hiding one
-#: of them cannot be compared.
-REQUIRED_COLUMNS = ("Object", "Name", "Registration", "Module", "Symbol", "Flags")
 
 #: Largest output read (bytes): the plugin's output of a busy machine is a few MiB; a larger
 #: file is not one.
@@ -139,13 +136,13 @@ def parse_rows(path: str, document: Any) -> List[Dict[str, Any]]:
     for index, row in enumerate(_flatten(document)):
         if not isinstance(row, dict):
             raise OutputError(f"{path}: row {index} is not an object of columns")
-        missing = [column for column in REQUIRED_COLUMNS if column not in row]
+        missing = [column for column in columns.READ_BACK if column not in row]
         if missing:
             raise OutputError(
                 f"{path}: row {index} lacks the column(s) {', '.join(missing)}: not an output of "
                 "windows.callbackobjects, or one made with --hide-columns hiding them"
             )
-        if not isinstance(row["Flags"], (str, type(None))):
+        if not isinstance(row[columns.FLAGS.name], (str, type(None))):
             raise OutputError(f"{path}: row {index} has Flags that are not a comma-separated string")
         rows.append(row)
     return rows
@@ -171,5 +168,5 @@ def load_outputs(paths: Sequence[str]) -> List[Output]:
 
 def row_flags(row: Dict[str, Any]) -> List[str]:
     """The ``Flags`` column of a row as a list (the renderer joins them with commas)."""
-    flags = row.get("Flags")
+    flags = row.get(columns.FLAGS.name)
     return [flag for flag in flags.split(",") if flag] if isinstance(flags, str) else []

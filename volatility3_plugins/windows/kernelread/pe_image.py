@@ -14,7 +14,7 @@ import pefile
 from volatility3.framework import constants, exceptions, interfaces
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import KernelContext
 
 vollog = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequ
 from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import intel, linear
 
-if TYPE_CHECKING:
-    from .kernel import KernelContext
+from .addresses import PAGE_SIZE, kernel_half_start
 
-PAGE_SIZE = 0x1000
+if TYPE_CHECKING:
+    from .context import KernelContext
+
 #: Bytes read from the physical layer at once.
 CHUNK = 4 << 20
 #: Hits kept before the search stops (a real system has thousands of each tag, not millions).
@@ -47,7 +48,6 @@ class Paging:
     levels: Sequence[Tuple[int, bool]]  # (index bits, large pages allowed) per level, top first
     entry_size: int
     physical_bits: int
-    virtual_bits: int
     #: Windows keeps pages on its standby list mapped by "transition" PTEs (bit 11 set, bit 10
     #: clear, present bit clear): their contents are in memory, as Volatility's Windows layers
     #: read them.
@@ -70,7 +70,6 @@ def paging_of(kernel: "KernelContext") -> Optional[Paging]:
         [(bits, large) for _name, bits, large in layer.structure],
         8 if wide else 4,
         getattr(layer, "_maxphyaddr", 52),
-        48 if isinstance(layer, intel.Intel32e) else 32,
         isinstance(layer, intel.WindowsMixin),
     )
 
@@ -127,6 +126,38 @@ def search_tags(
             position = gathered.find(tag, position + 1)
 
 
+def search_ranges(
+    context: interfaces.context.ContextInterface,
+    layer: interfaces.layers.DataLayerInterface,
+    ranges: Sequence[Tuple[int, int]],
+    tags: Sequence[bytes],
+    tag_offset: int,
+    unit: int,
+    chunk: int,
+    progress: Optional[Callable[[float, str], None]] = None,
+    description: str = "",
+) -> Iterator[Tuple[int, bytes, bytes, int]]:
+    """(address of the pool header, tag, the chunk read, the header's offset in it) of every tag
+    at a header position in the (start, length) ``ranges`` of ``layer``, read ``chunk`` bytes at
+    a time (uncached, zeros where nothing is mapped); ``progress`` is told after each chunk."""
+    total = sum(length for _start, length in ranges) or 1
+    done = 0
+    for start, length in ranges:
+        position = start - start % unit
+        while position < start + length:
+            size = min(chunk, start + length - position)
+            try:
+                data = read_uncached(context, layer, position, size)
+            except exceptions.InvalidAddressException:
+                data = b""
+            for header, tag in search_tags(data, position, tags, tag_offset, unit):
+                yield header, tag, data, header - position
+            position += size
+            done += size
+            if progress is not None:
+                progress(100.0 * done / total, description)
+
+
 def physical_search(
     kernel: "KernelContext",
     tags: Sequence[bytes],
@@ -139,27 +170,16 @@ def physical_search(
     paging = paging_of(kernel)
     if paging is None or tag_offset % 4 or unit % 4:
         return None
-    runs = physical_runs(paging.physical)
-    total = sum(length for _offset, length in runs) or 1
-    done = 0
     hits: List[PhysicalHit] = []
-    for start, length in runs:
-        position = start - start % unit
-        while position < start + length:
-            size = min(CHUNK, start + length - position)
-            try:
-                data = read_uncached(kernel.context, paging.physical, position, size)
-            except exceptions.InvalidAddressException:
-                data = b""
-            for header, tag in search_tags(data, position, tags, tag_offset, unit):
-                hits.append(PhysicalHit(header >> 12, header & (PAGE_SIZE - 1), tag))
-                if len(hits) >= MAX_HITS:
-                    kernel.log.warning(f"More than {MAX_HITS} pool-tag hits in physical memory: the rest not searched")
-                    return hits
-            position += size
-            done += size
-            if progress is not None:
-                progress(100.0 * done / total, "Searching physical memory for pool tags")
+    found = search_ranges(
+        kernel.context, paging.physical, physical_runs(paging.physical), tags, tag_offset, unit, CHUNK, progress,
+        "Searching physical memory for pool tags",
+    )
+    for header, tag, _data, _offset in found:
+        hits.append(PhysicalHit(header >> 12, header & (PAGE_SIZE - 1), tag))
+        if len(hits) >= MAX_HITS:
+            kernel.diagnostics.warning(f"More than {MAX_HITS} pool-tag hits in physical memory: the rest not searched")
+            return hits
     return hits
 
 
@@ -178,7 +198,7 @@ def kernel_mappings(kernel: "KernelContext", frames: Set[int]) -> Dict[int, List
     for bits, _large in reversed(paging.levels):
         shifts.insert(0, shift)
         shift += bits
-    kernel_half = 1 << (paging.virtual_bits - 1)
+    kernel_half = kernel_half_start(kernel.pointer_size)
     self_map = paging.dtb & frame_mask
 
     def walk(table: int, level: int, virtual: int) -> None:

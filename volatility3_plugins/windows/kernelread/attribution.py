@@ -15,7 +15,7 @@ from . import pe_image
 from .loaded_modules import MAX_MODULES, LoadedModule, ModuleList
 
 if TYPE_CHECKING:
-    from .kernel import KernelContext
+    from .context import KernelContext
 
 vollog = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ class Attributor:
         # Many registrations share a routine (one driver registers on many objects).
         self._attributions: Dict[int, Attribution] = {}
 
-    @property
-    def modules(self) -> List[LoadedModule]:
-        return list(self._modules)
-
     def module_at(self, address: int) -> Optional[LoadedModule]:
         listed = self._listed_at(address)
         if listed is not None:
@@ -114,7 +110,7 @@ class Attributor:
         image = self.image(module)
         symbol: Optional[str] = None
         if module.is_kernel:
-            symbol = self._kernel.kernel_symbol_at(address)
+            symbol = self._kernel.symbols.name_at(address)
         elif image is not None:
             symbol = image.exports.get(rva)
         if symbol is None:

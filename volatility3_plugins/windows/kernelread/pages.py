@@ -3,14 +3,15 @@
 Why: the hot paths (list walks, registrations, object bodies and headers, pool-scan validation)
 touch the same pool pages again and again; reading a page once and slicing it is much cheaper
 than one ``layer.read`` per field. A memory image does not change during a run, so caching is
-safe; the cache is bounded and belongs to one run (:class:`..kernel.KernelContext` owns it).
+safe; the cache is bounded and belongs to one run (:class:`.context.KernelContext` owns it).
 """
 
 from typing import Dict, Optional
 
 from volatility3.framework import exceptions, interfaces
 
-PAGE_SIZE = 0x1000
+from .addresses import PAGE_SIZE
+
 #: Pages kept (4 MiB): enough for the pool pages of tens of thousands of blocks, small against
 #: the peak memory of a Volatility run.
 MAX_CACHED_PAGES = 1024
@@ -74,13 +75,6 @@ class PageReader:
             position += take
             remaining -= take
         return b"".join(pieces)
-
-    def is_readable(self, address: int, length: int = 1) -> bool:
-        try:
-            self.read(address, length)
-        except exceptions.InvalidAddressException:
-            return False
-        return True
 
     def pointer(self, address: int, pointer_size: int) -> int:
         """A little-endian pointer masked to the layer's width, as Volatility renders them."""

@@ -2,12 +2,15 @@
 
 A warning printed three times reads as three problems; a look-up that failed is remembered as
 failed (by the caller caching its result), and the text is said once here. Route states feed
-the verdict line at the end of the run (see :mod:`.verdict`).
+the verdict line at the end of a run.
+
+Standard library only, on purpose: the crash-dump layer (``layers/crashdump.py``) says its
+facts once with :class:`SaidOnce` too, and a layer must load without Volatility's plugins.
 """
 
 import dataclasses
 import logging
-from typing import Dict, List, Set
+from typing import Dict, Hashable, List, Optional, Set
 
 vollog = logging.getLogger(__name__)
 
@@ -17,6 +20,24 @@ INCOMPLETE = "incomplete"  # walked, but broken somewhere: absence proves nothin
 UNAVAILABLE = "unavailable"  # could not run at all (no symbol, unreadable head, ...)
 SKIPPED = "skipped"  # not asked for (--no-scan)
 NOT_ON_THIS_BUILD = "not on this build"  # e.g. ExpCallbackListHead before Windows 8.1
+_ORDER = (COMPLETE, NOT_ON_THIS_BUILD, SKIPPED, INCOMPLETE, UNAVAILABLE)
+
+
+class SaidOnce:
+    """Logs each message (or each ``key``) once: the same fact said again is noise."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._said: Set[Hashable] = set()
+
+    def log(self, level: int, message: str, key: Optional[Hashable] = None) -> bool:
+        """Log ``message`` unless it (or ``key``, when given) was said before; True when said now."""
+        key = message if key is None else key
+        if key in self._said:
+            return False
+        self._said.add(key)
+        self._logger.log(level, message)
+        return True
 
 
 @dataclasses.dataclass
@@ -32,26 +53,19 @@ class Diagnostics:
     """Collects the run's warnings (each said once) and route states."""
 
     def __init__(self, logger: logging.Logger = vollog) -> None:
-        self._logger = logger
-        self._said: Set[str] = set()
+        self._once = SaidOnce(logger)
         self.warnings: List[str] = []
         self.routes: Dict[str, RouteState] = {}
 
     def warning(self, message: str) -> None:
-        if message in self._said:
-            return
-        self._said.add(message)
-        self.warnings.append(message)
-        self._logger.warning(message)
+        if self._once.log(logging.WARNING, message):
+            self.warnings.append(message)
 
     def info(self, message: str) -> None:
-        if message not in self._said:
-            self._said.add(message)
-            self._logger.info(message)
+        self._once.log(logging.INFO, message)
 
     def route(self, name: str, state: str, detail: str = "") -> None:
         """Record how a route (or the module list) fared; the worst report of a name wins."""
-        order = (COMPLETE, NOT_ON_THIS_BUILD, SKIPPED, INCOMPLETE, UNAVAILABLE)
         current = self.routes.get(name)
-        if current is None or order.index(state) > order.index(current.state):
+        if current is None or _ORDER.index(state) > _ORDER.index(current.state):
             self.routes[name] = RouteState(state, detail)

@@ -16,7 +16,7 @@ already). A row that is no evidence of a live registration (``flags.NO_EVIDENCE`
 allocation unknown, unreadable) is not compared, and neither is a registration whose owner
 module or object name could not be read: absence of evidence is no accusation.
 
-The same keys serve the stack of a fleet (:mod:`volatility3_plugins.fleet.stack`). Plain data:
+The same keys serve the stack of a fleet (:mod:`..fleet.stack`). Plain data:
 rows come as :class:`RowView`, from the plugin's rows or from JSON outputs alike, so the plugin
 and the fleet commands key a row the same way. Standard library only.
 """
@@ -25,7 +25,7 @@ import dataclasses
 import os
 from typing import Any, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
-from . import flags, outputs
+from . import columns, flags, outputs
 
 #: The object part of the key of every unnamed object.
 UNNAMED_OBJECT = "unnamed"
@@ -46,17 +46,17 @@ class RowView:
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> "RowView":
-        """A row of a JSON output (columns as ``outputs.REQUIRED_COLUMNS``)."""
+        """A row of a JSON output (with the columns of ``columns.READ_BACK``)."""
 
         def text(column: str) -> Optional[str]:
             value = row.get(column)
             return value if isinstance(value, str) and value else None
 
         return cls(
-            name=text("Name"),
-            has_registration=row.get("Registration") is not None,
-            module=text("Module"),
-            symbol=text("Symbol"),
+            name=text(columns.NAME.name),
+            has_registration=row.get(columns.REGISTRATION.name) is not None,
+            module=text(columns.MODULE.name),
+            symbol=text(columns.SYMBOL.name),
             flags=tuple(outputs.row_flags(dict(row))),
         )
 

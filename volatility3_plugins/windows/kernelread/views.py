@@ -18,7 +18,7 @@ from typing import Dict, Iterable, Sequence, Tuple, Union
 
 from volatility3.framework import constants, exceptions, interfaces, objects, renderers
 
-from .pagecache import PageReader
+from .pages import PageReader
 
 Absent = interfaces.renderers.BaseAbsentValue
 Value = Union[int, bool, Absent]

@@ -1,0 +1,16 @@
+"""Reading the Windows kernel from a memory image, for any plugin: nothing here knows what a
+plugin looks for (callbacks, pool blocks, ...).
+
+- ``context``: the run context (:class:`~.context.KernelContext`), built once per run;
+- ``addresses``: page size, canonical addresses, the kernel half;
+- ``pages``, ``views``, ``symbols``: the page reader, structure views compiled from symbol
+  tables, the kernel's symbols;
+- ``lists``: the bounded two-way LIST_ENTRY walker;
+- ``object_headers``, ``loaded_modules``: objects' names and types, PsLoadedModuleList;
+- ``pe_image``, ``attribution``: the PE reader, owner module and symbol of an address;
+- ``physical_search``: pool tags searched in physical memory, mapped back to kernel addresses;
+- ``diagnostics``: warnings said once and the state of each route (standard library only).
+
+Volatility imports every module below the ``-p`` folder at start-up, so nothing here may do
+work at import time. Modules import each other relatively and nothing outside this package.
+"""
