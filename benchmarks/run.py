@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run.py                  # forge, measure, print
     .venv/bin/python benchmarks/run.py --write-results  # ... and rewrite benchmarks/RESULTS.md
 
-Forges the ``busy`` scenario (tests/forge/busy.py): a 4 GiB Windows 10 machine whose RAM is
+Forges the ``busy`` scenario (tests/forge/stories/busy.py): a 4 GiB Windows 10 machine whose RAM is
 nearly all mapped into kernel space and in use (a non-paged segment heap of 256 MiB full of
 noise blocks, pool-like and cache-like pages, a few hundred decoy ``CBRe``/``Call`` strings)
 with the ``baseline`` callback inventory and its freed history. Then, on that one image, as a

@@ -1,7 +1,7 @@
 """Fleet triage end to end on a forged fleet (issue 10): sweep, baseline comparison, stack, resume,
 and the same sweep on a Dask cluster.
 
-The fleet (``tests/forge/fleet.py``): twelve Windows 10 hosts with their own layouts (seeds), two
+The fleet (``tests/forge/fleet/``): twelve Windows 10 hosts with their own layouts (seeds), two
 of them (host05, host11) carrying the ``rootkit`` scenario's plants, one Windows 7 host (host13),
 and two golden Windows 10 images, the known-good machines. The golden images are swept first;
 their outputs are the baseline of the hosts' sweep, which is interrupted once and resumed.

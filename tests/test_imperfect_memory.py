@@ -1,7 +1,7 @@
 """Imperfect memory (issue 9): a broken walk or a missing page is never evidence, and an image
 that cannot support a verdict says so with a non-zero exit.
 
-Each case damages a freshly forged image (``tests/forge/damage.py``) and checks the plugin's
+Each case damages a freshly forged image (``tests/forge/stories/damage.py``) and checks the plugin's
 rows against the undamaged ground truth: damage never adds a suspicious flag, every object the
 damage did not touch is still reported, and what it touched carries the informational
 ``unreadable`` / ``list_incomplete`` where it could not be judged.

@@ -67,7 +67,7 @@ class Listed:
 
 def agrees(want: Listed, got: Optional[Listed]) -> bool:
     """``got`` is what ``want`` says; a VS chunk may hold one granule more than its block (a
-    fragment too small to be a free chunk stays with it, tests/forge/segment_heap.py), and
+    fragment too small to be a free chunk stays with it, tests/forge/allocators/segment_heap/vs.py), and
     MemProcFS gives the chunk's size."""
     if got is None or (got.tag, got.allocated, got.pool, got.kind) != (want.tag, want.allocated, want.pool, want.kind):
         return False
