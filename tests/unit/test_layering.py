@@ -30,7 +30,8 @@ ALLOWED: Dict[str, Set[str]] = {
     "fleet": {"schema"},
     "layers": {"common"},
     "windows": set(),  # the package marker that merges plugin folders
-    "entry": {"fleet", "schema"},  # the vol-callbackobjects command
+    # the vol-callbackobjects command; "windows": volshell's plugin package, which it extends
+    "entry": {"fleet", "schema", "windows"},
 }
 #: Modules of ours that a module of a package may import when not all of that package is allowed.
 ONLY_MODULES: Dict[str, Set[str]] = {}
