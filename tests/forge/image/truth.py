@@ -194,6 +194,12 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "processes": forge.processes.records(),
         "unloaded_modules": [dict(_module_record(module), entry=masked(module.entry or 0))
                              for module in forge.loader.unloaded],
+        # nt!MmUnloadedDrivers as Volatility's windows.unloadedmodules lists it, the sessions'
+        # _MM_SESSION_SPACE (global view) by id, the RAM nt!MmPhysicalMemoryBlock describes.
+        "unloaded_drivers": [{key: masked(value) if isinstance(value, int) else value for key, value in entry.items()}
+                             for entry in forge.memory_manager.unloaded],
+        "sessions": {str(session): masked(space) for session, space in forge.memory_manager.sessions.items()},
+        "physical_memory_runs": [list(run) for run in forge.machine.physical.runs()],
         "driver_objects": forge.drivers.records(),
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
         "callback_directory": sorted(c.name for c in forge.callbacks.live_objects if c.in_directory and c.name),
