@@ -2,7 +2,8 @@
 
 Computed from what the forge planted (never by reading memory back), in the plugin's output
 vocabulary: one expected row per reachable registration, one per object without any, with the
-columns of ``windows.callbackobjects`` and the flags of ../shared/notes/callback-objects.md.
+columns of ``windows.callbackobjects`` (``Evidence`` always ``complete``: a forged image holds all
+its memory) and the flags of ../shared/notes/callback-objects.md.
 
 Addresses are masked to 48 bits, as Volatility renders kernel pointers. ``rows`` describes a
 list-only run: rows that only pool scanning can produce carry ``requires_scan``; flags only
@@ -120,6 +121,9 @@ def _object_columns(forge: "ImageForge", callback: CallbackObject, routes: List[
         "Name": callback.full_name,
         "AllowMultiple": callback.allow_multiple,
         "FoundBy": routes,
+        # A forged image holds all its memory, and every planted corruption leaves a walk that
+        # closes (the plugin's imperfect-memory tests damage images after the truth is taken).
+        "Evidence": "complete",
     }
 
 
