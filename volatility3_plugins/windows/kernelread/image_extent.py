@@ -8,7 +8,9 @@
   the RAM the kernel describes in ``nt!MmPhysicalMemoryBlock`` (a ``_PHYSICAL_MEMORY_DESCRIPTOR``
   in non-paged pool: runs of physical pages built from the loader's memory descriptors, WRK
   ``MmInitializeMemoryLimits``) against the file's size: every page of RAM lies inside a whole
-  raw image.
+  raw image. When that descriptor cannot be read (its own page may be the one cut off), the
+  pages the kernel half maps write-back, and its page tables, are counted instead from one walk
+  of the page tables (``common/page_tables.py``): none of them may lie past the end of the file.
 
 Other formats (LiME, ELF cores, VMware, ...) are not checked: their layers know their extents.
 A check that cannot be made (the descriptor's page is missing, a header that describes no
@@ -20,8 +22,10 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces
 
-from ...common import crashdump_header
+from ...common import crashdump_header, page_tables
 from ...common.units import PAGE_SIZE, missing_pages_cause, missing_pages_text, size_text
+from .addresses import kernel_half_start
+from .physical_search import paging_format, paging_of, physical_reader
 from .views import ViewError, array_member
 
 if TYPE_CHECKING:
@@ -36,7 +40,7 @@ MAX_RUNS = 4096
 class Shortfall:
     """Memory the image file lacks."""
 
-    #: ``crash dump truncated`` or ``raw image shorter than RAM``.
+    #: ``crash dump truncated``, ``raw image shorter than RAM`` or ``raw image truncated``.
     what: str
     missing: int
     total: int
@@ -91,7 +95,7 @@ def _dump_shortfall(kernel: "KernelContext", read: crashdump_header.Read, file_s
 def _raw_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Shortfall]:
     runs = physical_memory_runs(kernel)
     if runs is None:
-        return None
+        return _mapped_shortfall(kernel, file_size)
     in_file = file_size // PAGE_SIZE
     total = sum(count for _, count in runs)
     missing = sum(count - max(0, min(count, in_file - first)) for first, count in runs)
@@ -104,6 +108,19 @@ def _raw_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Shortfal
     # A crash dump's truncation is said by the crash-dump layer; a raw image's only here.
     kernel.diagnostics.warning(detail[0].upper() + detail[1:])
     return Shortfall("raw image shorter than RAM", missing, total, detail)
+
+
+def _mapped_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Shortfall]:
+    paging = paging_of(kernel)
+    if paging is None:
+        return None
+    missing, total = page_tables.pages_past(physical_reader(paging.physical), paging.dtb, paging_format(paging),
+                                            file_size, kernel_half_start(kernel.pointer_size))
+    if not missing:
+        return None
+    # Said by the layers' file check where it finds the page tables itself (x64); the verdict's
+    # causes say it everywhere.
+    return Shortfall("raw image truncated", missing, total, page_tables.truncation_text(missing, total, file_size))
 
 
 def physical_memory_runs(kernel: "KernelContext") -> Optional[List[Tuple[int, int]]]:
