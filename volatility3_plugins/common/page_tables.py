@@ -63,10 +63,10 @@ UNCACHED_BITS = 0x18
 PAT_PAGE, PAT_LARGE = 0x80, 0x1000
 
 
-def mappings(read: Read, dtb: int, paging: Paging, lowest: int = 0) -> Iterator[Mapping]:
-    """Every present mapping at or above virtual ``lowest`` (a page, or a large page's run of
-    frames), and every page table entered (count 1, ``True``), in address order. A table that
-    cannot be read whole is entered but not walked."""
+def _walk(read: Read, dtb: int, paging: Paging, lowest: int, leaves: bool) -> Iterator[Tuple]:
+    """Mappings as :func:`mappings` yields them, except that with ``leaves`` False a last-level
+    table is yielded whole, as ``(virtual, None, entries, False, True)``: counting its entries in
+    one pass is what keeps a walk of gigabytes of mappings fast."""
     frame_mask = ((1 << paging.physical_bits) - 1) & ~(PAGE_SIZE - 1)
     code = "Q" if paging.entry_size == 8 else "I"
     shifts = []
@@ -77,14 +77,18 @@ def mappings(read: Read, dtb: int, paging: Paging, lowest: int = 0) -> Iterator[
     self_map = dtb & frame_mask
     last_level = len(paging.levels) - 1
 
-    def walk(table: int, level: int, virtual: int) -> Iterator[Mapping]:
+    def walk(table: int, level: int, virtual: int) -> Iterator[Tuple]:
         bits, large = paging.levels[level]
         count = 1 << bits
         data = read(table, count * paging.entry_size)
         if len(data) < count * paging.entry_size:
             return
+        entries = struct.unpack(f"<{count}{code}", data)
+        if level == last_level and not leaves:
+            yield virtual, None, entries, False, True
+            return
         span = 1 << shifts[level]
-        for index, entry in enumerate(struct.unpack(f"<{count}{code}", data)):
+        for index, entry in enumerate(entries):
             if not entry & 1 and not (level == last_level and paging.transition and entry & 0xC00 == 0x800):
                 continue
             address = virtual + index * span
@@ -103,12 +107,28 @@ def mappings(read: Read, dtb: int, paging: Paging, lowest: int = 0) -> Iterator[
     yield from walk(dtb & ~(paging.top_size - 1) & ((1 << paging.physical_bits) - 1), 0, 0)
 
 
+def mappings(read: Read, dtb: int, paging: Paging, lowest: int = 0) -> Iterator[Mapping]:
+    """Every present mapping at or above virtual ``lowest`` (a page, or a large page's run of
+    frames), and every page table entered (count 1, ``True``), in address order. A table that
+    cannot be read whole is entered but not walked."""
+    return _walk(read, dtb, paging, lowest, leaves=True)
+
+
 def pages_past(read: Read, dtb: int, paging: Paging, file_size: int, lowest: int = 0) -> Tuple[int, int]:
     """(pages the write-back mappings at or above ``lowest`` and their page tables place past the
     end of a file of ``file_size`` bytes, all such pages)."""
     limit = file_size // PAGE_SIZE
+    frame_mask = ((1 << paging.physical_bits) - 1) & ~(PAGE_SIZE - 1)
+    # A last-level entry that maps a write-back page: present (or in transition), no PWT/PCD/PAT.
+    transition = 0xC00 if paging.transition else 0
     missing = total = 0
-    for _virtual, first, count, _table, write_back in mappings(read, dtb, paging, lowest):
+    for _virtual, first, count, _table, write_back in _walk(read, dtb, paging, lowest, leaves=False):
+        if first is None:
+            frames = [entry & frame_mask for entry in count
+                      if (entry & 1 or (transition and entry & 0xC00 == 0x800)) and not entry & (UNCACHED_BITS | PAT_PAGE)]
+            total += len(frames)
+            missing += sum(frame >> 12 >= limit for frame in frames)
+            continue
         if not write_back:
             continue
         total += count

@@ -72,7 +72,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     # 3.0.0: the run context is a CallbackContext (KernelContext plus our views);
     #        list_callback_objects returns the records; allocation states are BlockState
     #        values; list_loose_registrations(linked=...); run() goes through these methods
-    _version = (3, 0, 0)
+    # 3.1.0: the Evidence column (row_values(row, evidence)); list_registrations names the object
+    #        in its warnings; the run context says what the image file lacks (image_shortfalls)
+    _version = (3, 1, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
