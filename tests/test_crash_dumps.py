@@ -224,7 +224,8 @@ def test_truncated_and_damaged_dumps_open_what_is_there_or_say_why(forged_format
         handle.truncate(truncated.stat().st_size - 10 * PAGE)
     layer, records = stack_with_log(truncated, caplog)
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
-    assert "truncated: 10 of its pages lie past the end of the file" in records[0].getMessage()
+    total = sum(count for _, count in paths["pages"]["kernel"])
+    assert f"truncated: 10 of {total:,} pages (40 KiB, <1%) lie past the end of the file" in records[0].getMessage()
     held = list(page_numbers(paths["pages"]["kernel"]))
     raw = raw_bytes(paths["raw"])
     assert all(layer.read(n * PAGE, PAGE) == raw[n * PAGE : (n + 1) * PAGE] for n in held[:-10])
@@ -234,6 +235,24 @@ def test_truncated_and_damaged_dumps_open_what_is_there_or_say_why(forged_format
     layer, records = stack_with_log(damaged, caplog)
     assert layer is None and [r.levelno for r in records] == [logging.WARNING]
     assert records[0].getMessage().endswith("cannot open this damaged Windows crash dump of DumpType 8: no RDMP header at 0x2000")
+
+
+@pytest.mark.parametrize("fmt", ["dump", "bitmap"])
+def test_a_truncated_dump_volatility_opens_itself_is_said_to_be_truncated(forged_formats, tmp_path, caplog, fmt):
+    """DumpTypes 1 and 5 are Volatility's to open, and its layer never compares the file's size
+    with the pages the header places in it: the stacker says it, once, with how much is missing."""
+    caplog.set_level(logging.INFO, logger=crashdump.vollog.name)
+    paths = forged_formats("rootkit", "win10")
+    cut = tmp_path / f"cut-{fmt}.dmp"
+    shutil.copyfile(paths[fmt], cut)
+    with open(cut, "r+b") as handle:
+        handle.truncate(cut.stat().st_size - 100 * PAGE - 10)
+    layer, records = stack_with_log(cut, caplog)
+    assert layer is None, "left to Volatility's own layer"
+    total = sum(count for _, count in paths["pages"][fmt])
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"the crash dump is truncated: 101 of {total:,} pages (404 KiB, " in warnings[0], warnings
+    assert stack_with_log(cut, caplog)[1] == [], "said once per file"
 
 
 def fragmented_memory(runs: int) -> PhysicalMemory:

@@ -158,11 +158,42 @@ def demo_commands() -> List[Tuple[str, str]]:
 
 @pytest.mark.parametrize("doc,command", demo_commands())
 def test_demo_commands_run(demo_folder, tmp_path, doc, command):
-    argv = shlex.split(command)
-    assert argv[0] in ("vol-callbackobjects", "vol"), command
-    argv[0] = str(BIN / argv[0])
-    env = dict(os.environ, HOME=str(tmp_path))  # Volatility caches under ~/.cache: one per test
+    """Each command as a responder types it: through the shell when it pipes commands into
+    volshell, with this environment's programs first on the PATH."""
+    env = dict(os.environ, HOME=str(tmp_path), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if "|" in command:
+        assert shlex.split(command.split("|")[-1])[0] == "vol-callbackobjects", command
+        argv = ["bash", "-c", "set -o pipefail; " + command]
+    else:
+        argv = shlex.split(command)
+        assert argv[0] in ("vol-callbackobjects", "vol"), command
+        argv[0] = str(BIN / argv[0])
     result = subprocess.run(argv, cwd=demo_folder, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, (command, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout.strip(), command
+    if "--dump" in argv:
+        base = argv[argv.index("--base") + 1]
+        assert list((demo_folder / "demo").glob(f"*.{base}.dmp")), (command, result.stdout[-2000:])
+    if "volshell" in command:
+        assert "Error" not in result.stdout and re.search(r"0x[0-9a-f]+ +[0-9a-f]{2} [0-9a-f]{2}", result.stdout), result.stdout
+
+
+def demo_truth_addresses() -> Set[int]:
+    """Every address of the demo's truth a command may name: module bases (listed, hidden and
+    unloaded) and the rows' objects, registrations and routines."""
+    truth = forge_scenario("rootkit", "win10").truth
+    found = {module["base"] for module in truth["modules"] + truth["unloaded_modules"]}
+    for row in truth["rows_with_scan"]:
+        found.update(row[column] for column in ("Object", "Registration", "Routine") if row[column] is not None)
+    found.update(entry["end"] for entry in truth["unloaded_drivers"])
+    return found
+
+
+def test_the_demo_commands_name_the_demos_addresses():
+    """The addresses the guide's demo commands give are the demo's own (its seed fixes them): a
+    forge change that moves them must change the guide too."""
+    named = {int(address, 16) for _doc, command in demo_commands() for address in re.findall(r"0x[0-9a-f]{8,}", command)}
+    named |= {int(address, 16) for path, lines in shell_blocks() if lines[0].startswith(DEMO)
+              for line in lines for address in re.findall(r"0x[0-9a-f]{8,}", line)}
+    assert named and named <= demo_truth_addresses(), sorted(hex(a) for a in named - demo_truth_addresses())

@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
 from tests.forge.profiles.layout import KNOWN_BUILDS, KernelLayout
-from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json
+from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json, volatility_rows
+from volatility3_plugins.common import crashdump_header
 
 FORMATS = ("raw", "dump")
 
@@ -111,6 +112,48 @@ def test_real_isf_baseline_matrix(forged, vol_cache, isf):
     check_driver_objects(paths, "raw", vol_cache)
 
 
+@pytest.mark.parametrize("profile", BUILTIN_PROFILES)
+def test_volatility_reads_the_memory_managers_globals(forged, vol_cache, profile):
+    """What the forge writes for the memory manager, read back through Volatility: its own
+    ``windows.unloadedmodules`` lists the unloaded driver with its range and unload time;
+    ``nt!MmPhysicalMemoryBlock``, read with Volatility's objects of the kernel's ISF, holds the
+    RAM's runs, the same the crash dump's header carries; every process of a session has a
+    ``Session`` whose ``SessionId`` reads back (what ``windows.modules --dump`` picks its layer by),
+    the others none."""
+    paths = forged("rootkit", profile)
+    truth = paths["truth_data"]
+    rows = volatility_rows(paths["raw"], paths["symbols"], vol_cache, "windows.unloadedmodules.UnloadedModules")
+    assert [(row["Name"], row["StartAddress"], row["EndAddress"]) for row in rows] == [
+        (entry["name"], entry["start"], entry["end"]) for entry in truth["unloaded_drivers"]] != []
+    assert all(row["Time"].strftime("%Y-%m-%d %H:%M") == "2024-11-21 14:28" for row in rows)
+    unloaded = {module["name"]: module for module in truth["unloaded_modules"]}
+    assert all(row["StartAddress"] == unloaded[row["Name"]]["base"] for row in rows)
+
+    context, kernel_name = kernel_context(paths["raw"], paths["symbols"], vol_cache)
+    kernel = context.modules[kernel_name]
+    block = int(kernel.object("pointer", offset=kernel.get_symbol("MmPhysicalMemoryBlock").address))
+    descriptor = kernel.object("_PHYSICAL_MEMORY_DESCRIPTOR", offset=block, absolute=True)
+    run_size = kernel.get_type("_PHYSICAL_MEMORY_RUN").size
+    first_run = block + kernel.get_type("_PHYSICAL_MEMORY_DESCRIPTOR").relative_child_offset("Run")
+    runs = [kernel.object("_PHYSICAL_MEMORY_RUN", offset=first_run + index * run_size, absolute=True)
+            for index in range(int(descriptor.NumberOfRuns))]
+    runs = [[int(run.BasePage), int(run.PageCount)] for run in runs]
+    assert runs == truth["physical_memory_runs"] and int(descriptor.NumberOfPages) == sum(count for _, count in runs)
+    with open(paths["dump"], "rb") as handle:
+        header = crashdump_header.read_first_header(lambda offset, length: (handle.seek(offset), handle.read(length))[1])
+    assert [list(run) for run in header.memory_runs] == runs
+
+    from volatility3.plugins.windows import pslist
+
+    sessions = {}
+    for process in pslist.PsList.list_processes(context, kernel_name):
+        session = int(process.Session)
+        sessions[int(process.UniqueProcessId)] = (
+            int(kernel.object("_MM_SESSION_SPACE", offset=session, absolute=True).SessionId) if session else None)
+    assert sessions == {record["pid"]: record["session"] for record in truth["processes"]}
+    assert set(sessions.values()) == {None, 0, 1}
+
+
 def test_kernel_pe_is_a_valid_image_with_rsds(forged):
     """pefile parses the forged kernel headers and finds the CodeView record naming the PDB."""
     paths = forged("baseline", "win10")
@@ -138,5 +181,5 @@ def test_kernel_pe_is_a_valid_image_with_rsds(forged):
 def test_truth_is_json_and_names_every_column(forged):
     truth = json.loads(forged("rootkit", "win10")["truth"].read_text())
     columns = {"Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
-               "UnregisterWaiting", "Module", "Symbol", "Flags", "requires_scan", "scan_flags"}
+               "UnregisterWaiting", "Module", "Symbol", "Flags", "Evidence", "requires_scan", "scan_flags"}
     assert all(set(row) == columns for row in truth["rows"])

@@ -116,7 +116,8 @@ def test_zeroed_page_under_the_list_head(tmp_path, vol_cache):
     assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
     assert all("list" not in row["FoundBy"].split("+") for row in rows)
     assert all("list_incomplete" in flags_of(row) for row in rows if "freed" not in flags_of(row))
-    assert "list incomplete" in result.stderr and "Degraded image" in result.stderr
+    assert "list incomplete" in result.stderr and "Evidence degraded (list incomplete" in result.stderr
+    assert {row["Evidence"] for row in rows} == {"degraded"}
 
 
 def test_global_list_cut_with_the_ring_intact_is_recovered_by_blink(tmp_path, vol_cache):

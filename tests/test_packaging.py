@@ -71,8 +71,9 @@ def test_readme_demo_commands_from_a_clean_clone(tmp_path):
     result = subprocess.run(["./scripts/demo"], cwd=clone, capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split("\t") for line in result.stdout.splitlines() if line.endswith("outside_modules")]
-    assert rows, result.stdout[-3000:]
+    rows = [cells for cells in (line.split("\t") for line in result.stdout.splitlines())
+            if len(cells) == 13 and "outside_modules" in cells[11].split(",")]
+    assert rows and all(cells[12] == "complete" for cells in rows), result.stdout[-3000:]
     assert any(row[9] == "N/A" and int(row[5], 16) for row in rows)
 
     # The fleet demo in the same clone (its venv is built): the sweeps' summary names the two

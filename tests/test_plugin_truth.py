@@ -17,7 +17,7 @@ from tests.volatility_harness import plugin_rows, run_vol
 
 PLUGIN = "windows.callbackobjects"
 COLUMNS = ["Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
-           "UnregisterWaiting", "Module", "Symbol", "Flags"]
+           "UnregisterWaiting", "Module", "Symbol", "Flags", "Evidence"]
 SUSPICIOUS = {"outside_modules", "hidden_module", "non_executable", "unlinked_object", "orphan_registration",
               "bad_backlink", "multiple_on_exclusive", "bad_signature", "unexpected_registrant", "global_mismatch"}
 

@@ -188,14 +188,24 @@ def grid_rows(grid: Any) -> List[Dict[str, Any]]:
     return rows
 
 
+def volatility_rows(image: Path, symbols: Path, cache: Path, plugin: str, **options: Any) -> List[Dict[str, Any]]:
+    """One of Volatility's own plugins (``windows.driverscan.DriverScan``) run in-process on the
+    image's cached context, its rows as ``-r json`` gives them."""
+    import importlib
+
+    context, kernel = kernel_context(image, symbols, cache)  # imports Volatility's plugins first
+    module_name, class_name = plugin.rsplit(".", 1)
+    plugin_class = getattr(importlib.import_module(f"volatility3.plugins.{module_name}"), class_name)
+    config_path = f"plugins.{class_name}"
+    context.config[f"{config_path}.kernel"] = kernel
+    for name, value in options.items():
+        context.config[f"{config_path}.{name}"] = value
+    return grid_rows(plugin_class(context, config_path).run())
+
+
 def driverscan_rows(image: Path, symbols: Path, cache: Path) -> List[Dict[str, Any]]:
     """Volatility's own ``windows.driverscan`` run in-process on the image's cached context."""
-    context, kernel = kernel_context(image, symbols, cache)  # imports Volatility's plugins first
-    from volatility3.plugins.windows.driverscan import DriverScan
-
-    config_path = "plugins.DriverScan"
-    context.config[f"{config_path}.kernel"] = kernel
-    return grid_rows(DriverScan(context, config_path).run())
+    return volatility_rows(image, symbols, cache, "windows.driverscan.DriverScan")
 
 
 def read_directory(context: Any, kernel_name: str, path: Sequence[str]) -> Dict[str, str]:

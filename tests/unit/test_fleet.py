@@ -224,7 +224,7 @@ def test_sidecars_record_status_build_and_the_reason_of_a_refusal(tmp_path):
     refused = sweep.record(str(tmp_path), job, run_of(
         1, "", "Volatility 3 Framework 2.28.2\nUnsatisfied requirement plugins.CallbackObjects.kernel.layer_name: \n"))
     assert refused["status"] == "refused" and refused["output"] is None
-    assert refused["reason"].startswith("Volatility found no Windows kernel it has symbols for")
+    assert refused["reason"].startswith("Volatility found no Windows kernel in this file")
     assert not (tmp_path / "host.raw.json").exists()  # an earlier run's rows no longer describe the image
     assert not sweep.is_done(str(tmp_path), job, refused)
     assert sweep.finding(refused).startswith("Volatility found no Windows kernel")
@@ -234,6 +234,64 @@ def test_sidecars_record_status_build_and_the_reason_of_a_refusal(tmp_path):
     assert sweep.sidecar(job, run_of(-9), None)["reason"] == "Volatility was killed by signal 9"
     assert sweep.is_usage_error(run_of(2, "", "vol: error: unrecognized arguments: --bogus"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial file left
+
+
+DEGRADED_VERDICT = VERDICT.replace(
+    "(not_in_baseline 1); routes:",
+    "(not_in_baseline 1); evidence degraded (crash dump truncated (461 of 4,608 pages missing: 1.8 MiB, 10%), "
+    "list incomplete (8 objects)); routes:")
+REFUSAL_OUTPUT = (
+    "WARNING  volatility3.plugins.windows.kernelread.diagnostics: Object headers unusable (no ObTypeIndexTable)\n"
+    "Volatility was unable to read a requested page:\n"
+    "0xf806adc2a360 in layer layer_name (windows.callbackobjects cannot give a verdict on this image: the crash dump is "
+    "truncated: 2,304 of 4,608 pages (9.0 MiB, 50%) lie past the end of the file; the loaded-module list is unreadable. "
+    "Likely cause: the missing part of the file. Try: re-acquire)\n\n\t* Memory smear during acquisition\n")
+
+
+@pytest.mark.parametrize("exit_code, verdict", [(3, DEGRADED_VERDICT), (0, DEGRADED_VERDICT), (3, VERDICT)])
+def test_a_degraded_verdict_is_never_ok(tmp_path, exit_code, verdict):
+    """Exit status 3 (vol-callbackobjects) or a verdict line saying evidence degraded: status
+    degraded, with the causes as its reason; its rows are written and stacked, and a resumed
+    sweep does not run it again (the same file gives the same verdict)."""
+    image = tmp_path / "host.raw"
+    image.write_bytes(b"x")
+    job = sweep.Job(str(image), "host.raw")
+    rows = json.dumps([dict(row(1, r"\Callback\A", "a.sys", "a.sys+0x10"), Evidence="degraded")])
+    meta = sweep.record(str(tmp_path), job, run_of(exit_code, rows, verdict))
+    assert meta["status"] == "degraded" and meta["output"] == "host.raw.json" and meta["rows"] == 1
+    assert meta["reason"].startswith("evidence degraded (")
+    if verdict is DEGRADED_VERDICT:
+        assert meta["reason"] == ("evidence degraded (crash dump truncated (461 of 4,608 pages missing: 1.8 MiB, 10%), "
+                                  "list incomplete (8 objects))")
+    assert sweep.is_done(str(tmp_path), job, meta)
+    outcome = sweep.Outcome(job, meta, False)
+    summary = sweep.summary([outcome], str(tmp_path))
+    assert "0 ok, 1 degraded, 0 refused, 0 failed." in summary and "host.raw  degraded" in summary
+    assert "evidence degraded (" in sweep.finding(meta)
+    stacked = sweep.stack_of(str(tmp_path), [outcome])
+    assert [image.evidence for image in stacked.images] == ["degraded"]
+    assert "Stacked with degraded evidence (a registration missing there proves nothing): host.raw" in stack.render_text(stacked)
+
+
+def test_a_refusal_gives_the_plugins_reason_then_the_layers_then_volatilitys(tmp_path):
+    job = sweep.Job(str(tmp_path / "host.raw"), "host.raw")
+    refused = sweep.sidecar(job, run_of(1, "", REFUSAL_OUTPUT), None)
+    assert refused["status"] == "refused"
+    assert refused["reason"].splitlines()[0].startswith(
+        "windows.callbackobjects cannot give a verdict on this image: the crash dump is truncated: 2,304 of 4,608")
+    assert sweep.finding(refused) == ("windows.callbackobjects cannot give a verdict on this image: the crash dump is "
+                                      "truncated: 2,304 of 4,608 pages (9.0 MiB, 50%) lie past the end of the file; "
+                                      "the loaded-module list is unreadable")
+    triage = sweep.sidecar(job, run_of(1, "\nUnsatisfied requirement plugins.CallbackObjects.kernel.layer_name: \n",
+                                       "WARNING  volatility3.plugins.layers.crashdump: file:///x/triage.dmp: not a full or "
+                                       "kernel memory dump: cannot open this 64-bit Windows crash dump of DumpType 4\n"
+                                       "Unable to validate the plugin requirements: ['x']\n"), None)
+    assert sweep.finding(triage) == "not a full or kernel memory dump: cannot open this 64-bit Windows crash dump of DumpType 4"
+    no_symbols = sweep.sidecar(job, run_of(1, "\nUnsatisfied requirement plugins.CallbackObjects.kernel.symbol_table_name: \n"), None)
+    assert sweep.finding(no_symbols).startswith("Volatility found a Windows kernel but no symbol table for it")
+    no_kernel = sweep.sidecar(job, run_of(1, "\nUnsatisfied requirement plugins.CallbackObjects.kernel.layer_name: \n"
+                                             "Unsatisfied requirement plugins.CallbackObjects.kernel.symbol_table_name: \n"), None)
+    assert sweep.finding(no_kernel).startswith("Volatility found no Windows kernel in this file"), "never a symbols hint"
 
 
 def test_an_image_that_changed_since_its_sweep_is_swept_again(tmp_path):

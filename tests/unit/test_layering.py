@@ -2,7 +2,8 @@
 
 Every module of ``volatility3_plugins`` is parsed (not imported) and each of its imports of our
 own modules, relative or absolute, at module level or inside a function, is checked against
-:data:`ALLOWED`. The schema and the run diagnostics must import the standard library only.
+:data:`ALLOWED`. The common package, the schema and the run diagnostics must import the standard
+library only (or one another's standard-library-only modules).
 """
 
 import ast
@@ -17,21 +18,25 @@ TOP = "volatility3_plugins"
 
 #: Package -> the packages of ours it may import (its own modules always). From the bottom up.
 ALLOWED: Dict[str, Set[str]] = {
+    # Standard-library facts shared by the crash-dump layer and the kernel reader (page size,
+    # warn-once, crash-dump headers): the bottom, so that the layer imports nothing in windows/
+    # (volshell imports Volatility's own windows package before our folder is added).
+    "common": set(),
     "schema": set(),
-    "windows.kernelread": set(),
-    "windows.kernelpool": {"windows.kernelread"},
-    "windows.callback_objects": {"windows.kernelread", "windows.kernelpool", "schema"},
-    "windows.plugins": {"windows.kernelread", "windows.kernelpool", "windows.callback_objects", "schema"},
+    "windows.kernelread": {"common"},
+    "windows.kernelpool": {"windows.kernelread", "common"},
+    "windows.callback_objects": {"windows.kernelread", "windows.kernelpool", "schema", "common"},
+    "windows.plugins": {"windows.kernelread", "windows.kernelpool", "windows.callback_objects", "schema", "common"},
     "fleet": {"schema"},
-    # The crash-dump layer shares the page size and the run diagnostics' warn-once, nothing else.
-    "layers": {"windows.kernelread"},
+    "layers": {"common"},
     "windows": set(),  # the package marker that merges plugin folders
-    "entry": {"fleet"},  # the vol-callbackobjects command
+    # the vol-callbackobjects command; "windows": volshell's plugin package, which it extends
+    "entry": {"fleet", "schema", "windows"},
 }
 #: Modules of ours that a module of a package may import when not all of that package is allowed.
-ONLY_MODULES: Dict[str, Set[str]] = {"layers": {"windows.kernelread.addresses", "windows.kernelread.diagnostics"}}
+ONLY_MODULES: Dict[str, Set[str]] = {}
 #: Modules that must import nothing but the standard library.
-STANDARD_LIBRARY_ONLY = ("schema", "windows.kernelread.addresses", "windows.kernelread.diagnostics")
+STANDARD_LIBRARY_ONLY = ("common", "schema", "windows.kernelread.addresses", "windows.kernelread.diagnostics")
 
 
 def module_name(path: Path) -> str:
@@ -163,7 +168,9 @@ def test_standard_library_only(prefix):
             continue
         for line, target, written in imports(module, path):
             top = written.lstrip(".").split(".")[0]
-            inside = target is not None and (target == prefix or target.startswith(prefix + "."))
+            # Our own standard-library-only modules count as standard library too.
+            inside = target is not None and any(target == other or target.startswith(other + ".")
+                                                for other in STANDARD_LIBRARY_ONLY)
             if written.startswith(".") and inside:
                 continue
             if not written.startswith(".") and top in sys.stdlib_module_names:

@@ -23,6 +23,13 @@ LINES = [
     VerdictLine(None, None, 0, 0, None, 0, routes=("module list unavailable (no symbol)", "scan skipped (--no-scan)")),
     VerdictLine(7601, None, 3, 5, 0, 1, {"not_in_baseline": 1}, baseline=(12, 1), routes=("list not on this build",)),
     VerdictLine(26100, ("0123ABCD", 2), 1, 2, None, 0, {"list_incomplete": 2}, baseline=(4, 3)),
+    VerdictLine(19041, None, 18, 10, 0, 0, {"list_incomplete": 9}, routes=("module list incomplete (8 modules)",),
+                evidence=()),
+    VerdictLine(19041, None, 18, 10, 0, 0, {"list_incomplete": 9}, baseline=(4, 3),
+                routes=("module list incomplete (8 modules)", "registrations incomplete (18 lists, 14 not walked to their end)"),
+                evidence=("crash dump truncated (461 of 4,608 pages missing: 1.8 MiB, 10%)",
+                          "module list incomplete (8 modules)",
+                          "registrations incomplete (18 lists, 14 not walked to their end)")),
 ]
 
 
@@ -42,6 +49,16 @@ def test_the_demo_line_reads_back_whole():
     assert found.routes[1] == "scan complete (segment heap, 312 KiB: 31 objects, 57 registration blocks, 15 loader entries)"
     assert len(found.routes) == 5
     assert verdict_line.format(found) == DEMO
+
+
+def test_evidence_is_said_after_the_suspicious_rows_and_lines_without_it_still_parse():
+    degraded = verdict_line.format(LINES[-1])
+    assert "; 0 suspicious rows; evidence degraded (crash dump truncated (461 of 4,608 pages missing: 1.8 MiB, " in degraded
+    assert verdict_line.parse(degraded).degraded
+    complete = verdict_line.parse(verdict_line.format(LINES[-2]))
+    assert complete.evidence == () and not complete.degraded
+    older = verdict_line.parse(DEMO)
+    assert older.evidence is None and not older.degraded, "a line of an older plugin says nothing of its evidence"
 
 
 def test_flags_are_written_by_severity_in_two_groups():

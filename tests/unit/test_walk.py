@@ -1,5 +1,7 @@
 """The bounded LIST_ENTRY walker on hand-made lists."""
 
+import logging
+
 from volatility3_plugins.windows.kernelread import lists
 
 from tests.unit import memory
@@ -124,12 +126,17 @@ def test_unreadable_head():
 
 
 def test_incomplete_list_is_said_once(caplog):
+    caplog.set_level(logging.INFO)
     kernel, layer, entries = _setup(3)
     layer.ptr(entries[0], 0)
     layer.ptr(entries[2] + 8, 0)
     for _ in range(3):
         lists.walk_list(kernel, HEAD, "test list")
-    assert sum("test list incomplete" in r.getMessage() for r in caplog.records) == 1
+    kernel.diagnostics.flush()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"{lists.NOT_WALKED_TO_THE_END}: test list"]
+    details = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "test list" in r.getMessage()]
+    assert len(details) == 1 and "forward: null link" in details[0], "where it broke: said once, at info level"
 
 
 def test_pointers_masked_to_48_bits():

@@ -1,8 +1,9 @@
 """``vol-callbackobjects stack`` and ``vol-callbackobjects sweep``: the fleet commands.
 
 Exit status: 0 when every image (or output) was read, 1 when some were refused, failed or could
-not be read (the rest is still written), 2 when the command cannot run at all (bad arguments,
-no image, an unreadable baseline, an unreachable scheduler).
+not be read (the rest is still written), 3 when every image gave rows but some with degraded
+evidence (a sweep), 2 when the command cannot run at all (bad arguments, no image, an
+unreadable baseline, an unreachable scheduler).
 """
 
 import argparse
@@ -10,7 +11,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from ..schema import baseline, outputs
+from ..schema import baseline, outputs, verdict_line
 from . import executors, paths, stack, sweep
 
 PROG = "vol-callbackobjects"
@@ -159,7 +160,10 @@ def run_sweep(argv: Sequence[str]) -> int:
         print(f"{PROG} sweep: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     sys.stdout.write(sweep.summary(outcomes, args.out))  # the folder as the user wrote it
-    return 0 if all(outcome.meta.get("status") == sweep.OK for outcome in outcomes) else 1
+    statuses = {outcome.meta.get("status") for outcome in outcomes}
+    if statuses <= {sweep.OK}:
+        return 0
+    return verdict_line.DEGRADED_EXIT_STATUS if statuses <= set(sweep.WITH_ROWS) else 1
 
 
 COMMANDS = {"stack": run_stack, "sweep": run_sweep}

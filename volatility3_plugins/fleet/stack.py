@@ -14,7 +14,7 @@ import dataclasses
 import json
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..schema import baseline, flags, outputs
+from ..schema import baseline, columns, flags, outputs
 
 #: Shown for the module of a routine in no module, and its symbol.
 NO_MODULE = "(no module)"
@@ -33,6 +33,9 @@ class StackedImage:
     build: Optional[int]
     rows: int
     suspicious_rows: int
+    #: ``complete``, ``degraded`` (the image lacked evidence: what it lacks proves nothing), or
+    #: None (an output that does not say).
+    evidence: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -72,7 +75,8 @@ def build(named_outputs: Sequence[Tuple[str, outputs.Output]], not_stacked: Iter
     for name, output in named_outputs:
         views = [baseline.RowView.from_json(row) for row in output.rows]
         suspicious_rows = sum(1 for view in views if view.suspicious)
-        images.append(StackedImage(name, output.path, output.image, output.build, len(views), suspicious_rows))
+        images.append(StackedImage(name, output.path, output.image, output.build, len(views), suspicious_rows,
+                                   output.evidence))
         for view, key in zip(views, baseline.keys(views)):
             if key is None:
                 continue
@@ -151,6 +155,9 @@ def render_text(stack: Stack, rare: int = 3) -> str:
         f"{total} images stacked (builds: {_builds_summary(stack.images) or 'none'}); "
         f"{len(stack.entries)} distinct registrations, rarest first."
     ]
+    degraded = [image.name for image in stack.images if image.evidence == columns.DEGRADED]
+    if degraded:
+        lines.append("Stacked with degraded evidence (a registration missing there proves nothing): " + ", ".join(degraded))
     for name, reason in stack.not_stacked:
         lines.append(f"Not stacked: {name}: {reason}")
     header = ("Images", "Object", "Module", "Symbol", "Suspicious flags", "Builds", "Carried by")

@@ -7,13 +7,18 @@ versions, when and where it ran), then the stack of all outputs (``stack.json``,
 
 - Names: an image's file name, or as many of its last path components as tell it apart from the
   others (``host01__memory.raw``); an image an earlier sweep of the folder named keeps its name.
-- Resumable: an image whose sidecar says ``ok`` for the same image file (size and modification
-  time), the same options and with its output present is not run again. Every file is written
+- Status: ``ok`` (a complete verdict), ``degraded`` (rows, but the image lacked evidence: the
+  plugin's exit status 3, or its verdict line saying ``evidence degraded``; never ``ok``),
+  ``refused`` (no verdict: the reason is the plugin's own message, else what this package's
+  layers said of the file, else Volatility's), ``failed`` (the run itself did not finish).
+- Resumable: an image whose sidecar says ``ok`` or ``degraded`` for the same image file (size
+  and modification time), the same options and with its output present is not run again (the
+  same file gives the same verdict). Every file is written
   to a hidden temporary name and renamed, output first and sidecar last, so an interrupted sweep
   leaves no half file and no sidecar claiming an output that is not there. A refused or failed
   image is run again (its cause, missing symbols say, may have been fixed).
-- An image the plugin refuses (a non-zero exit: truncated, not Windows, no symbols) is recorded
-  with the reason Volatility gave and the sweep goes on; a command line Volatility rejects
+- An image the plugin refuses (exit 1: truncated, not Windows, no symbols) is recorded with its
+  reason and the sweep goes on; a command line Volatility rejects
   (exit 2, usage) stops the sweep at once, since every image would fail the same way.
 """
 
@@ -35,7 +40,9 @@ from . import executors, paths, stack
 
 PLUGIN = "windows.callbackobjects"
 SIDECAR_FORMAT = "callbackobjects-sweep/1"
-OK, REFUSED, FAILED = "ok", "refused", "failed"
+OK, DEGRADED, REFUSED, FAILED = "ok", "degraded", "refused", "failed"
+#: Statuses whose run gave rows (written, stacked, not run again on resume).
+WITH_ROWS = (OK, DEGRADED)
 #: Sidecar fields that say when and where an image ran, not what it holds.
 CIRCUMSTANCES = ("host", "started", "seconds")
 #: Volatility options the sweep sets itself.
@@ -45,11 +52,18 @@ MAX_REASON_LINES = 40
 MAX_WARNINGS = 50
 BANNER = "Volatility 3 Framework"
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".", ".partial"
-#: A first line for the refusals every sweep meets, before Volatility's own words.
+#: Loggers of this package's layers: what they warn about is what the file is (not a memory dump,
+#: truncated, damaged), the reason of a refusal when the plugin did not say its own.
+LAYERS_LOGGER = "volatility3.plugins.layers."
+#: A first line for the refusals Volatility explains only in its own words, each said only where
+#: it applies: no layer found (no Windows kernel in the file) is not a symbols problem.
 HINTS = (
-    (re.compile(r"Unsatisfied requirement \S*\.kernel\.(layer_name|symbol_table_name)"),
-     "Volatility found no Windows kernel it has symbols for: not a (whole) Windows memory image, or its "
-     "kernel's symbol table is missing (-s SYMBOLS, or no --offline so that Volatility fetches it)"),
+    (re.compile(r"Unsatisfied requirement \S*\.kernel\.layer_name"),
+     "Volatility found no Windows kernel in this file: not a memory image it can open, or the pages that hold "
+     "the kernel are missing"),
+    (re.compile(r"Unsatisfied requirement \S*\.kernel\.symbol_table_name"),
+     "Volatility found a Windows kernel but no symbol table for it (-s SYMBOLS, or no --offline so that "
+     "Volatility fetches it)"),
     (re.compile(r"Unsatisfied requirement \S*\.baseline"), "the --baseline outputs cannot be read"),
 )
 
@@ -151,9 +165,33 @@ def verdict_of(stderr: str) -> Optional[str]:
     return None
 
 
+def refusal_of(lines: Sequence[str]) -> Optional[str]:
+    """The plugin's own refusal (:data:`verdict_line.REFUSAL` to the end of its line, without
+    the parenthesis Volatility's explanation closes it with)."""
+    for line in lines:
+        start = line.find(verdict_line.REFUSAL)
+        if start >= 0:
+            text = line[start:]
+            # Volatility writes "ADDRESS in layer NAME (MESSAGE)": its parenthesis, not ours.
+            return text[:-1] if line[:start].endswith("(") and text.endswith(")") else text
+    return None
+
+
+def layer_warning_of(lines: Sequence[str]) -> Optional[str]:
+    """The first thing this package's layers warned about the file (``file:///...:`` dropped:
+    the sweep names the image)."""
+    for line in lines:
+        if line.startswith(("WARNING", "ERROR", "CRITICAL")) and f" {LAYERS_LOGGER}" in line:
+            message = warning_message(line)
+            return re.sub(r"^[a-z]+://\S+: ", "", message)
+    return None
+
+
 def explanation(run: Run) -> str:
-    """What Volatility said when it did not give rows: its error lines and any explanation it
-    printed on standard output, without the banner and the verdict."""
+    """Why a run gave no rows, first line first: the plugin's own refusal, else what this
+    package's layers said of the file, else a hint for Volatility's own words where one applies;
+    then what Volatility said (its error lines and any explanation on standard output, without
+    the banner and the verdict)."""
     said = [line for line in _lines(run.stderr) if not line.startswith(BANNER) and verdict_line.locate(line) is None]
     try:
         json.loads(run.stdout)
@@ -162,8 +200,10 @@ def explanation(run: Run) -> str:
     said = said[-MAX_REASON_LINES:]
     if run.error:
         said.insert(0, run.error)
-    hints = [hint for pattern, hint in HINTS if any(pattern.search(line) for line in said)]
-    return "\n".join(hints[:1] + said) or f"exit code {run.exit_code}, nothing said"
+    first = refusal_of(said) or layer_warning_of(said)
+    if first is None:
+        first = next((hint for pattern, hint in HINTS if any(pattern.search(line) for line in said)), None)
+    return "\n".join(([first] if first else []) + said) or f"exit code {run.exit_code}, nothing said"
 
 
 def parse_rows(stdout: str) -> Optional[List[Dict[str, Any]]]:
@@ -180,14 +220,15 @@ def is_usage_error(run: Run) -> bool:
 
 def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[str, Any]:
     """The sidecar of one run (see the module docstring)."""
-    if run.error is not None or (run.exit_code is not None and run.exit_code < 0):
-        status = FAILED
-    elif run.exit_code == 0:
-        status = OK if rows is not None else FAILED
-    else:
-        status = REFUSED
     verdict = verdict_of(run.stderr)
     said = verdict_line.parse(verdict) if verdict is not None else None
+    if run.error is not None or (run.exit_code is not None and run.exit_code < 0):
+        status = FAILED
+    elif run.exit_code in (0, verdict_line.DEGRADED_EXIT_STATUS):
+        degraded = run.exit_code == verdict_line.DEGRADED_EXIT_STATUS or (said is not None and said.degraded)
+        status = FAILED if rows is None else DEGRADED if degraded else OK
+    else:
+        status = REFUSED
     pdb = said.kernel_pdb if said is not None else None
     by_flag: Dict[str, int] = {}
     suspicious_rows = 0
@@ -198,9 +239,12 @@ def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[st
             by_flag[flag] = by_flag.get(flag, 0) + 1
     if status == OK:
         reason = None
+    elif status == DEGRADED:
+        causes = said.evidence if said is not None and said.evidence else ("the plugin exited with the status of a degraded verdict",)
+        reason = f"evidence degraded ({', '.join(causes)})"
     elif run.exit_code is not None and run.exit_code < 0:
         reason = f"Volatility was killed by signal {-run.exit_code}"
-    elif run.error is None and run.exit_code == 0:
+    elif run.error is None and run.exit_code in (0, verdict_line.DEGRADED_EXIT_STATUS):
         reason = "the output is not a JSON list of rows"
     else:
         reason = explanation(run)
@@ -210,7 +254,7 @@ def sidecar(job: Job, run: Run, rows: Optional[List[Dict[str, Any]]]) -> Dict[st
         "image": job.image,
         "image_size": image.st_size if image else None,
         "image_mtime_ns": image.st_mtime_ns if image else None,
-        "output": job.name + outputs.OUTPUT_SUFFIX if status == OK else None,
+        "output": job.name + outputs.OUTPUT_SUFFIX if status in WITH_ROWS else None,
         "status": status,
         "exit_code": run.exit_code,
         "reason": reason,
@@ -252,10 +296,11 @@ def output_path(out_dir: str, name: str) -> str:
 
 def record(out_dir: str, job: Job, run: Run) -> Dict[str, Any]:
     """Writes an image's output (when it gave rows) and then its sidecar; returns the sidecar."""
-    rows = parse_rows(run.stdout) if run.exit_code == 0 and run.error is None else None
+    gave_rows = run.exit_code in (0, verdict_line.DEGRADED_EXIT_STATUS) and run.error is None
+    rows = parse_rows(run.stdout) if gave_rows else None
     meta = sidecar(job, run, rows)
     output = output_path(out_dir, job.name)
-    if meta["status"] == OK:
+    if meta["status"] in WITH_ROWS:
         write_atomically(output, run.stdout)
     elif os.path.exists(output):
         os.remove(output)  # an earlier run's rows no longer describe this run
@@ -279,7 +324,7 @@ def existing_sidecars(out_dir: str) -> Dict[str, Tuple[str, Dict[str, Any]]]:
 
 def is_done(out_dir: str, job: Job, meta: Optional[Dict[str, Any]]) -> bool:
     """The image was swept with these options, has not changed since, and its output is there."""
-    if meta is None or meta.get("status") != OK or meta.get("image") != job.image:
+    if meta is None or meta.get("status") not in WITH_ROWS or meta.get("image") != job.image:
         return False
     if meta.get("plugin_options") != list(job.options.plugin):
         return False
@@ -406,9 +451,8 @@ def stack_of(out_dir: str, outcomes: Sequence[Outcome]) -> stack.Stack:
     """The stack of the sweep's images (not of whatever else the folder holds)."""
     stacked, not_stacked = [], []
     for outcome in outcomes:
-        if outcome.meta.get("status") != OK:
-            reason = (outcome.meta.get("reason") or "").splitlines()
-            not_stacked.append((outcome.job.name, f"{outcome.meta.get('status')}: {reason[0] if reason else ''}"))
+        if outcome.meta.get("status") not in WITH_ROWS:
+            not_stacked.append((outcome.job.name, f"{outcome.meta.get('status')}: {headline(outcome.meta)}"))
             continue
         try:
             stacked.append((outcome.job.name, outputs.read_output(output_path(out_dir, outcome.job.name))))
@@ -434,21 +478,30 @@ def warning_message(line: str) -> str:
     return message if separator and " " in head else line
 
 
+def headline(meta: Dict[str, Any]) -> str:
+    """The first line of an image's reason, without the advice that follows it."""
+    reason = (meta.get("reason") or "").splitlines()
+    first = reason[0] if reason else ""
+    for advice in (". Likely cause", ". Try: "):
+        if advice in first:
+            first = first[: first.index(advice)]
+    return first
+
+
 def finding(meta: Dict[str, Any]) -> str:
-    """What an image's sidecar says needs a look: why it was not swept, its suspicious rows by
-    flag, the first warning the plugin gave (a baseline of another build, a route that failed);
-    empty for an image without any."""
-    if meta.get("status") != OK:
-        reason = (meta.get("reason") or "").splitlines()
-        return reason[0] if reason else ""
-    said = []
+    """What an image's sidecar says needs a look: why it was not swept or why its evidence is
+    degraded, its suspicious rows by flag, the first warning the plugin gave (a baseline of
+    another build, a route that failed); empty for an image without any."""
+    if meta.get("status") not in WITH_ROWS:
+        return headline(meta)
+    said = [headline(meta)] if meta.get("status") == DEGRADED else []
     if meta.get("suspicious_rows"):
         by_flag = meta.get("flags") or {}
         suspicious = ", ".join(f"{flag} {by_flag[flag]}" for flag in flags.sort_flags(by_flag)
                                if flags.is_suspicious(flag))
         said.append(f"{meta['suspicious_rows']} suspicious rows ({suspicious})")
     warnings = meta.get("warnings") or []
-    if warnings:
+    if warnings and meta.get("status") == OK:
         more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
         said.append(f"warning: {warning_message(warnings[0])}{more}")
     return "; ".join(said)
@@ -465,7 +518,7 @@ def summary(outcomes: Sequence[Outcome], out_dir: str) -> str:
     lines = [
         f"Swept {_images(len(outcomes))} into {out_dir}: {by_status.get(OK, 0)} ok"
         + (f" ({skipped} done by an earlier sweep)" if skipped else "")
-        + f", {by_status.get(REFUSED, 0)} refused, {by_status.get(FAILED, 0)} failed."
+        + f", {by_status.get(DEGRADED, 0)} degraded, {by_status.get(REFUSED, 0)} refused, {by_status.get(FAILED, 0)} failed."
     ]
     notable = []
     for outcome in outcomes:

@@ -7,17 +7,19 @@ and 5 (bitmap, ``DUMP_TYPE_BITMAP_FULL``) only. This module adds, without touchi
   holding kernel pages only; what Task Manager's "Create live kernel memory dump file" writes,
   and what Windows writes on a crash with the kernel or automatic dump setting. 64 and 32 bit.
 - ``DumpType`` 8, 9 and 10: the kernel, kernel-and-user and complete dumps the debugger engine
-  writes (WinDbg ``.dump /k``, ``/ka``, ``/f``). After the first header, at 0x2000, an ``RDMP``
-  header: marker 0x40, ``RDMP``, ``DUMP``, a reserved dword, ``MetadataSize``,
-  ``FirstPageOffset``; from 0x2020 the metadata (a range count and the total page count, both
-  read for type 10 only) and from 0x2030 (PFN, page count) qword pairs; the pages follow from
-  ``FirstPageOffset`` in range order. Layout per kdmp-parser (``src/lib/kdmp-parser-structs.h``
-  and ``kdmp-parser.h``), the only public description; 64-bit only, as there.
+  writes (WinDbg ``.dump /k``, ``/ka``, ``/f``), in the ``RDMP`` layout kdmp-parser describes
+  (``src/lib/kdmp-parser-structs.h`` and ``kdmp-parser.h``, the only public description); 64-bit
+  only, as there.
+
+Where each type puts its pages is read by ``common/crashdump_header.py``, the one definition the
+plugin's own check of the file's size uses too.
 
 ``WindowsCrashDumpExtendedStacker`` runs before Volatility's own crash-dump stacker
 (``stack_order`` 10 < 11), so it sees every crash dump first: it logs the dump's facts once at
-info level (``-v``), warns once, in one line, about a dump type nothing here can open, and leaves
-to Volatility every type that the installed Volatility's own layer lists in
+info level (``-v``), warns once, in one line, about a dump type nothing here can open, warns once
+when the file is shorter than the pages its header places in it (every type whose layout is
+known: Volatility's own layer never compares the two, and reads the missing pages as errors or
+zeros), and leaves to Volatility every type that the installed Volatility's own layer lists in
 ``supported_dumptypes``. A Volatility that learns a type (PR #1990 adds 6) therefore takes it over,
 and a dump is never stacked twice: ``LayerStacker`` stacks at most one layer per round and drops a
 stacker once it has stacked, and this stacker never stacks on a crash-dump layer.
@@ -28,7 +30,6 @@ searched by bisection on each read), whatever the number of pages.
 
 import datetime
 import logging
-import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Type
 
@@ -36,19 +37,18 @@ from volatility3.framework import constants, exceptions, interfaces
 from volatility3.framework.layers import crash
 from volatility3.framework.symbols import intermed
 
-# Both standard library only (the page size, the run diagnostics' warn-once): the layer loads
-# without the plugins.
-from ..windows.kernelread.addresses import PAGE_SIZE
-from ..windows.kernelread.diagnostics import SaidOnce
+# Standard library only, and outside windows/: the layer loads wherever the plugin folder is
+# given, volshell included (which imports Volatility's own windows package before our folder).
+from ..common import crashdump_header
+from ..common.said_once import SaidOnce
+from ..common.units import PAGE_SIZE
 
 vollog = logging.getLogger(__name__)
 
-MAX_PAGE_NUMBER = 1 << 40  # x64 addresses 52 bits of physical memory at most
-
-DUMP_TYPE_BITMAP_KERNEL = 6
-DUMP_TYPE_KERNEL_MEMORY = 8
-DUMP_TYPE_KERNEL_AND_USER_MEMORY = 9
-DUMP_TYPE_COMPLETE_MEMORY = 10
+DUMP_TYPE_BITMAP_KERNEL = crashdump_header.DUMP_TYPE_BITMAP_KERNEL
+DUMP_TYPE_KERNEL_MEMORY = crashdump_header.DUMP_TYPE_KERNEL_MEMORY
+DUMP_TYPE_KERNEL_AND_USER_MEMORY = crashdump_header.DUMP_TYPE_KERNEL_AND_USER_MEMORY
+DUMP_TYPE_COMPLETE_MEMORY = crashdump_header.DUMP_TYPE_COMPLETE_MEMORY
 
 # DUMP_TYPE of mindumpdef.h (0-7) and kdmp-parser's DumpType_t (8-10).
 DUMP_TYPE_DESCRIPTIONS = {
@@ -71,16 +71,8 @@ UNSUPPORTED_REASONS = {
     4: "it holds a few pages around the crash, not the kernel's memory",
 }
 KERNEL_ONLY_TYPES = (DUMP_TYPE_BITMAP_KERNEL, DUMP_TYPE_KERNEL_MEMORY)
-
-# _SUMMARY_DUMP signatures (mindumpdef.h: DUMP_SUMMARY_SIGNATURE, DUMP_FULL_SIGNATURE, ..._VALID).
-SUMMARY_SIGNATURES = (b"SDMP", b"FDMP")
-SUMMARY_VALID = b"DUMP"
-# RDMP header (kdmp-parser RDMP_HEADER64, FULL_RDMP_HEADER64), at the end of the first header.
-RDMP_HEADER = struct.Struct("<I4s4sIQQ")  # Marker, Signature, ValidDump, reserved, MetadataSize, FirstPageOffset
-RDMP_FULL_METADATA = struct.Struct("<IHHQ")  # NumberOfRanges, two reserved words, TotalNumberOfPages
-RDMP_MARKER = 0x40
-RDMP_METADATA = RDMP_HEADER.size  # MetadataSize counts from here
-PFN_RANGE = struct.Struct("<QQ")  # PageFileNumber, NumberOfPages
+#: Types that hold no kernel memory to analyse (header-only, triage): said as such first.
+NOT_MEMORY_DUMPS = (3, 4)
 
 Segment = Tuple[int, int, int, int]  # physical address, file offset, length, mapped length
 
@@ -109,53 +101,29 @@ def unsupported_reason(dump_type: int, bits: int) -> str:
     return UNSUPPORTED_REASONS.get(dump_type, "nothing says what it holds")
 
 
-def bitmap_runs(bitmap: bytes, bits: int) -> List[Tuple[int, int]]:
-    """Runs of set bits of ``bitmap`` (bit 0 = lowest bit of byte 0) below bit ``bits``, as
-    (first bit, count), ascending; one pass over 64-bit words, whole words at a time."""
-    runs: List[Tuple[int, int]] = []
-    start: Optional[int] = None
-    padded = bytes(bitmap[: (bits + 7) // 8]) + bytes(-((bits + 7) // 8) % 8)
-    full = (1 << 64) - 1
-    for index, (word,) in enumerate(struct.iter_unpack("<Q", padded)):
-        base = index * 64
-        if base + 64 > bits:
-            word &= (1 << max(bits - base, 0)) - 1
-        if word == full:
-            if start is None:
-                start = base
-            continue
-        position = 0
-        while word:
-            zeros = (word & -word).bit_length() - 1
-            if zeros:
-                if start is not None:
-                    runs.append((start, base + position - start))
-                    start = None
-                word >>= zeros
-                position += zeros
-            ones = (~word & (word + 1)).bit_length() - 1
-            if start is None:
-                start = base + position
-            word >>= ones
-            position += ones
-        if position < 64 and start is not None:
-            runs.append((start, base + position - start))
-            start = None
-    if start is not None:
-        runs.append((start, bits - start))
-    return runs
+def truncation_warning(source: str, truncation: crashdump_header.Truncation) -> None:
+    """Say once that the file of ``source`` lacks some of its pages."""
+    _say_once(logging.WARNING, source, f"{source}: the crash dump is truncated: {truncation}")
 
 
-def settle_segments(segments: List[Segment], file_size: int, source: str) -> List[Segment]:
-    """Segments sorted by address, clipped to the file, without overlaps, adjacent ones merged;
-    what a damaged dump loses is said once."""
+def _check_extent(base: interfaces.layers.DataLayerInterface, source: str) -> None:
+    """Say once whether the file of a dump Volatility opens itself lacks some of its pages."""
+    try:
+        found = crashdump_header.truncation(crashdump_header.layer_reader(base), base.maximum_address + 1)
+    except crashdump_header.DumpFormatError as error:
+        _say_once(logging.INFO, source, f"{source}: its pages cannot be checked against the file's size: {error}")
+        return
+    if found is not None:
+        truncation_warning(source, found)
+
+
+def settle_segments(layout: crashdump_header.PageLayout, file_size: int, source: str) -> List[Segment]:
+    """The layout's pages as segments sorted by address, clipped to the file, without overlaps,
+    adjacent ones merged; what a damaged dump loses is said once."""
     settled: List[Segment] = []
-    missing = overlapping = 0
-    for address, offset, length, _ in sorted(segments):
-        inside = max(0, min(length, (file_size - offset) // PAGE_SIZE * PAGE_SIZE))
-        missing += (length - inside) // PAGE_SIZE
-        if not inside:
-            continue
+    overlapping = 0
+    for first, count, offset in sorted(layout.pages_inside(file_size)):
+        address, inside = first * PAGE_SIZE, count * PAGE_SIZE
         last = settled[-1] if settled else None
         if last and address < last[0] + last[2]:  # keep only what follows the pages already listed
             repeated = min(inside, last[0] + last[2] - address)
@@ -167,8 +135,9 @@ def settle_segments(segments: List[Segment], file_size: int, source: str) -> Lis
             settled[-1] = (last[0], last[1], last[2] + inside, last[2] + inside)
         else:
             settled.append((address, offset, inside, inside))
+    missing = layout.missing_pages(file_size)
     if missing:
-        _say_once(logging.WARNING, source, f"{source}: the crash dump is truncated: {missing} of its pages lie past the end of the file")
+        truncation_warning(source, crashdump_header.Truncation(missing, layout.pages, layout.end, file_size))
     if overlapping:
         _say_once(logging.WARNING, source, f"{source}: the crash dump lists {overlapping} pages more than once; the first copy is used")
     return settled
@@ -189,70 +158,21 @@ class _ExtendedDumpTypes:
             super()._load_segments()  # type: ignore[misc]
             return
         base = self.context.layers[self._base_layer]  # type: ignore[attr-defined]
-        if self.dump_type == DUMP_TYPE_BITMAP_KERNEL:
-            segments = self._bitmap_segments(base)
-        else:
-            segments = self._range_segments(base)
-        self._segments = settle_segments(segments, base.maximum_address + 1, _source(base))
+        file_size = base.maximum_address + 1
+        read = crashdump_header.layer_reader(base)
+        try:
+            header = crashdump_header.read_first_header(read)
+            if header is None:
+                raise crashdump_header.DumpFormatError("no crash-dump header")
+            layout = crashdump_header.page_layout(read, header, file_size)
+        except crashdump_header.DumpFormatError as error:
+            raise self._fail(str(error)) from None
+        self._segments = settle_segments(layout, file_size, _source(base))
         if not self._segments:
             raise self._fail("the dump holds no pages")
 
     def _fail(self, message: str) -> crash.WindowsCrashDumpFormatException:
         return crash.WindowsCrashDumpFormatException(self.name, message)  # type: ignore[attr-defined]
-
-    def _bitmap_segments(self, base: interfaces.layers.DataLayerInterface) -> List[Segment]:
-        """``_SUMMARY_DUMP`` after the first header (its fields from Volatility's crash_common
-        ISF), then the bitmap: one bit per physical page, set pages stored in ascending order
-        from ``HeaderSize``."""
-        summary = self.get_summary_header()  # type: ignore[attr-defined]
-        signature, valid = bytes(summary.Signature), bytes(summary.ValidDump)
-        if signature not in SUMMARY_SIGNATURES or valid != SUMMARY_VALID:
-            raise self._fail(f"no bitmap header (SDMP or FDMP) at {summary.vol.offset:#x}")
-        bits = int(summary.BitmapSize)
-        bitmap_offset = summary.BufferChar.vol.offset
-        if bits > MAX_PAGE_NUMBER or bitmap_offset + (bits + 7) // 8 > base.maximum_address + 1:
-            raise self._fail(f"a bitmap of {bits} pages does not fit the file")
-        bitmap = base.read(bitmap_offset, (bits + 7) // 8)
-        first_page = int(summary.HeaderSize)
-        segments = []
-        for first, count in bitmap_runs(bitmap, bits):
-            segments.append((first * PAGE_SIZE, first_page, count * PAGE_SIZE, count * PAGE_SIZE))
-            first_page += count * PAGE_SIZE
-        return segments
-
-    def _range_segments(self, base: interfaces.layers.DataLayerInterface) -> List[Segment]:
-        """The debugger engine's ``RDMP`` header and (PFN, page count) list (module docstring):
-        read in one piece, up to ``MetadataSize``, an all-zero range, or for type 10 the range
-        count and total page count of the header."""
-        offset = self.headerpages * PAGE_SIZE
-        file_size = base.maximum_address + 1
-        marker, signature, valid, _, metadata_size, first_page = RDMP_HEADER.unpack(base.read(offset, RDMP_HEADER.size))
-        if marker != RDMP_MARKER or signature != b"RDMP" or valid != b"DUMP":
-            raise self._fail(f"no RDMP header at {offset:#x}")
-        ranges_offset = offset + RDMP_METADATA + RDMP_FULL_METADATA.size
-        count = (metadata_size - RDMP_FULL_METADATA.size) // PFN_RANGE.size if metadata_size >= RDMP_FULL_METADATA.size else 0
-        count = min(count, max(0, (min(first_page, file_size) - ranges_offset) // PFN_RANGE.size))
-        total_pages = None
-        if self.dump_type == DUMP_TYPE_COMPLETE_MEMORY:
-            range_count, _, _, total = RDMP_FULL_METADATA.unpack(base.read(offset + RDMP_METADATA, RDMP_FULL_METADATA.size))
-            count = min(count, range_count) if range_count else count
-            total_pages = total or None
-        if not count:
-            raise self._fail(f"the RDMP header at {offset:#x} lists no page ranges")
-        segments = []
-        pages = 0
-        for pfn, page_count in PFN_RANGE.iter_unpack(base.read(ranges_offset, count * PFN_RANGE.size)):
-            if pfn == 0 and page_count == 0:
-                break
-            if total_pages is not None:
-                page_count = min(page_count, total_pages - pages)
-            if pfn + page_count > MAX_PAGE_NUMBER:
-                raise self._fail(f"a page range starts at PFN {pfn:#x}, beyond any physical memory")
-            segments.append((pfn * PAGE_SIZE, first_page + pages * PAGE_SIZE, page_count * PAGE_SIZE, page_count * PAGE_SIZE))
-            pages += page_count
-            if total_pages is not None and pages >= total_pages:
-                break
-        return segments
 
 
 class WindowsCrashDumpExtended64Layer(_ExtendedDumpTypes, crash.WindowsCrashDump64Layer):
@@ -350,9 +270,12 @@ class WindowsCrashDumpExtendedStacker(interfaces.automagic.StackerLayerInterface
         volatility_layer = layer_class.volatility_layer  # type: ignore[attr-defined]
         if facts.dump_type in volatility_layer.supported_dumptypes:
             _say_once(logging.INFO, source, f"{source}: {facts}; left to Volatility's own {volatility_layer.__name__}")
+            # Volatility's layer never compares the file's size with its pages: said here.
+            _check_extent(context.layers[layer_name], source)
             return None
         if facts.dump_type not in layer_class.supported_dumptypes:
-            _say_once(logging.WARNING, source, f"{source}: cannot open this {facts.bits}-bit Windows crash dump of DumpType "
+            kind = "not a full or kernel memory dump: " if facts.dump_type in NOT_MEMORY_DUMPS else ""
+            _say_once(logging.WARNING, source, f"{source}: {kind}cannot open this {facts.bits}-bit Windows crash dump of DumpType "
                                                f"{facts.dump_type}, {describe_dump_type(facts.dump_type)}: "
                                                f"{unsupported_reason(facts.dump_type, facts.bits)}")
             return None

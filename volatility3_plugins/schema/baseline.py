@@ -133,6 +133,8 @@ class BaselineSource:
     registrations: int
     #: Rows of the known-good image that carry a suspicious flag: it may not be known-good.
     suspicious_rows: int
+    #: ``degraded`` when the image lacked evidence (registrations it could not show are missing).
+    evidence: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +170,12 @@ class Baseline:
                 f"build {builds}, this image is build {build}; registrations that differ between builds "
                 f"(kernel symbols, driver versions) will show as {flags.NOT_IN_BASELINE}"
             )
+        degraded = [source for source in self.sources if source.evidence == columns.DEGRADED]
+        if degraded:
+            said.append(
+                "Baseline of degraded evidence: " + ", ".join(source.path for source in degraded)
+                + ": registrations those images could not show will show as " + flags.NOT_IN_BASELINE
+            )
         doubtful = [source for source in self.sources if source.suspicious_rows]
         if doubtful:
             said.append(
@@ -181,7 +189,7 @@ def _source(output: outputs.Output) -> Tuple[BaselineSource, Set[RegistrationKey
     views = [RowView.from_json(row) for row in output.rows]
     found = {key for key in keys(views) if key is not None and key.comparable}
     suspicious = sum(1 for view in views if view.suspicious)
-    return BaselineSource(output.path, output.build, len(found), suspicious), found
+    return BaselineSource(output.path, output.build, len(found), suspicious, output.evidence), found
 
 
 #: The last baseline loaded, with the fingerprint of its files: Volatility asks the plugin's

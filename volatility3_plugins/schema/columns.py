@@ -33,6 +33,12 @@ UNREGISTER_WAITING = Column("UnregisterWaiting", BOOL)
 MODULE = Column("Module", TEXT, read_back=True)
 SYMBOL = Column("Symbol", TEXT, read_back=True)
 FLAGS = Column("Flags", TEXT, read_back=True)
+#: ``complete`` or ``degraded``, the same on every row of a run: whether the image held all the
+#: evidence the verdict rests on (the verdict line says what is missing). Outputs made before it
+#: existed lack it: not needed to read one back.
+EVIDENCE = Column("Evidence", TEXT)
+#: The values of ``Evidence``.
+COMPLETE, DEGRADED = "complete", "degraded"
 
 #: Every column in the order the plugin prints them.
 COLUMNS: Tuple[Column, ...] = (
@@ -48,6 +54,7 @@ COLUMNS: Tuple[Column, ...] = (
     MODULE,
     SYMBOL,
     FLAGS,
+    EVIDENCE,
 )
 #: The columns a JSON output must have to be read back.
 READ_BACK: Tuple[str, ...] = tuple(column.name for column in COLUMNS if column.read_back)

@@ -51,6 +51,15 @@ class Output:
         return build if isinstance(build, int) and not isinstance(build, bool) else None
 
     @property
+    def evidence(self) -> Optional[str]:
+        """``degraded`` when the rows' ``Evidence`` column or the sweep's sidecar says so,
+        ``complete`` when either says so and none says degraded, None when neither says."""
+        said = {row.get(columns.EVIDENCE.name) for row in self.rows} | {(self.sidecar or {}).get("status")}
+        if columns.DEGRADED in said:
+            return columns.DEGRADED
+        return columns.COMPLETE if said & {columns.COMPLETE, "ok"} else None
+
+    @property
     def image(self) -> Optional[str]:
         image = (self.sidecar or {}).get("image")
         return image if isinstance(image, str) else None

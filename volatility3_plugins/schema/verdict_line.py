@@ -7,12 +7,19 @@ known-good images of another build compare badly). Analysts and their scripts re
 text never changes shape::
 
     Verdict: build 19041, kernel PDB AEF5...D6DE-1; 31 callback objects; 49 registrations and 8
-    loose; 11 suspicious rows (outside_modules 2, ...); informational: freed 7, ...; baseline: 12
-    registrations from 3 known-good outputs; routes: module list complete (14 modules), ...
+    loose; 11 suspicious rows (outside_modules 2, ...); evidence complete; informational: freed
+    7, ...; baseline: 12 registrations from 3 known-good outputs; routes: module list complete
+    (14 modules), ...
 
 (one line). ``and N loose`` is there when the pool scan ran, ``informational`` when some row has
-an informational flag, ``baseline`` with ``--baseline``. :func:`parse` reads back exactly what
-:func:`format` writes.
+an informational flag, ``baseline`` with ``--baseline``. ``evidence degraded (CAUSE, ...)`` says
+why the evidence is incomplete (the file is shorter than it should be, a route did not close or
+could not run), each cause with how much is missing: then ``0 suspicious rows`` is no clean
+bill, and ``vol-callbackobjects`` exits with :data:`DEGRADED_EXIT_STATUS`. Lines written before
+the evidence was said (no ``evidence`` part) still parse, with ``evidence`` None. :func:`parse`
+reads back exactly what :func:`format` writes.
+
+A refusal (no verdict at all) is an error whose message starts with :data:`REFUSAL`.
 """
 
 import dataclasses
@@ -22,7 +29,14 @@ from typing import Dict, List, Optional, Tuple
 from . import flags as flag_names
 
 PREFIX = "Verdict: "
+#: How the plugin's refusal of an image starts (Volatility prints it inside its own explanation).
+REFUSAL = "windows.callbackobjects cannot give a verdict on this image: "
+#: The exit status of ``vol-callbackobjects`` (and ``python -m volatility3_plugins``) when the
+#: verdict is degraded: 0 is a complete verdict, 1 and 2 are Volatility's own (a refusal, a
+#: command-line error). Plain ``vol`` cannot set it: its exit status is 0 whenever rows were printed.
+DEGRADED_EXIT_STATUS = 3
 _ROUTES = "; routes: "
+_EVIDENCE = re.compile(r"evidence (complete|degraded \((.+)\))")
 _IDENTITY = re.compile(r"build (\d+|unknown)(?:, kernel PDB ([0-9A-Fa-f]+)-(\d+))?")
 _OBJECTS = re.compile(r"(\d+) callback objects")
 _REGISTRATIONS = re.compile(r"(\d+) registrations(?: and (\d+) loose)?")
@@ -51,6 +65,13 @@ class VerdictLine:
     baseline: Optional[Tuple[int, int]] = None
     #: Each route and the module list with its state, as ``module list complete (14 modules)``.
     routes: Tuple[str, ...] = ()
+    #: Why the evidence is incomplete, one cause each; empty when complete; None when the line
+    #: does not say (written before it did).
+    evidence: Optional[Tuple[str, ...]] = None
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.evidence)
 
 
 def _flag_counts(counts: Dict[str, int], suspicious: bool) -> str:
@@ -72,6 +93,8 @@ def format(line: VerdictLine) -> str:
         f"{line.registrations} registrations" + (f" and {line.loose} loose" if line.loose is not None else ""),
         f"{line.suspicious_rows} suspicious rows" + (f" ({suspicious})" if suspicious else ""),
     ]
+    if line.evidence is not None:
+        parts.append("evidence " + (f"degraded ({', '.join(line.evidence)})" if line.evidence else "complete"))
     if informational:
         parts.append(f"informational: {informational}")
     if line.baseline is not None:
@@ -88,7 +111,8 @@ def locate(text: str) -> Optional[str]:
 
 
 def _split_routes(text: str) -> Tuple[str, ...]:
-    """``a complete (x, y), b skipped`` as its routes: commas inside parentheses are details."""
+    """``a complete (x, y), b skipped`` as its routes (or causes): commas inside parentheses are
+    details."""
     routes: List[str] = []
     depth, start = 0, 0
     for index, char in enumerate(text):
@@ -133,7 +157,13 @@ def parse(text: str) -> Optional[VerdictLine]:
     if not _parse_flags(suspicious.group(2), counts):
         return None
     baseline: Optional[Tuple[int, int]] = None
+    evidence: Optional[Tuple[str, ...]] = None
     rest = parts[4:]
+    if rest:
+        said = _EVIDENCE.fullmatch(rest[0])
+        if said is not None:
+            evidence = _split_routes(said.group(2)) if said.group(2) else ()
+            rest = rest[1:]
     if rest:
         informational = _INFORMATIONAL.fullmatch(rest[0])
         if informational is not None:
@@ -159,4 +189,5 @@ def parse(text: str) -> Optional[VerdictLine]:
         flags=counts,
         baseline=baseline,
         routes=_split_routes(routes),
+        evidence=evidence,
     )

@@ -72,7 +72,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     # 3.0.0: the run context is a CallbackContext (KernelContext plus our views);
     #        list_callback_objects returns the records; allocation states are BlockState
     #        values; list_loose_registrations(linked=...); run() goes through these methods
-    _version = (3, 0, 0)
+    # 3.1.0: the Evidence column (row_values(row, evidence)); list_registrations names the object
+    #        in its warnings; the run context says what the image file lacks (image_shortfalls)
+    _version = (3, 1, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -242,7 +244,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             closed (``complete``: only then is a block on no list really off it)
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
-        return registrations.list_registrations(kernel, callback_object.registrations_head)
+        return registrations.list_registrations(
+            kernel, callback_object.registrations_head, owner=callback_object.display_name
+        )
 
     @classmethod
     def list_loose_registrations(
@@ -286,8 +290,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         return registrations.loose_registrations(kernel, scan.registrations, linked, known)
 
     @staticmethod
-    def row_values(row: rows.Row) -> Tuple:
-        """The TreeGrid values of a row, in ``COLUMNS`` order."""
+    def row_values(row: rows.Row, evidence: str = columns.COMPLETE) -> Tuple:
+        """The TreeGrid values of a row, in ``COLUMNS`` order; ``evidence`` is the run's
+        ``Evidence`` (``columns.COMPLETE`` or ``columns.DEGRADED``)."""
         record = row.record
         na = renderers.NotApplicableValue
         name = record.name if record.name is not None else na()
@@ -312,23 +317,17 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 symbol,
             ]
         values.append(",".join(row.flags))
+        values.append(evidence)
         return tuple(values)
 
     def _generator(self, kernel: CallbackContext, found: pipeline.Report) -> Iterator[Tuple[int, Tuple]]:
         only_suspicious = bool(self.config.get("suspicious", False))
-        name = kernel.kernel_module_name
-        found_rows = found.rows(
-            registrations_of=lambda record: self.list_registrations(
-                self.context, name, record, self.config_path, kernel=kernel
-            ),
-            loose_of=lambda linked: self.list_loose_registrations(
-                self.context, name, found.objects, found.scan, self.config_path, kernel=kernel, linked=linked
-            ),
-        )
-        for row in found_rows:
+        evidence = found.evidence
+        for row in found.rows():
             if only_suspicious and not row.suspicious:
                 continue
-            yield 0, self.row_values(row)
+            yield 0, self.row_values(row, evidence)
+        kernel.diagnostics.flush()
         # Said at warning level: the responder sees it without -v, also with -q.
         vollog.warning(verdict.line_of(found))
 
@@ -352,6 +351,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         name = self.config["kernel"]
         kernel = self.build_kernel_context(self.context, name, self.config_path)
         verdict.check_symbols(kernel)
+        kernel.image_shortfalls  # what the image file lacks, said before anything is read from it
         if known_good is not None:
             for note in known_good.notes(kernel.build_number):
                 kernel.diagnostics.warning(note)
@@ -371,5 +371,15 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             )
         objects = self.list_callback_objects(self.context, name, self.config_path, scan=scan, kernel=kernel)
         found = pipeline.Report(kernel, objects, scan, known_good)
+        # Every registration is read before the first row: each row says whether the whole
+        # image's evidence is complete.
+        found.read_registrations(
+            registrations_of=lambda record: self.list_registrations(
+                self.context, name, record, self.config_path, kernel=kernel
+            ),
+            loose_of=lambda linked: self.list_loose_registrations(
+                self.context, name, objects, scan, self.config_path, kernel=kernel, linked=linked
+            ),
+        )
         verdict.check_usable(found)
         return renderers.TreeGrid(COLUMNS, self._generator(kernel, found))

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO, Dict, Iterable, List, Optional, Tuple
 
 from ..memory.kernel_pages import clip_to, mapped_pages, paging_mode, runs_of
+from ..memory.machine import CAPTURE_TIME
 from ..memory.physical import PAGE_SIZE, PhysicalMemory
 
 Runs = List[Tuple[int, int]]
@@ -62,7 +63,7 @@ DUMP_TYPE_COMPLETE_MEMORY = 10
 
 BUGCHECK_MANUALLY_INITIATED_CRASH = 0xE2
 BUGCHECK_LIVE_SYSTEM_DUMP = 0x161  # what a live dump records as its "bug check" code
-SYSTEM_TIME = 0x01DB_3C2A_0000_0000  # FILETIME: 2024-11-21 15:28:22 UTC
+SYSTEM_TIME = CAPTURE_TIME  # FILETIME: 2024-11-21 15:28:22 UTC
 COMMENT = b"Forged by the callbackobjects test forge\x00"
 
 

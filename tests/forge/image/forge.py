@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from ..allocators.pool import PoolBlock, PoolKind
 from ..kernel.drivers import DriverObjects
 from ..kernel.machine import KernelMachine
+from ..kernel.memory_manager import MemoryManager
 from ..kernel.modules import KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
 from ..kernel.objects import ObjectManager
 from ..kernel.processes import Process, ProcessList
@@ -68,6 +69,8 @@ class ImageForge:
         # The processes of a booted system (none where the layout cannot describe them).
         self.processes = ProcessList(self.machine, self.objects, self.kernel.base)
         self.processes.boot()
+        # MmPhysicalMemoryBlock, MmUnloadedDrivers, sessions: written once the rest is in place.
+        self.memory_manager = MemoryManager(self.machine, self.kernel.base)
         self.callbacks = CallbackPlanter(self.machine, self.objects, self.kernel.base)
         # Objects whose registrants are fixed, as the plugin's expected-registrant data says.
         self.expected_registrants: Dict[str, List[str]] = {}
@@ -117,9 +120,10 @@ class ImageForge:
         self.machine.space.write(block.body, code)
         return block.body
 
-    def add_process(self, name: str, pid: int, parent_pid: int, linked: bool = True) -> Process:
+    def add_process(self, name: str, pid: int, parent_pid: int, linked: bool = True,
+                    session: Optional[int] = None) -> Process:
         """A running process (``_EPROCESS``); ``linked=False`` hides it from the process list."""
-        return self.processes.create(name, pid, parent_pid, linked)
+        return self.processes.create(name, pid, parent_pid, linked, session)
 
     @property
     def unmapped_address(self) -> int:
@@ -165,5 +169,10 @@ class ImageForge:
             self.pool.free(block)
         for mutation in self._after_linking:
             mutation(self)
+        # Last, so that everything written before keeps its place in memory.
+        self.memory_manager.create_sessions(self.processes.processes)
+        self.memory_manager.remember_unloaded(self.loader.unloaded)
+        self.memory_manager.allocate_physical_memory_block()
         self.pool.finish()
+        self.memory_manager.write_physical_memory_block()
         return ForgedImage(self, truth.ground_truth(self))

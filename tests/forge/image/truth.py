@@ -2,7 +2,8 @@
 
 Computed from what the forge planted (never by reading memory back), in the plugin's output
 vocabulary: one expected row per reachable registration, one per object without any, with the
-columns of ``windows.callbackobjects`` and the flags of ../shared/notes/callback-objects.md.
+columns of ``windows.callbackobjects`` (``Evidence`` always ``complete``: a forged image holds all
+its memory) and the flags of ../shared/notes/callback-objects.md.
 
 Addresses are masked to 48 bits, as Volatility renders kernel pointers. ``rows`` describes a
 list-only run: rows that only pool scanning can produce carry ``requires_scan``; flags only
@@ -120,6 +121,9 @@ def _object_columns(forge: "ImageForge", callback: CallbackObject, routes: List[
         "Name": callback.full_name,
         "AllowMultiple": callback.allow_multiple,
         "FoundBy": routes,
+        # A forged image holds all its memory, and every planted corruption leaves a walk that
+        # closes (the plugin's imperfect-memory tests damage images after the truth is taken).
+        "Evidence": "complete",
     }
 
 
@@ -194,6 +198,12 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "processes": forge.processes.records(),
         "unloaded_modules": [dict(_module_record(module), entry=masked(module.entry or 0))
                              for module in forge.loader.unloaded],
+        # nt!MmUnloadedDrivers as Volatility's windows.unloadedmodules lists it, the sessions'
+        # _MM_SESSION_SPACE (global view) by id, the RAM nt!MmPhysicalMemoryBlock describes.
+        "unloaded_drivers": [{key: masked(value) if isinstance(value, int) else value for key, value in entry.items()}
+                             for entry in forge.memory_manager.unloaded],
+        "sessions": {str(session): masked(space) for session, space in forge.memory_manager.sessions.items()},
+        "physical_memory_runs": [list(run) for run in forge.machine.physical.runs()],
         "driver_objects": forge.drivers.records(),
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
         "callback_directory": sorted(c.name for c in forge.callbacks.live_objects if c.in_directory and c.name),

@@ -22,12 +22,14 @@ after starting them, so their parent PIDs name no listed process, as on a real s
 Left out: user space. The forge maps no user memory, so every process's ``DirectoryTableBase``
 is the kernel's page-table root (Windows gives each process a page-table root of its own that
 shares the kernel half), ``Peb``, ``ObjectTable`` (handle tables) and ``VadRoot`` are empty, and
-there are no threads, tokens or sessions.
+there are no threads (``ThreadListHead`` is an empty list) or tokens; each process but System
+has a creation time (at boot). Sessions are written by ``memory_manager.py``.
 """
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from ..memory.machine import CAPTURE_TIME
 from ..memory.physical import masked
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from .objects import KernelObject, ObjectManager
 
 SYSTEM_PID = 4
+#: When the machine booted (FILETIME): a day before its memory was captured.
+BOOT_TIME = CAPTURE_TIME - 24 * 3600 * 10_000_000
 #: The members the forge writes; a layout without all of them (the 32-bit built-in profiles,
 #: whose Volatility 2 overlays were extracted without them) gets no processes.
 EPROCESS_FIELDS = ("Pcb", "UniqueProcessId", "InheritedFromUniqueProcessId", "ActiveProcessLinks", "ImageFileName")
@@ -59,6 +63,10 @@ BOOT_PROCESSES: Tuple[Tuple[str, int, int, int], ...] = (
     ("svchost.exe", 1016, 668, 0),
     ("explorer.exe", 3148, 3124, 0),
 )
+#: The session of each boot process by PID (``_EPROCESS.Session``, kernel/memory_manager.py):
+#: services in session 0, the logged-on user's in session 1; System, Registry and smss.exe in none.
+BOOT_SESSIONS: Dict[int, int] = {452: 0, 524: 0, 668: 0, 684: 0, 788: 0, 848: 0, 900: 0, 1016: 0,
+                                 532: 1, 596: 1, 976: 1, 3148: 1}
 
 
 @dataclass
@@ -70,6 +78,7 @@ class Process:
     parent_pid: int
     kernel_object: "KernelObject"
     linked: bool = True  # False: unlinked from the list as a rootkit hides a process (DKOM)
+    session: Optional[int] = None  # its session, None for System, Registry and smss.exe
 
     @property
     def eprocess(self) -> int:
@@ -77,7 +86,7 @@ class Process:
 
     def record(self) -> Dict[str, object]:
         return {"name": self.name, "pid": self.pid, "parent_pid": self.parent_pid,
-                "eprocess": masked(self.eprocess), "linked": self.linked}
+                "eprocess": masked(self.eprocess), "linked": self.linked, "session": self.session}
 
 
 class ProcessList:
@@ -104,10 +113,11 @@ class ProcessList:
         build = self.layout.build or 0
         for name, pid, parent, first_build in BOOT_PROCESSES:
             if build >= first_build:
-                self.create(name, pid, parent)
+                self.create(name, pid, parent, session=BOOT_SESSIONS.get(pid))
 
-    def create(self, name: str, pid: int, parent_pid: int, linked: bool = True) -> Process:
-        """A running process; ``linked=False`` leaves it off the list (stale links, as DKOM does)."""
+    def create(self, name: str, pid: int, parent_pid: int, linked: bool = True, session: Optional[int] = None) -> Process:
+        """A running process; ``linked=False`` leaves it off the list (stale links, as DKOM does);
+        ``session``: the session it belongs to (its ``Session`` is written with the sessions)."""
         if not self.supported:
             raise ValueError(f"{self.layout.name}: the layout lacks what the process list needs ({EPROCESS_FIELDS})")
         if any(process.pid == pid for process in self.processes):
@@ -122,14 +132,21 @@ class ProcessList:
             "UniqueProcessId": pid,
             "InheritedFromUniqueProcessId": parent_pid,
         }
+        if layout.has_field("_EPROCESS", "CreateTime") and pid != SYSTEM_PID:
+            # Created at boot (System has no creation time); readers judge a process by it.
+            values["CreateTime.QuadPart"] = BOOT_TIME + pid * 10_000
         process_object = layout.enum_value("_KOBJECTS", "ProcessObject")
         if process_object is not None:
             values["Pcb.Header.Type"] = process_object
         self.machine.write_fields(body, "_EPROCESS", values)
+        if layout.has_field("_EPROCESS", "ThreadListHead"):
+            # No threads are modelled: an empty list, its head pointing at itself.
+            head = body + layout.offset_of("_EPROCESS", "ThreadListHead")
+            self.machine.write_list_entry(head, head, head)
         image_name = name.encode("ascii")[: IMAGE_FILE_NAME_LENGTH - 1]
         self.machine.space.write(body + layout.offset_of("_EPROCESS", "ImageFileName"),
                                  image_name.ljust(IMAGE_FILE_NAME_LENGTH, b"\0"))
-        process = Process(name, pid, parent_pid, kernel_object, linked)
+        process = Process(name, pid, parent_pid, kernel_object, linked, session)
         self.processes.append(process)
         return process
 

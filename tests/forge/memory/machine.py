@@ -39,6 +39,9 @@ X86_KERNEL_MAPPING = 0x8000_0000  # x86 loader: kernel virtual address = physica
 
 #: The seed of every image forged without one: images stay the same from run to run.
 DEFAULT_SEED = 1
+#: When the machine's memory was captured (FILETIME: 2024-11-21 15:28:22 UTC): the system time
+#: of its crash dumps' headers; what the kernel recorded happened before it.
+CAPTURE_TIME = 0x01DB_3C2A_0000_0000
 
 # Windows 10 x64 loads the kernel on a 2 MiB boundary in 0xFFFFF800`00000000-0xFFFFF807`FFFFFFFF
 # (the top PML4 slot before the self-map was randomised); drivers follow it in that range.

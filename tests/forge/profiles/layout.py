@@ -54,6 +54,9 @@ FORGE_SYMBOLS = (
     # the dispatch routine every driver object's MajorFunction[] starts with (kernel/drivers.py), and
     # where kernel space starts (Volatility's driverscan reads it)
     "IopInvalidDeviceRequest", "MmSystemRangeStart",
+    # the kernel's view of RAM (a raw image's size is checked against it) and the unloaded-driver
+    # ring Volatility's windows.unloadedmodules reads (kernel/memory_manager.py)
+    "MmPhysicalMemoryBlock", "MmUnloadedDrivers", "MmLastUnloadedDriver",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362

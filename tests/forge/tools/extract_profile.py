@@ -92,8 +92,19 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         "PaeTop", "IdealProcessorAssignmentBlock", "MmSlabIdentity",
         "EnableProcessImpersonationLogging", "UmsScheduledThreads", "QuotaUsage", "WnfContext",
         "InheritedFromUniqueProcessId", "Peb", "ObjectTable", "VadRoot", "SeAuditProcessCreationInfo",
+        # the session a process belongs to (kernel/memory_manager.py): Volatility's windows.modules
+        # --dump and modscan --dump read Session->SessionId to pick a process layer per session
+        "Session", "SessionProcessLinks",
+        # what Volatility's _EPROCESS.is_valid checks (windows.poolscanner, psscan): a creation
+        # time and the thread list's links
+        "CreateTime", "ExitTime", "ThreadListHead",
     ],
-    "_HANDLE_TABLE": ["HandleCount"],
+    # TableCode: Volatility's windows.handles reads it (a process without a table has none)
+    "_HANDLE_TABLE": ["HandleCount", "TableCode"],
+    # The memory manager's globals the forge writes (kernel/memory_manager.py).
+    "_PHYSICAL_MEMORY_DESCRIPTOR": None,
+    "_PHYSICAL_MEMORY_RUN": None,
+    "_MM_SESSION_SPACE": ["ReferenceCount", "SessionId", "ProcessList"],
     # Classic pool (tests/forge/allocators/classic_pool/): processor blocks and their lookaside lists,
     # pool descriptors, interlocked singly linked lists.
     "_KPCR": ["Self", "CurrentPrcb", "SelfPcr", "Prcb", "PrcbData", "MajorVersion", "MinorVersion"],

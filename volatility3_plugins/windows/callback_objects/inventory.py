@@ -51,6 +51,14 @@ class CallbackObjectRecord:
         return routes.format_found_by(self.routes)
 
     @property
+    def display_name(self) -> str:
+        """How warnings name the object: its name where it was read, else what it is."""
+        if isinstance(self.name, str):
+            return self.name
+        kind = "unnamed object" if self.name is None else "object whose name cannot be read"
+        return f"{kind} {self.address:#x}"
+
+    @property
     def signature_ok(self) -> bool:
         """False also when unreadable: the object then cannot be shown to be a callback."""
         return self.body.Signature == isf.CALLBACK_SIGNATURE

@@ -1,20 +1,24 @@
 """From what the plugin's steps return to its rows, one row at a time, and what they add up to.
 
 ``windows.callbackobjects`` runs its public classmethods in order (build the run context, scan
-the pool, list the objects, then, while rows stream, each object's registrations and finally the
-loose registrations); a :class:`Report` turns what they return into classified rows. It is built
-once the objects are known, so that the plugin can refuse an image before printing anything;
-:meth:`Report.rows` then yields each object's rows (every registration attributed and
-classified) and the loose registrations, and counts them for the verdict line. With a known-good
+the pool, list the objects, each object's registrations and the loose registrations); a
+:class:`Report` turns what they return into classified rows. It is built once the objects are
+known; :meth:`Report.read_registrations` reads every object's registrations and the loose ones
+before any row is printed, so that the plugin can refuse an image, and say on every row whether
+the image's evidence is complete (``Evidence``), before printing anything. :meth:`Report.rows`
+then yields each object's rows (every registration attributed and classified) and the loose
+registrations, and counts them for the verdict line. The registrations are held until the rows
+are printed (a few hundred bytes each; a busy machine has a few hundred). With a known-good
 baseline the rows are compared with it once all of them are known (an unnamed object's key needs
 all its registrations, loose ones included) and then yielded in the same order.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Optional, Tuple
 
-from ...schema import baseline
+from ...schema import baseline, columns
 from ..kernelpool.state import BlockState
+from ..kernelread import diagnostics
 from ..kernelread.attribution import Attributor
 from . import classify, expected, rows
 from .inventory import CallbackObjectRecord
@@ -30,6 +34,8 @@ RegistrationsOf = Callable[[CallbackObjectRecord], RegistrationList]
 #: The loose registrations, given the registrations the objects' lists hold (the plugin's
 #: ``list_loose_registrations``).
 LooseOf = Callable[[Collection[int]], List[Tuple[Registration, BlockState]]]
+#: The route of the verdict line that says whether every object's registrations were read.
+ROUTE_REGISTRATIONS = "registrations"
 
 
 @dataclasses.dataclass
@@ -66,13 +72,46 @@ class Report:
         self.attributor = Attributor(kernel, kernel.loaded_modules, hidden_modules=scan.hidden_module_candidates())
         self.rules = expected.load()
         self.counts = Counts(objects=len(objects))
+        #: Each object's registrations (in the order of ``objects``) and the loose ones, once read.
+        self.listed: List[RegistrationList] = []
+        self.loose: List[Tuple[Registration, BlockState]] = []
 
-    def rows(self, registrations_of: RegistrationsOf, loose_of: LooseOf) -> Iterator[Row]:
+    def read_registrations(self, registrations_of: RegistrationsOf, loose_of: LooseOf) -> None:
+        """Read every object's registrations and (with a scan) the loose ones, and record how
+        the reading fared as the ``registrations`` route: incomplete when a list was not walked
+        to its end or a registration on it reads as zeros (what it hides cannot be judged)."""
+        self.listed = [registrations_of(record) for record in self.objects]
+        self.counts.registrations = sum(len(listed.registrations) for listed in self.listed)
+        unclosed = sum(not listed.complete for listed in self.listed)
+        unreadable = sum(reg.zeroed for listed in self.listed for reg in listed.registrations)
+        detail = f"{len(self.listed)} lists"
+        if unclosed:
+            detail += f", {unclosed} not walked to their end"
+        if unreadable:
+            detail += f", {unreadable} registrations unreadable"
+        state = diagnostics.INCOMPLETE if unclosed or unreadable else diagnostics.COMPLETE
+        self.kernel.diagnostics.route(ROUTE_REGISTRATIONS, state, detail)
+        if self.scan.ran:
+            linked = {reg.address for listed in self.listed for reg in listed.registrations}
+            self.loose = loose_of(linked)
+            self.counts.loose = len(self.loose)
+
+    @property
+    def evidence_causes(self) -> List[str]:
+        """Why the image's evidence is incomplete, one cause each (what the image file lacks, the
+        routes that did not close or could not run); empty when it is complete."""
+        return [str(shortfall) for shortfall in self.kernel.image_shortfalls] + self.kernel.diagnostics.degrading_routes()
+
+    @property
+    def evidence(self) -> str:
+        """The ``Evidence`` column of every row."""
+        return columns.DEGRADED if self.evidence_causes else columns.COMPLETE
+
+    def rows(self) -> Iterator[Row]:
         """Every row: each object's, in address order, then the loose registrations grouped by
-        the object they name, with the known-good comparison's flag when a baseline is given.
-        Without one, only addresses of linked blocks are kept, so memory stays flat with the
-        number of rows; with one, the rows are held until all are known."""
-        found = self._classified_rows(registrations_of, loose_of)
+        the object they name, with the known-good comparison's flag when a baseline is given
+        (the rows are then held until all are known). Needs :meth:`read_registrations` first."""
+        found = self._classified_rows()
         if self.known_good is not None:
             held = list(found)
             verdicts = self.known_good.judge([row.view() for row in held])
@@ -83,23 +122,17 @@ class Report:
             self.counts.add(row)
             yield row
 
-    def _classified_rows(self, registrations_of: RegistrationsOf, loose_of: LooseOf) -> Iterator[Row]:
-        counts = self.counts
-        linked: Set[int] = set()
+    def _classified_rows(self) -> Iterator[Row]:
+        for record, listed in zip(self.objects, self.listed):
+            yield from rows.object_rows(record, listed, self.attributor, self.rules)
+        if not self.loose:
+            return
         # A loose registration may belong to any object's list (its CallbackObject can lie):
         # it is off every list only when every object's list was walked to its end.
-        every_list_complete = True
-        for record in self.objects:
-            listed = registrations_of(record)
-            counts.registrations += len(listed.registrations)
-            if self.scan.ran:
-                linked.update(reg.address for reg in listed.registrations)
-                every_list_complete &= listed.complete and record.body_readable
-            yield from rows.object_rows(record, listed, self.attributor, self.rules)
-        if not self.scan.ran:
-            return
+        every_list_complete = all(
+            listed.complete and record.body_readable for record, listed in zip(self.objects, self.listed)
+        )
         by_address = {record.address: record for record in self.objects}
-        for registration, state in loose_of(linked):
-            counts.loose += 1
+        for registration, state in self.loose:
             owner = int(registration.callback_object)
             yield rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor)

@@ -2,7 +2,7 @@
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Collection, Iterable, List, Tuple
+from typing import TYPE_CHECKING, Collection, Iterable, List, Optional, Tuple
 
 from ..kernelpool.state import BlockState
 from ..kernelread import lists
@@ -58,14 +58,17 @@ def read_registration(kernel: "CallbackContext", address: int) -> Registration:
 
 
 def list_registrations(
-    kernel: "CallbackContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS
+    kernel: "CallbackContext", registrations_head: int, max_entries: int = MAX_REGISTRATIONS,
+    owner: Optional[str] = None,
 ) -> RegistrationList:
     """Every registration linked from the ``RegisteredCallbacks`` head at ``registrations_head``
     (walked both ways, bounded). ``Link`` is the registration's first member, so each list entry
-    address is the registration's address minus the link offset."""
+    address is the registration's address minus the link offset. ``owner`` names the object in
+    the warnings (its name where it was read)."""
     link = kernel.registration.offset("Link.Flink")
     walked = lists.walk_list(
-        kernel, registrations_head, f"registrations of the object list head {registrations_head:#x}", max_entries
+        kernel, registrations_head,
+        f"registrations of {owner or f'the object whose list head is {registrations_head:#x}'}", max_entries
     )
     return RegistrationList([read_registration(kernel, entry - link) for entry in walked.entries], walked.complete)
 

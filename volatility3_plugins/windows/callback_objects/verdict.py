@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from volatility3.framework import exceptions
 
-from ...schema import flags, verdict_line
-from ..kernelread import diagnostics, loaded_modules
+from ...schema import columns, flags, verdict_line
+from ..kernelread import loaded_modules
 from . import routes
 
 if TYPE_CHECKING:
@@ -84,10 +84,11 @@ def check_symbols(kernel: "CallbackContext") -> None:
     contradicted = [what for what, state in anchors if state is False]
     confirmed = [what for what, state in anchors if state is True]
     if contradicted and not confirmed:
+        kernel.diagnostics.flush()
         raise SymbolsMismatch(
             routes.CALLBACK_TYPE_GLOBAL,
             kernel.kernel_module.symbol_table_name,
-            "the kernel symbol table does not match this image (" + "; ".join(f"not true: {c}" for c in contradicted)
+            verdict_line.REFUSAL + "the kernel symbol table does not match this image (" + "; ".join(f"not true: {c}" for c in contradicted)
             + f"). Try: {TRY_SYMBOLS}.",
         )
     if contradicted:
@@ -98,33 +99,38 @@ def check_symbols(kernel: "CallbackContext") -> None:
 
 
 def check_usable(found: "Report") -> None:
-    """Raise :class:`ImageUnusable` when the routes found nothing a verdict can rest on; warn
-    once, naming them, when some routes failed but the image is still usable."""
+    """Raise :class:`ImageUnusable` when the routes found nothing a verdict can rest on (saying
+    first what the image file lacks, when that is known); warn once, naming every cause, when
+    the evidence is incomplete but the image is still usable. Either way the warnings collected
+    so far are said first."""
     kernel = found.kernel
-    problems = []
+    problems = [shortfall.detail for shortfall in kernel.image_shortfalls]
     if not found.attributor.modules_available:
         problems.append("the loaded-module list (nt!PsLoadedModuleList) is unreadable")
     if kernel.object_headers is None:
         problems.append("object headers cannot be decoded")
+    unusable = len(problems) > len(kernel.image_shortfalls)
     if not any(record.body_readable for record in found.objects):
         problems.append("no route reached a single readable callback object")
-    if problems:
+        unusable = True
+    kernel.diagnostics.flush()
+    if unusable:
+        likely = ("Likely cause: the missing part of the file" if kernel.image_shortfalls else
+                  "Likely causes: a truncated or incomplete image (the pages these live in are missing), "
+                  "or a kernel symbol table that does not match the image")
         raise ImageUnusable(
             kernel.layer_name,
             kernel.symbols.address(loaded_modules.LIST_SYMBOL) or 0,
-            "windows.callbackobjects cannot give a verdict on this image: " + "; ".join(problems)
-            + ". Likely causes: a truncated or incomplete image (the pages these live in are missing), "
-            f"or a kernel symbol table that does not match the image. Try: {TRY_TRUNCATED}; {TRY_SYMBOLS}.",
+            verdict_line.REFUSAL + "; ".join(problems) + f". {likely}. Try: {TRY_TRUNCATED}; {TRY_SYMBOLS}.",
         )
-    failed = [
-        f"{name} {state}" for name, state in kernel.diagnostics.routes.items()
-        if state.state in (diagnostics.INCOMPLETE, diagnostics.UNAVAILABLE)
-    ]
-    if failed:
+    causes = found.evidence_causes
+    if causes:
         kernel.diagnostics.warning(
-            "Degraded image: " + ", ".join(failed) + ". What they could not show is marked "
-            f"{flags.LIST_INCOMPLETE} or {flags.UNREADABLE}, never accused"
+            f"Evidence degraded ({', '.join(causes)}): what could not be read is marked "
+            f"{flags.LIST_INCOMPLETE} or {flags.UNREADABLE}, never accused; every row's Evidence column says "
+            f"{columns.DEGRADED} and vol-callbackobjects exits {verdict_line.DEGRADED_EXIT_STATUS}"
         )
+        kernel.diagnostics.flush()
 
 
 def kernel_pdb(kernel: "CallbackContext") -> Optional[Tuple[str, int]]:
@@ -143,8 +149,8 @@ def kernel_pdb(kernel: "CallbackContext") -> Optional[Tuple[str, int]]:
 def line_of(found: "Report") -> str:
     """One line for the end of every run (:mod:`...schema.verdict_line`): which kernel the verdict
     is about (a fleet sweep reads the build back: known-good images of another build compare
-    badly), objects, registrations, rows by flag, the baseline compared with, routes and their
-    state."""
+    badly), objects, registrations, rows by flag, whether the evidence is complete (and if not,
+    why), the baseline compared with, routes and their state."""
     counts = found.counts
     known_good = found.known_good
     return verdict_line.format(
@@ -158,5 +164,6 @@ def line_of(found: "Report") -> str:
             flags=dict(counts.by_flag),
             baseline=(len(known_good.keys), len(known_good.sources)) if known_good is not None else None,
             routes=tuple(f"{name} {state}" for name, state in found.kernel.diagnostics.routes.items()),
+            evidence=tuple(found.evidence_causes),
         )
     )

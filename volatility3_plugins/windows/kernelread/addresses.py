@@ -5,11 +5,12 @@ sign-extended); the kernel computes with canonical pointers (bit 47 copied into 
 Both forms meet here: a key the kernel derives from an address, or a raw pointer read from
 memory, is canonical; an address handed to a layer is masked.
 
-Standard library only (nothing at all, in fact): the crash-dump layer takes its page size here.
+Standard library only.
 """
 
-#: The page size of every Windows kernel this project reads (x86, PAE and x64 alike).
-PAGE_SIZE = 0x1000
+# The page size is the common package's (the crash-dump layer's too); kept importable from here.
+from ...common.units import PAGE_SIZE  # noqa: F401
+
 #: Where the kernel half of the address space starts, as a layer addresses it.
 KERNEL_HALF_X64 = 1 << 47
 KERNEL_HALF_X86 = 0x80000000

@@ -5,14 +5,15 @@ Like ``ssdt.SSDT.build_module_collection`` builds one module collection for ever
 module and its layer, the address mask and pointer size, the build number, the page reader every
 read goes through, the run's diagnostics, the kernel's symbols and the views of kernel types
 compiled from its symbol table; and, built on first use (a failure remembered as a failure), the
-object-header decoder and the loaded-module list. Functions take ``(kernel, address)``; nothing
-travels by hand. It knows nothing of what a plugin looks for: a plugin that needs more (its own
+object-header decoder, the loaded-module list and what the image file lacks (``image_extent``).
+Functions take ``(kernel, address)``; nothing travels by hand. Its diagnostics collect warnings
+until ``kernel.diagnostics.flush()`` says them, one line per cause (``diagnostics``). It knows nothing of what a plugin looks for: a plugin that needs more (its own
 symbol table, its own views) extends it.
 """
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions, interfaces, symbols
 
@@ -23,6 +24,7 @@ from .symbols import KernelSymbols
 from .views import StructView, ViewError, type_name
 
 if TYPE_CHECKING:
+    from .image_extent import Shortfall
     from .loaded_modules import ModuleList
     from .object_headers import ObjectHeaders
 
@@ -157,6 +159,14 @@ class KernelContext:
         except ObjectHeadersUnusable as excp:
             self.diagnostics.warning(f"Object headers unusable ({excp}): {self.without_object_headers}")
             return None
+
+    @functools.cached_property
+    def image_shortfalls(self) -> List["Shortfall"]:
+        """Memory the image file lacks (a truncated crash dump, a raw image shorter than the RAM
+        the kernel describes), checked once; empty when nothing is known missing."""
+        from .image_extent import shortfalls
+
+        return shortfalls(self)
 
     @functools.cached_property
     def loaded_modules(self) -> "ModuleList":

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .context import KernelContext
 
 DEFAULT_MAX_ENTRIES = 4096
+#: The one warning every list that no walk closed is named in (where each broke: ``-v``).
+NOT_WALKED_TO_THE_END = "Lists not walked to their end (what they hold may be missing; -v says where each broke)"
 
 
 @dataclasses.dataclass
@@ -79,8 +81,9 @@ def walk_list(
     max_entries: int = DEFAULT_MAX_ENTRIES,
 ) -> ListWalk:
     """Walk the list whose LIST_ENTRY head is at ``head`` both ways, at most ``max_entries``
-    entries each way. A list that no walk could close is reported once as a warning naming
-    ``what``: the analyst must know that its members may not all be listed."""
+    entries each way. A list that no walk could close is named (``what``: the list, by its
+    owner's name where it was read) in the run's one warning about such lists: the analyst must
+    know that its members may not all be listed."""
     head &= kernel.mask
     result = ListWalk(head=head)
     try:
@@ -89,7 +92,7 @@ def walk_list(
     except exceptions.InvalidAddressException:
         result.head_unreadable = True
         result.problems.append(f"list head {head:#x} unreadable")
-        kernel.diagnostics.warning(f"{what}: list head {head:#x} unreadable")
+        kernel.diagnostics.warning(NOT_WALKED_TO_THE_END, what, result.problems[0])
         return result
     forward, result.forward_closed, problem = _walk_one_way(kernel, head, flink, 0, max_entries)
     if problem:
@@ -101,7 +104,7 @@ def walk_list(
     result.entries = forward + [entry for entry in reversed(backward) if entry not in reached]
     result.members = frozenset(result.entries)
     if not result.complete:
-        kernel.diagnostics.warning(f"{what} incomplete: " + "; ".join(result.problems))
+        kernel.diagnostics.warning(NOT_WALKED_TO_THE_END, what, "; ".join(result.problems))
     elif result.problems:
         kernel.diagnostics.info(f"{what}: " + "; ".join(result.problems) + " (the other direction closed)")
     return result

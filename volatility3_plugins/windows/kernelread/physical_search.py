@@ -15,12 +15,12 @@ and the caller scans through Volatility.
 """
 
 import dataclasses
-import struct
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from volatility3.framework import exceptions, interfaces
 from volatility3.framework.layers import intel, linear
 
+from ...common import page_tables
 from .addresses import PAGE_SIZE, kernel_half_start
 
 if TYPE_CHECKING:
@@ -183,53 +183,40 @@ def physical_search(
     return hits
 
 
+def paging_format(paging: Paging) -> page_tables.Paging:
+    return page_tables.Paging(tuple(paging.levels), paging.entry_size, paging.physical_bits, paging.transition)
+
+
+def physical_reader(physical: interfaces.layers.DataLayerInterface) -> page_tables.Read:
+    """Bytes of the physical layer; none where it cannot read them."""
+
+    def read(offset: int, length: int) -> bytes:
+        try:
+            return physical.read(offset, length)
+        except exceptions.InvalidAddressException:
+            return b""
+
+    return read
+
+
 def kernel_mappings(kernel: "KernelContext", frames: Set[int]) -> Dict[int, List[int]]:
     """Virtual addresses (pages) in the kernel half that map each of ``frames``, from one walk
-    of the page tables through the physical layer. Addresses are the layer's own (masked to its
-    virtual width, not sign-extended), as Volatility's layers take them."""
+    of the page tables through the physical layer (``common/page_tables.py``). Addresses are the
+    layer's own (masked to its virtual width, not sign-extended), as Volatility's layers take them."""
     paging = paging_of(kernel)
     found: Dict[int, List[int]] = {}
     if paging is None or not frames:
         return found
-    frame_mask = ((1 << paging.physical_bits) - 1) & ~(PAGE_SIZE - 1)
-    entry_code = "Q" if paging.entry_size == 8 else "I"
-    shifts = []
-    shift = 12
-    for bits, _large in reversed(paging.levels):
-        shifts.insert(0, shift)
-        shift += bits
-    kernel_half = kernel_half_start(kernel.pointer_size)
-    self_map = paging.dtb & frame_mask
-
-    def walk(table: int, level: int, virtual: int) -> None:
-        bits, large = paging.levels[level]
-        count = 1 << bits
-        try:
-            data = paging.physical.read(table, count * paging.entry_size)
-        except exceptions.InvalidAddressException:
-            return
-        entries = struct.unpack(f"<{count}{entry_code}", data)
-        span = 1 << shifts[level]
-        last = level == len(paging.levels) - 1
-        for index, entry in enumerate(entries):
-            if not entry & 1 and not (last and paging.transition and entry & 0xC00 == 0x800):
-                continue
-            address = virtual + index * span
-            if level == 0 and address < kernel_half:
-                continue
-            target = entry & frame_mask
-            if last:
-                if target >> 12 in frames:
-                    found.setdefault(target >> 12, []).append(address)
-            elif large and entry & 0x80:
-                first = (target & ~(span - 1)) >> 12
-                for frame in frames:
-                    if first <= frame < first + (span >> 12):
-                        found.setdefault(frame, []).append(address + ((frame - first) << 12))
-            elif not (level == 0 and target == self_map):
-                walk(target, level + 1, address)
-
-    # The top table is as large as its entries (PAE: a 32-byte PDPT; otherwise a page).
-    top_size = (1 << paging.levels[0][0]) * paging.entry_size
-    walk(paging.dtb & ~(top_size - 1) & ((1 << paging.physical_bits) - 1), 0, 0)
+    walked = page_tables.mappings(physical_reader(paging.physical), paging.dtb, paging_format(paging),
+                                  kernel_half_start(kernel.pointer_size))
+    for address, first, count, table, _write_back in walked:
+        if table:
+            continue
+        if count == 1:
+            if first in frames:
+                found.setdefault(first, []).append(address)
+            continue
+        for frame in frames:
+            if first <= frame < first + count:
+                found.setdefault(frame, []).append(address + ((frame - first) << 12))
     return found
