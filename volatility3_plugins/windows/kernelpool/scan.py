@@ -173,8 +173,8 @@ class PoolScanner:
     def hits_in_regions(self, ranges: Sequence[Tuple[int, int]], progress: Optional[constants.ProgressCallback]) -> Iterator[PoolHit]:
         """Hits in virtual ``ranges`` (the allocator's regions), read a megabyte at a time."""
         found = physical_search.search_ranges(
-            self.kernel.context, self.kernel.layer, ranges, self.tags, self._tag_offset, self.unit, REGION_READ, progress,
-            "Scanning the non-paged heap",
+            physical_search.virtual_reader(self.kernel), ranges, self.tags, self._tag_offset, self.unit, REGION_READ,
+            progress, "Scanning the non-paged heap",
         )
         for header, tag, data, offset in found:
             hit = self._hit(header, tag, data, offset)

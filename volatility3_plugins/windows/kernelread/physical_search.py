@@ -7,24 +7,25 @@ chunks (the raw file, or the crash dump's data runs), pool tags are searched onl
 positions a pool header can hold them (every ``unit`` bytes: the 4-byte words at the tag's
 offset are gathered by a strided memory view and searched with ``bytes.find``), and the few
 frames holding a hit are mapped back to kernel virtual addresses by one walk of the page tables
-(the kernel half only, large pages included, the page-table self-map skipped). Peak memory stays
-flat: one chunk at a time, and only the hits are kept.
+(the kernel half only, large pages included, the page-table self-map skipped:
+:func:`.translation.kernel_mappings`). Peak memory stays flat: one chunk at a time, and only the
+hits are kept.
 
 For layers that are not Intel paging over a physical layer, :func:`physical_search` returns None
 and the caller scans through Volatility.
 """
 
 import dataclasses
-import struct
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
-from volatility3.framework import exceptions, interfaces
-from volatility3.framework.layers import intel, linear
+from volatility3.framework import exceptions
 
-from .addresses import PAGE_SIZE, kernel_half_start
+from .addresses import PAGE_SIZE
+from .translation import kernel_mappings, read_uncached  # noqa: F401 (re-exported: the full scan's helpers)
 
 if TYPE_CHECKING:
     from .context import KernelContext
+    from .translation import BulkReader
 
 #: Bytes read from the physical layer at once.
 CHUNK = 4 << 20
@@ -37,78 +38,6 @@ class PhysicalHit:
     frame: int  # physical page number
     offset: int  # of the pool header in the page
     tag: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class Paging:
-    """What a page-table walk needs of an Intel layer."""
-
-    physical: interfaces.layers.DataLayerInterface
-    dtb: int
-    levels: Sequence[Tuple[int, bool]]  # (index bits, large pages allowed) per level, top first
-    entry_size: int
-    physical_bits: int
-    #: Windows keeps pages on its standby list mapped by "transition" PTEs (bit 11 set, bit 10
-    #: clear, present bit clear): their contents are in memory, as Volatility's Windows layers
-    #: read them.
-    transition: bool
-
-
-def paging_of(kernel: "KernelContext") -> Optional[Paging]:
-    layer = kernel.layer
-    if not isinstance(layer, intel.Intel):
-        return None
-    try:
-        physical = kernel.context.layers[layer.config["memory_layer"]]
-        dtb = int(layer.config["page_map_offset"])
-    except (KeyError, TypeError):
-        return None
-    wide = isinstance(layer, (intel.Intel32e, intel.IntelPAE))
-    return Paging(
-        physical,
-        dtb,
-        [(bits, large) for _name, bits, large in layer.structure],
-        8 if wide else 4,
-        getattr(layer, "_maxphyaddr", 52),
-        isinstance(layer, intel.WindowsMixin),
-    )
-
-
-def read_uncached(
-    context: interfaces.context.ContextInterface, layer: interfaces.layers.DataLayerInterface, offset: int, length: int
-) -> bytes:
-    """``length`` bytes at ``offset`` (zeros where nothing is mapped), read down the layer stack
-    through ``mapping``.
-
-    Why: Volatility's translation layers keep the results of their last 512 ``read`` calls
-    (``functools.lru_cache`` on ``read``); for the megabyte reads of a scan that cache holds
-    hundreds of megabytes, gigabytes with 16 MiB reads. Linearly mapped layers (Intel paging, the
-    crash-dump layers) decode nothing, so reading their mapping's pieces from the layers below is
-    the same data without the cache; other translation layers are read as usual."""
-    if not isinstance(layer, interfaces.layers.TranslationLayerInterface):
-        return layer.read(offset, length, pad=True)
-    if not isinstance(layer, linear.LinearlyMappedLayer):
-        return layer.read(offset, length, pad=True)
-    output = bytearray(length)
-    for start, _sublength, mapped, mapped_length, name in layer.mapping(offset, length, ignore_errors=True):
-        piece = read_uncached(context, context.layers[name], mapped, mapped_length)
-        output[start - offset : start - offset + len(piece)] = piece
-    return bytes(output)
-
-
-def physical_runs(physical: interfaces.layers.DataLayerInterface) -> List[Tuple[int, int]]:
-    """(offset, length) of the physical layer's data, coalesced: the whole file for a raw image,
-    the data runs of a crash dump."""
-    end = physical.maximum_address + 1
-    if not isinstance(physical, interfaces.layers.TranslationLayerInterface):
-        return [(0, end)]
-    runs: List[Tuple[int, int]] = []
-    for offset, length, _mapped, _mapped_length, _layer in physical.mapping(0, end, ignore_errors=True):
-        if runs and runs[-1][0] + runs[-1][1] == offset:
-            runs[-1] = (runs[-1][0], runs[-1][1] + length)
-        else:
-            runs.append((offset, length))
-    return runs
 
 
 def search_tags(
@@ -127,8 +56,7 @@ def search_tags(
 
 
 def search_ranges(
-    context: interfaces.context.ContextInterface,
-    layer: interfaces.layers.DataLayerInterface,
+    read: Callable[[int, int], bytes],
     ranges: Sequence[Tuple[int, int]],
     tags: Sequence[bytes],
     tag_offset: int,
@@ -138,8 +66,9 @@ def search_ranges(
     description: str = "",
 ) -> Iterator[Tuple[int, bytes, bytes, int]]:
     """(address of the pool header, tag, the chunk read, the header's offset in it) of every tag
-    at a header position in the (start, length) ``ranges`` of ``layer``, read ``chunk`` bytes at
-    a time (uncached, zeros where nothing is mapped); ``progress`` is told after each chunk."""
+    at a header position in the (start, length) ``ranges``, read ``chunk`` bytes at a time by
+    ``read(start, length)`` (zeros where nothing is mapped); ``progress`` is told after each
+    chunk."""
     total = sum(length for _start, length in ranges) or 1
     done = 0
     for start, length in ranges:
@@ -147,7 +76,7 @@ def search_ranges(
         while position < start + length:
             size = min(chunk, start + length - position)
             try:
-                data = read_uncached(context, layer, position, size)
+                data = read(position, size)
             except exceptions.InvalidAddressException:
                 data = b""
             for header, tag in search_tags(data, position, tags, tag_offset, unit):
@@ -156,6 +85,15 @@ def search_ranges(
             done += size
             if progress is not None:
                 progress(100.0 * done / total, description)
+
+
+def virtual_reader(kernel: "KernelContext") -> Callable[[int, int], bytes]:
+    """How a scan reads kernel ranges: the bulk reader when the layer has one (no per-page
+    translation through Volatility), else through the layers' mappings, around their cache."""
+    bulk: Optional["BulkReader"] = kernel.bulk
+    if bulk is not None:
+        return lambda start, length: bulk.read(start, length)[0]
+    return lambda start, length: read_uncached(kernel.context, kernel.layer, start, length)
 
 
 def physical_search(
@@ -167,12 +105,12 @@ def physical_search(
 ) -> Optional[List[PhysicalHit]]:
     """Every pool-header position in physical memory that carries one of ``tags``; None when
     this layer is not searched this way."""
-    paging = paging_of(kernel)
-    if paging is None or tag_offset % 4 or unit % 4:
+    bulk = kernel.bulk
+    if bulk is None or tag_offset % 4 or unit % 4:
         return None
     hits: List[PhysicalHit] = []
     found = search_ranges(
-        kernel.context, paging.physical, physical_runs(paging.physical), tags, tag_offset, unit, CHUNK, progress,
+        bulk.physical.read, bulk.physical.runs, tags, tag_offset, unit, CHUNK, progress,
         "Searching physical memory for pool tags",
     )
     for header, tag, _data, _offset in found:
@@ -181,55 +119,3 @@ def physical_search(
             kernel.diagnostics.warning(f"More than {MAX_HITS} pool-tag hits in physical memory: the rest not searched")
             return hits
     return hits
-
-
-def kernel_mappings(kernel: "KernelContext", frames: Set[int]) -> Dict[int, List[int]]:
-    """Virtual addresses (pages) in the kernel half that map each of ``frames``, from one walk
-    of the page tables through the physical layer. Addresses are the layer's own (masked to its
-    virtual width, not sign-extended), as Volatility's layers take them."""
-    paging = paging_of(kernel)
-    found: Dict[int, List[int]] = {}
-    if paging is None or not frames:
-        return found
-    frame_mask = ((1 << paging.physical_bits) - 1) & ~(PAGE_SIZE - 1)
-    entry_code = "Q" if paging.entry_size == 8 else "I"
-    shifts = []
-    shift = 12
-    for bits, _large in reversed(paging.levels):
-        shifts.insert(0, shift)
-        shift += bits
-    kernel_half = kernel_half_start(kernel.pointer_size)
-    self_map = paging.dtb & frame_mask
-
-    def walk(table: int, level: int, virtual: int) -> None:
-        bits, large = paging.levels[level]
-        count = 1 << bits
-        try:
-            data = paging.physical.read(table, count * paging.entry_size)
-        except exceptions.InvalidAddressException:
-            return
-        entries = struct.unpack(f"<{count}{entry_code}", data)
-        span = 1 << shifts[level]
-        last = level == len(paging.levels) - 1
-        for index, entry in enumerate(entries):
-            if not entry & 1 and not (last and paging.transition and entry & 0xC00 == 0x800):
-                continue
-            address = virtual + index * span
-            if level == 0 and address < kernel_half:
-                continue
-            target = entry & frame_mask
-            if last:
-                if target >> 12 in frames:
-                    found.setdefault(target >> 12, []).append(address)
-            elif large and entry & 0x80:
-                first = (target & ~(span - 1)) >> 12
-                for frame in frames:
-                    if first <= frame < first + (span >> 12):
-                        found.setdefault(frame, []).append(address + ((frame - first) << 12))
-            elif not (level == 0 and target == self_map):
-                walk(target, level + 1, address)
-
-    # The top table is as large as its entries (PAE: a 32-byte PDPT; otherwise a page).
-    top_size = (1 << paging.levels[0][0]) * paging.entry_size
-    walk(paging.dtb & ~(top_size - 1) & ((1 << paging.physical_bits) - 1), 0, 0)
-    return found
