@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set
 from volatility3.framework import exceptions
 
 from ..kernelread import lists
-from ..kernelread.addresses import canonical
 from ..kernelread.views import ViewError, array_member, member_offset, type_name
 from .headers import POOL_IN_USE_BIT, pool_header_view
 from .state import NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable, Region
@@ -74,33 +73,10 @@ class ClassicPoolMap(MetadataPoolMap):
 
     def _walk_chain(self, first: int, what: str) -> None:
         """A singly linked chain through the first pointer of each freed block's body."""
-        kernel, seen, entry = self._kernel, set(), first
-        while entry and entry not in seen:
-            if len(seen) >= MAX_CHAIN:
-                self._incomplete(f"{what}: bound of {MAX_CHAIN} entries reached")
-                return
-            seen.add(entry)
-            self._on_free_lists.add(self._body_to_header(entry))
-            try:
-                entry = kernel.read_pointer(entry)
-            except exceptions.InvalidAddressException:
-                self._incomplete(f"{what}: entry {entry:#x} unreadable")
-                return
-
-    def _slist_first(self, address: int) -> Optional[int]:
-        """The first entry of an ``_SLIST_HEADER`` (x64 ``HeaderX64.NextEntry`` << 4, x86 ``Next``)."""
-        kernel = self._kernel
-        view = kernel.kernel_view("_SLIST_HEADER", ["HeaderX64.NextEntry"], optional=["HeaderX64.NextEntry"])
-        if view is not None and view.has("HeaderX64.NextEntry"):
-            record = view.read(kernel.reader, address)
-            if not record.complete:
-                return None
-            # The header keeps bits 4-47 of the entry: the kernel's pointer is canonical.
-            return canonical(record["HeaderX64.NextEntry"] << 4, kernel.pointer_size) & kernel.mask
-        try:
-            return kernel.read_pointer(address)
-        except exceptions.InvalidAddressException:
-            return None
+        walked = lists.walk_chain(self._kernel, first, MAX_CHAIN)
+        self._on_free_lists.update(self._body_to_header(entry) for entry in walked.entries)
+        if not walked.complete:
+            self._incomplete(f"{what}: {walked.problem}")
 
     def _walk_lookasides(self) -> None:
         kernel = self._kernel
@@ -136,7 +112,7 @@ class ClassicPoolMap(MetadataPoolMap):
                 continue
             for member, (offset, count, size) in lists:
                 for index in range(count):
-                    first = self._slist_first(prcb + offset + index * size)
+                    first = lists.slist_first(kernel, prcb + offset + index * size)
                     if first is None:
                         self._incomplete(f"KPRCB {number} {member}[{index}] unreadable")
                         continue
