@@ -38,8 +38,9 @@ STATE_NAMES = {state.value: state for state in (BlockState.ALLOCATED, BlockState
 #: Columns of another plugin's JSON output that hold the virtual address of what it found.
 OFFSET_COLUMNS = ("Offset(V)", "Offset", "Offset (V)")
 PHYSICAL_COLUMN = "Offset(P)"
-#: Columns of a joined row named in ``Hit``, at most.
+#: Columns of a joined row named in ``Hit``, at most, those that name what was found first.
 HIT_COLUMNS = 3
+HIT_FIRST = ("PID", "ImageFileName", "Name", "Driver Name", "Service Key", "Path", "Base", "Start")
 
 BLOCK_COLUMNS = [("Address", format_hints.Hex), ("Size", format_hints.Hex), ("Tag", str), ("Pool", str),
                  ("Allocator", str), ("State", str), ("Type", str), ("Name", str)]
@@ -202,8 +203,9 @@ class PoolMap(interfaces.plugins.PluginInterface):
                     if PHYSICAL_COLUMN in row:
                         raise JoinError(f"{path}: physical offsets ({PHYSICAL_COLUMN}); run the scanner without --physical")
                     raise JoinError(f"{path}: a row without an Offset(V) or Offset column")
-                described = [f"{name}={value}" for name, value in row.items()
-                             if name != column and not name.startswith("__") and value not in (None, "", "Disabled")]
+                names = [name for name in HIT_FIRST if name in row] + [name for name in row if name not in HIT_FIRST]
+                described = [f"{name}={row[name]}" for name in names
+                             if name != column and not name.startswith("__") and row[name] not in (None, "", "Disabled")]
                 hits.append((row[column], " ".join(described[:HIT_COLUMNS])))
         return hits
 

@@ -12,7 +12,17 @@ its ``Pcb`` (``_KPROCESS``) starts with a dispatcher header of type ``ProcessObj
 (``_KOBJECTS``) and size ``sizeof(_KPROCESS) / 4`` (the WRK's ``KeInitializeProcess``),
 ``SignalState`` 0 (a process is signalled when it exits), and ``DirectoryTableBase``; then
 ``UniqueProcessId``, ``InheritedFromUniqueProcessId``, ``ImageFileName`` (15 bytes, the first 14
-characters of the image name and a NUL) and the list links.
+characters of the image name and a NUL), ``CreateTime`` (a FILETIME: every process but System
+has one, which Volatility's ``EPROCESS.is_valid`` requires of a scan hit), an empty
+``ThreadListHead`` (pointing at itself) and the list links.
+
+A process that has exited (:meth:`ProcessList.create_exited`) is as the kernel leaves it once the last
+reference is gone: off ``PsActiveProcessHead`` (stale links), ``ExitTime`` set, signalled, its
+token and thread objects freed, then its own object block (``PspProcessDelete``, then
+``ObpFreeObject``). What was freed is the allocator's business: on the segment heap a freed
+``EPROCESS`` chunk keeps its pool header only when the chunk before it was free when the
+delay-free list was flushed (it is merged), which the token freed first makes likely; that is the
+block ``windows.psscan`` still finds and a pool map calls freed.
 
 :data:`BOOT_PROCESSES` is what a freshly booted desktop runs: System, ``Registry`` (from Windows
 10 1803, build 17134), the session manager and the processes it starts. The parents of
@@ -28,9 +38,11 @@ there are no threads, tokens or sessions.
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from ..allocators.pool import PoolKind
 from ..memory.physical import masked
 
 if TYPE_CHECKING:
+    from ..allocators.pool import PoolBlock
     from .machine import KernelMachine
     from .objects import KernelObject, ObjectManager
 
@@ -40,6 +52,14 @@ SYSTEM_PID = 4
 EPROCESS_FIELDS = ("Pcb", "UniqueProcessId", "InheritedFromUniqueProcessId", "ActiveProcessLinks", "ImageFileName")
 IMAGE_FILE_NAME_LENGTH = 15
 REGISTRY_PROCESS_FIRST_BUILD = 17134
+#: When the forged machine booted (a FILETIME: 100 ns since 1601): 2024-03-01 00:00:00 UTC.
+BOOT_FILETIME = 133_537_248_000_000_000
+SECOND = 10_000_000
+#: What an exited process leaves to free besides its object: its token and thread objects
+#: (tags ``Toke`` and ``Thre``; the threads' bodies are not modelled, only their blocks).
+TOKEN_SIZE = 0x700
+THREAD_SIZE = 0x780
+EXITED_THREADS = 36
 
 #: (image name, PID, parent PID, first build or 0) of the processes of a booted system.
 BOOT_PROCESSES: Tuple[Tuple[str, int, int, int], ...] = (
@@ -70,6 +90,7 @@ class Process:
     parent_pid: int
     kernel_object: "KernelObject"
     linked: bool = True  # False: unlinked from the list as a rootkit hides a process (DKOM)
+    exited: bool = False  # exited and deleted: its blocks freed, off the list
 
     @property
     def eprocess(self) -> int:
@@ -77,7 +98,7 @@ class Process:
 
     def record(self) -> Dict[str, object]:
         return {"name": self.name, "pid": self.pid, "parent_pid": self.parent_pid,
-                "eprocess": masked(self.eprocess), "linked": self.linked}
+                "eprocess": masked(self.eprocess), "linked": self.linked, "exited": self.exited}
 
 
 class ProcessList:
@@ -126,12 +147,37 @@ class ProcessList:
         if process_object is not None:
             values["Pcb.Header.Type"] = process_object
         self.machine.write_fields(body, "_EPROCESS", values)
+        if pid != SYSTEM_PID and layout.has_field("_EPROCESS", "CreateTime"):
+            created = BOOT_FILETIME + (len(self.processes) + 1) * 3 * SECOND
+            self.machine.space.write(body + layout.offset_of("_EPROCESS", "CreateTime"), created.to_bytes(8, "little"))
+        if layout.has_field("_EPROCESS", "ThreadListHead"):
+            threads = body + layout.offset_of("_EPROCESS", "ThreadListHead")
+            self.machine.write_list_entry(threads, threads, threads)
         image_name = name.encode("ascii")[: IMAGE_FILE_NAME_LENGTH - 1]
         self.machine.space.write(body + layout.offset_of("_EPROCESS", "ImageFileName"),
                                  image_name.ljust(IMAGE_FILE_NAME_LENGTH, b"\0"))
         process = Process(name, pid, parent_pid, kernel_object, linked)
         self.processes.append(process)
         return process
+
+    def create_exited(self, name: str, pid: int, parent_pid: int, ran_seconds: int = 600) -> Tuple[Process, List["PoolBlock"]]:
+        """A process that ran and exited: created with its token (allocated just before its
+        object, as ``PspAllocateProcess`` gets the token first) and its thread objects, then
+        exited (see the module docstring). Returns it and the blocks its deletion frees, in the
+        order the kernel frees them: token, process object, threads."""
+        pool = self.machine.pool
+        token = pool.allocate(TOKEN_SIZE, b"Toke", PoolKind.NONPAGED, role="token")
+        process = self.create(name, pid, parent_pid, linked=False)
+        threads = [pool.allocate(THREAD_SIZE, b"Thre", PoolKind.NONPAGED, role="thread") for _ in range(EXITED_THREADS)]
+        process.exited = True
+        layout = self.layout
+        body = process.eprocess
+        self.machine.write_fields(body, "_EPROCESS", {"Pcb.Header.SignalState": 1})
+        if layout.has_field("_EPROCESS", "CreateTime") and layout.has_field("_EPROCESS", "ExitTime"):
+            created = int.from_bytes(self.machine.space.read(body + layout.offset_of("_EPROCESS", "CreateTime"), 8), "little")
+            exited = created + ran_seconds * SECOND
+            self.machine.space.write(body + layout.offset_of("_EPROCESS", "ExitTime"), exited.to_bytes(8, "little"))
+        return process, [token] + process.kernel_object.blocks + threads
 
     @property
     def system(self) -> Optional[Process]:
@@ -147,7 +193,7 @@ class ProcessList:
         system = self.system
         if system is not None and self.layout.has_symbol("PsInitialSystemProcess"):
             self.machine.write_pointer(self.kernel_base + self.layout.symbol("PsInitialSystemProcess"), system.eprocess)
-        self.objects.set_type_count("Process", len(self.processes))
+        self.objects.set_type_count("Process", sum(1 for process in self.processes if not process.exited))
 
     def records(self) -> List[Dict[str, object]]:
         return [process.record() for process in self.processes]

@@ -159,6 +159,8 @@ UNLOADED_ROUTINES = {"VpnPowerStateCallback": 0x1400, "VpnTimeChangeCallback": 0
 UNREGISTERED_ROUTINES = ("ndis.sys:ndisPowerStateCallback", "tcpip.sys:TcpPowerCallback", "intelppm.sys:PpmProcessorAddCallback")
 # Objects the undone registrations were on, when the scenario has them.
 HISTORY_OBJECTS = ("PowerState", "SetSystemTime", "ProcessorAdd")
+# A process that exited: (image name, PID, parent PID), started by explorer.exe.
+EXITED_PROCESS = ("updater.exe", 4212, 3148)
 
 
 def freed_history(story: Story) -> None:
@@ -166,9 +168,10 @@ def freed_history(story: Story) -> None:
     (their blocks freed, their ``Link`` stale into a live object's list, their ``CallbackObject``
     that live object), three with routines in loaded drivers and three in a driver since
     unloaded (its former range now unmapped), one callback object deleted (stale links into
-    ``ExpCallbackListHead``) and the unloaded driver's freed loader entry. Nothing here is
-    evidence of anything: a scanning run reports the registrations as ``freed`` and nothing else,
-    the object and the loader entry not at all."""
+    ``ExpCallbackListHead``), the unloaded driver's freed loader entry and driver object, and a
+    process that exited (its token, object and threads freed). Nothing here is evidence of
+    anything: a scanning run reports the registrations as ``freed`` and nothing else, the object
+    and the loader entry not at all."""
     forge = story.forge
     gone = forge.add_unloaded_driver(UNLOADED_DRIVER, functions=UNLOADED_ROUTINES)
     live = [story.objects[name] for name in HISTORY_OBJECTS if name in story.objects]
@@ -180,6 +183,10 @@ def freed_history(story: Story) -> None:
         forge.register(live[number % len(live)], routine, context=story.next_context(), freed=True)
     # Named like the built-in objects, so that its size's LFH bucket is active on the segment heap.
     forge.create_callback("VpnStateNotify", deleted=True)
+    # A program that ran and exited (where the layout describes processes): its process object
+    # is freed pool that windows.psscan may still find.
+    if forge.processes.supported:
+        forge.add_exited_process(EXITED_PROCESS[0], EXITED_PROCESS[1], EXITED_PROCESS[2])
 
 
 SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {

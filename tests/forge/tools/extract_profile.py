@@ -92,6 +92,9 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         "PaeTop", "IdealProcessorAssignmentBlock", "MmSlabIdentity",
         "EnableProcessImpersonationLogging", "UmsScheduledThreads", "QuotaUsage", "WnfContext",
         "InheritedFromUniqueProcessId", "Peb", "ObjectTable", "VadRoot", "SeAuditProcessCreationInfo",
+        # What Volatility's windows.psscan reads of every hit (EPROCESS.is_valid and its row):
+        # an exited process's freed block is one (tests/forge/kernel/processes.py).
+        "CreateTime", "ExitTime", "ThreadListHead", "ActiveThreads",
     ],
     "_HANDLE_TABLE": ["HandleCount"],
     # Classic pool (tests/forge/allocators/classic_pool/): processor blocks and their lookaside lists,
