@@ -188,14 +188,42 @@ def grid_rows(grid: Any) -> List[Dict[str, Any]]:
     return rows
 
 
+def volatility_plugin_rows(image: Path, symbols: Path, cache: Path, plugin: str,
+                           **options: Any) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """A plugin (``windows.driverscan.DriverScan``, ``windows.poolmap.PoolMap``: a module and a
+    class of ``volatility3.plugins``) run in-process on the image's cached context, with
+    ``options`` (unset options: their defaults): its rows as ``-r json`` gives them, and the
+    warnings it logged."""
+    import importlib
+    import logging
+
+    context, kernel = kernel_context(image, symbols, cache)  # imports Volatility's plugins first
+    module_name, _, class_name = plugin.rpartition(".")
+    plugin_class = getattr(importlib.import_module(f"volatility3.plugins.{module_name}"), class_name)
+    config_path = f"plugins.{class_name}"
+    context.config[f"{config_path}.kernel"] = kernel
+    for requirement in plugin_class.get_requirements():
+        if requirement.name != "kernel":
+            context.config[f"{config_path}.{requirement.name}"] = options.get(requirement.name, requirement.default)
+    records: List[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("volatility3")
+    logger.addHandler(handler)
+    try:
+        rows = grid_rows(plugin_class(context, config_path).run())
+    finally:
+        logger.removeHandler(handler)
+    return rows, records
+
+
 def driverscan_rows(image: Path, symbols: Path, cache: Path) -> List[Dict[str, Any]]:
     """Volatility's own ``windows.driverscan`` run in-process on the image's cached context."""
-    context, kernel = kernel_context(image, symbols, cache)  # imports Volatility's plugins first
-    from volatility3.plugins.windows.driverscan import DriverScan
-
-    config_path = "plugins.DriverScan"
-    context.config[f"{config_path}.kernel"] = kernel
-    return grid_rows(DriverScan(context, config_path).run())
+    return volatility_plugin_rows(image, symbols, cache, "windows.driverscan.DriverScan")[0]
 
 
 def read_directory(context: Any, kernel_name: str, path: Sequence[str]) -> Dict[str, str]:

@@ -22,12 +22,16 @@ ALLOWED: Dict[str, Set[str]] = {
     "windows.kernelpool": {"windows.kernelread"},
     "windows.callback_objects": {"windows.kernelread", "windows.kernelpool", "schema"},
     "windows.plugins": {"windows.kernelread", "windows.kernelpool", "windows.callback_objects", "schema"},
+    # The pool map plugin reads the pool for any purpose: nothing of callbacks or of the schema.
+    "windows.poolmap": {"windows.kernelread", "windows.kernelpool"},
     "fleet": {"schema"},
     # The crash-dump layer shares the page size and the run diagnostics' warn-once, nothing else.
     "layers": {"windows.kernelread"},
     "windows": set(),  # the package marker that merges plugin folders
     "entry": {"fleet"},  # the vol-callbackobjects command
 }
+#: Plugins with a row of their own in :data:`ALLOWED` (the others share ``windows.plugins``).
+PLUGIN_PACKAGES = ("windows.poolmap",)
 #: Modules of ours that a module of a package may import when not all of that package is allowed.
 ONLY_MODULES: Dict[str, Set[str]] = {"layers": {"windows.kernelread.addresses", "windows.kernelread.diagnostics"}}
 #: Modules that must import nothing but the standard library.
@@ -52,6 +56,8 @@ def package_of(module: str) -> str:
             return "windows"
         if len(parts) >= 2 and (ROOT / "windows" / parts[1]).is_dir():
             return f"windows.{parts[1]}"
+        if module in PLUGIN_PACKAGES:
+            return module
         return "windows.plugins"
     return parts[0]
 

@@ -265,10 +265,9 @@ class PoolMap(interfaces.plugins.PluginInterface):
                         yield 1, head + (relation,) + self.block_values(kernel, block)
         self._report(kernel, pool_map)
 
-    @staticmethod
-    def _report(kernel: KernelContext, pool_map: PoolMap) -> None:
-        """What the enumeration could not read, once (the map said its opening problems)."""
-        problems = getattr(pool_map, "problems", [])
+    def _report(self, kernel: KernelContext, pool_map: PoolMap) -> None:
+        """What the enumeration could not read, once (opening the map said what it found then)."""
+        problems = getattr(pool_map, "problems", [])[self._said:]
         if problems:
             kernel.diagnostics.warning(
                 f"Pool metadata ({pool_map.name}) partly unreadable, those blocks are unknown or missing: "
@@ -281,6 +280,7 @@ class PoolMap(interfaces.plugins.PluginInterface):
         addresses = [(address, None) for address in self.config.get("address") or []]
         kernel = self.build_kernel_context(self.context, self.config["kernel"])
         pool_map = self.open_pool_map(self.context, self.config["kernel"], kernel)
+        self._said = len(getattr(pool_map, "problems", []))
         if addresses or joined:
             return renderers.TreeGrid(LOOKUP_COLUMNS, self._lookups(kernel, pool_map, addresses + joined, bool(addresses)))
         if self.config.get("summary", False):

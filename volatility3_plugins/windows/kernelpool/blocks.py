@@ -155,7 +155,8 @@ def describe_object(kernel: "KernelContext", block: Block) -> Optional[ObjectFac
 
     tag = int.from_bytes(block.tag, "little") & ~PROTECTED_BIT
     found = [(offset, index) for offset, index in headers.headers_in_block(block.address, read, start, size)
-             if headers.type_name(index) is not None and (headers.type_key(index) or 0) & ~PROTECTED_BIT == tag]
+             if headers.type_name(index) is not None and (headers.type_key(index) or 0) & ~PROTECTED_BIT == tag
+             and headers.counts_plausible((block.address + offset) & kernel.mask)]
     if not found:
         return None
     offset, index = found[-1]

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .context import KernelContext
 
 NAME_INFO_BIT = 0x02
+#: Reference counts above this are not an object's (Volatility's OBJECT_HEADER.is_valid).
+MAX_REFERENCES = 0x1000000
 #: ObTypeIndexTable has at most 256 entries (the TypeIndex is one byte).
 MAX_TYPES = 256
 #: Kernel globals that point at the _OBJECT_TYPE of the object manager's own types, by type name.
@@ -222,6 +224,23 @@ class ObjectHeaders:
                 continue
             header = (block + offset) & self._kernel.mask
             yield offset, self.decode_type_index(header, self.raw_type_index(info))
+
+    def counts_plausible(self, header: int) -> bool:
+        """The ``_OBJECT_HEADER`` at ``header`` has reference counts a live or freed object can
+        have: between 0 and 0x1000000, Volatility's bound (``OBJECT_HEADER.is_valid``), for
+        ``PointerCount`` and ``HandleCount`` alike; False when unreadable."""
+        view = self._kernel.kernel_view("_OBJECT_HEADER", ["PointerCount", "HandleCount"], quiet=True)
+        if view is None:
+            return True  # nothing to check against
+        record = view.read(self._kernel.reader, header)
+        if not record.complete:
+            return False
+        return all(0 <= self._signed(record[name], view.fields[name].size) <= MAX_REFERENCES
+                   for name in ("PointerCount", "HandleCount"))
+
+    @staticmethod
+    def _signed(value: int, size: int) -> int:
+        return value - (1 << (8 * size)) if value >> (8 * size - 1) else value
 
     def info_mask(self, data: bytes, base: int = 0) -> int:
         return self._header.fields["InfoMask"].unpack(data, base)
