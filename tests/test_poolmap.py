@@ -219,3 +219,24 @@ def test_a_damaged_heap_gives_what_can_be_read_and_one_warning(forged, vol_cache
     intact = [b for b in truth["blocks"] if b["subsegment"] not in damaged]
     assert not truth_disagreements(dict(truth, blocks=intact), [r for r in rows if r["State"] != "unknown"])
     assert len([w for w in warnings if "partly unreadable" in w]) == 1, warnings
+
+
+def test_summary_of_a_server_heap_counts_every_noise_block(tmp_path, vol_cache):
+    """``busy_server`` scaled down (256 MiB of RAM, a 16 MiB procedural heap of noise): the
+    summary counts every block the forge planted, by allocator state, in the non-paged heap."""
+    from tests.forge.scenarios import forge_scenario
+
+    image = forge_scenario("busy_server", "win10", memory_size=256 << 20)
+    paths = dict(image.write(tmp_path, formats=("raw",)), truth_data=image.truth)
+    truth = image.truth
+    noise = truth["notes"]["busy"]["heap_noise"]
+    summary, warnings = poolmap_rows(paths["raw"], paths["symbols"], vol_cache, summary=True, pool=["NonPagedNx"])
+    assert not warnings
+    planted = [b for b in truth["blocks"] if b["pool"] == "nonpaged"]
+    big = [entry for entry in truth["big_pool"]["allocations"] if entry["pool"] == "nonpaged" and entry["state"] == "allocated"]
+    allocated = sum(1 for b in planted if b["state"] == "allocated") + len(big) + noise["lfh_blocks"] + noise["vs_blocks"]
+    assert sum(row["Allocated"] for row in summary) == allocated
+    freed_lfh = sum(1 for b in planted if b["state"] == "freed" and b["container"] == "lfh") + noise["lfh_freed"]
+    listing, _ = poolmap_rows(paths["raw"], paths["symbols"], vol_cache, pool=["NonPagedNx"], state=["freed"])
+    assert sum(1 for row in listing if row["Allocator"] == "LFH") == freed_lfh
+    assert {row["Pool"] for row in summary} == {"NonPagedPoolNx"}

@@ -12,7 +12,8 @@
   signature, an absurd name length, mismatched Blinks.
 - ``scale``: 2,000 objects and 20,000 registrations, for speed.
 - ``busy``: the baseline in a 4 GiB machine whose RAM is nearly all mapped and full (tens of
-  thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``).
+  thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``);
+  ``busy_server``: the same with a server's heap (at least 512 MiB from 8 GiB of RAM).
 
 Every scenario gets :func:`freed_history` as well (``forge_scenario``): registrations undone, a
 callback object deleted, a driver unloaded, as on any machine that has been running a while.
@@ -27,7 +28,7 @@ from ..allocators.pool import PoolKind
 from ..image.forge import ImageForge
 from ..memory.machine import DEFAULT_SEED
 from .baseline import PATCHGUARD_OBJECT, Story, baseline
-from .busy import busy
+from .busy import busy, busy_server
 
 
 def rootkit(forge: ImageForge, unlinked: bool = False) -> Story:
@@ -196,6 +197,7 @@ SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
     "corrupt": corrupt,
     "scale": scale,
     "busy": busy,
+    "busy_server": busy_server,
 }
 
 
