@@ -12,6 +12,7 @@
 import collections
 import dataclasses
 import fnmatch
+import itertools
 from typing import TYPE_CHECKING, Collection, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from volatility3.framework import exceptions
@@ -104,25 +105,24 @@ class TagSummary:
 
 
 def summarise(batches: Iterable[BlockBatch], wanted: BlockFilter = BlockFilter()) -> List[TagSummary]:
-    """Per tag and pool, the blocks and bytes in each state, most allocated bytes first."""
-    totals: Dict[Tuple[Optional[int], str], TagSummary] = {}
+    """Per tag and pool, the blocks and bytes in each state, most allocated bytes first.
+
+    Counted column by column: every (pool, tag, state, size) of a batch goes into one counter
+    at C speed, and the few thousand distinct keys are summed and filtered at the end."""
+    counted: Dict[Tuple[str, Optional[int], BlockState, int], int] = collections.Counter()
     for batch in batches:
         if not wanted.wants_pool(batch.pool):
             continue
-        if isinstance(batch.sizes, int):
-            counted: Dict[Tuple[Optional[int], BlockState], int] = collections.Counter(zip(batch.tags, batch.states))
-            pairs: Iterable[Tuple[Tuple[Optional[int], BlockState], int, int]] = (
-                (key, count, count * batch.sizes) for key, count in counted.items())
-        else:
-            pairs = (((tag, state), 1, size) for tag, state, size in zip(batch.tags, batch.states, batch.sizes))
-        for (tag, state), count, size in pairs:
-            if (wanted.states and state not in wanted.states) or not wanted.wants_tag(tag):
-                continue
-            key = (tag, batch.pool)
-            summary = totals.get(key)
-            if summary is None:
-                summary = totals[key] = TagSummary(None if tag is None else tag.to_bytes(4, "little"), batch.pool)
-            summary.add(state, count, size)
+        sizes = itertools.repeat(batch.sizes) if isinstance(batch.sizes, int) else batch.sizes
+        counted.update(zip(itertools.repeat(batch.pool), batch.tags, batch.states, sizes))  # type: ignore[attr-defined]
+    totals: Dict[Tuple[Optional[int], str], TagSummary] = {}
+    for (pool, tag, state, size), count in counted.items():
+        if (wanted.states and state not in wanted.states) or not wanted.wants_tag(tag):
+            continue
+        summary = totals.get((tag, pool))
+        if summary is None:
+            summary = totals[tag, pool] = TagSummary(None if tag is None else tag.to_bytes(4, "little"), pool)
+        summary.add(state, count, count * size)
     return sorted(totals.values(), key=lambda s: (-s.allocated_bytes, -s.freed_bytes, s.tag or b"", s.pool))
 
 

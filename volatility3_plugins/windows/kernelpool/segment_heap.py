@@ -49,7 +49,7 @@ from volatility3.framework import exceptions
 
 from ..kernelread import lists
 from ..kernelread.addresses import canonical
-from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name
+from ..kernelread.views import BITS, StructView, ViewError, array_member, member_offset, type_name
 from .big_pages import BigPage, read_big_pages
 from .headers import block_unit
 from .state import (BIG_PAGE, LARGE, LFH, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, VS, BlockBatch, BlockState,
@@ -223,20 +223,26 @@ class SegmentHeapMap(MetadataPoolMap):
         size_field = self._descriptor_view.fields["UnitSize"]
         # 32-bit builds keep CommittedPageCount in RangeFlags' top bits (MemProcFS masks them).
         flags_mask = 0xFF if self._pointer == 8 else 0x1F
+        # Both members are single bytes on every build (the descriptors are read byte by byte:
+        # a page segment has 256 of them and a server's heap thousands of segments).
+        flags_at, size_at = flags_field.offset, size_field.offset
+        single = flags_field.size == size_field.size == 1 and BITS not in (flags_field.kind, size_field.kind)
         found: List[Subsegment] = []
         index = first
         while index < DESCRIPTORS:
-            flags = flags_field.unpack(descriptors, index * step) & flags_mask
-            units = size_field.unpack(descriptors, index * step)
+            if single:
+                flags, units = descriptors[index * step + flags_at] & flags_mask, descriptors[index * step + size_at]
+            else:
+                flags = flags_field.unpack(descriptors, index * step) & flags_mask
+                units = size_field.unpack(descriptors, index * step)
             if units == 0:
                 index += 1
                 continue
             if index + units > DESCRIPTORS:
                 self._incomplete(f"{pool} page segment {segment:#x}: descriptor {index} runs past the segment")
                 break
-            start = (segment + (index << shift)) & kernel.mask
             if flags in RANGE_KINDS:
-                found.append(Subsegment(start, units << shift, RANGE_KINDS[flags], pool))
+                found.append(Subsegment((segment + (index << shift)) & kernel.mask, units << shift, RANGE_KINDS[flags], pool))
             index += units
         return found
 

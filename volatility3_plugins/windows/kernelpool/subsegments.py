@@ -24,10 +24,10 @@ offset and width from the kernel's symbol table:
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from ..kernelread.addresses import PAGE_SIZE, canonical
-from ..kernelread.views import StructView, ViewError, member_offset, type_name, type_size
+from ..kernelread.views import BITS, Field, StructView, ViewError, member_offset, type_name, type_size
 from .headers import pool_header_view
 from .state import LFH, VS, BlockBatch, BlockState, PoolMetadataUnavailable, Region
 
@@ -40,6 +40,33 @@ MAX_LFH_BLOCK = 0x1000
 #: The two bitmap bits of four slots, from one bitmap byte: busy (bit 0 of each pair).
 _BUSY = [bytes((value >> shift) & 1 for shift in (0, 2, 4, 6)) for value in range(256)]
 _STATES = (BlockState.FREED, BlockState.ALLOCATED)
+
+
+class BusyStates(Sequence[BlockState]):
+    """The states of an LFH subsegment's slots, from their busy bits (one byte each), without a
+    list of states built for every slot (a summary counts hundreds of thousands)."""
+
+    def __init__(self, busy: bytes) -> None:
+        self._busy = busy
+
+    def __len__(self) -> int:
+        return len(self._busy)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [_STATES[bit] for bit in self._busy[index]]
+        return _STATES[self._busy[index]]
+
+    def __iter__(self) -> Iterator[BlockState]:
+        return map(_STATES.__getitem__, self._busy)
+
+
+def word_field(field: Field) -> Tuple[int, int]:
+    """(shift, mask) of a member inside the little-endian integer of its structure's first
+    bytes: integer arithmetic on a decoded header word instead of unpacking bytes each time."""
+    if field.kind == BITS:
+        return field.offset * 8 + field.start_bit, (1 << field.bit_length) - 1
+    return field.offset * 8, (1 << (8 * field.size)) - 1
 
 
 @dataclasses.dataclass
@@ -89,6 +116,13 @@ class SubsegmentDecoder:
             raise PoolMetadataUnavailable(f"segment-heap types: {excp}") from excp
         self.tag_offset = self._pool_header.offset("PoolTag")
         self._block_size = self._pool_header.fields["BlockSize"]
+        self._encoded = self._lfh_view.fields["BlockOffsets.EncodedData"]
+        self._block_count = self._lfh_view.fields["BlockCount"]
+        chunk = self._chunk_view.fields
+        self._word_width = chunk["HeaderBits"].size
+        self._size_bits = word_field(chunk["UnsafeSize"])
+        self._previous_bits = word_field(chunk["UnsafePrevSize"])
+        self._allocated_bits = word_field(chunk["Allocated"])
 
     # -- LFH -----------------------------------------------------------------------------
 
@@ -97,17 +131,15 @@ class SubsegmentDecoder:
         counts do not validate (damaged or zeroed headers decode to plausible offsets often)."""
         if len(data) < self.bitmap_offset:
             return None
-        record = self._lfh_view.unpack(data, region.start)
         address = canonical(region.start, self._pointer)
         shift = ((address >> 12) if self._new_layout else (address & 0xFFFF_FFFF) >> 12) & 0xFFFF_FFFF
-        decoded = record["BlockOffsets.EncodedData"] ^ self.lfh_key ^ shift
+        decoded = self._encoded.unpack(data) ^ self.lfh_key ^ shift
         size, first = decoded & 0xFFFF, decoded >> 16
         if size % self.granularity or not self.granularity <= size < MAX_LFH_BLOCK or not self.bitmap_offset < first < region.length:
             return None
-        fitting = (region.length - first) // size
-        if not 0 < record.BlockCount <= fitting:
+        count = self._block_count.unpack(data)
+        if not 0 < count <= (region.length - first) // size:
             return None
-        count = record.BlockCount
         bitmap = data[self.bitmap_offset : self.bitmap_offset + (count + 3) // 4]
         if len(bitmap) < (count + 3) // 4:
             return None
@@ -115,31 +147,24 @@ class SubsegmentDecoder:
 
     def lfh_batch(self, region: Region, data: bytes, blocks: LfhBlocks) -> BlockBatch:
         """The blocks of an LFH subsegment: every slot within a page whose state the bitmap
-        gives, free slots that never held a block left out."""
+        gives, free slots that never held a block left out (column by column: a summary of a
+        server's heap counts a million slots)."""
         first, size, count = blocks.first, blocks.size, blocks.count
         view = memoryview(data)
         end = first + count * size
-        tags = view[first + self.tag_offset : end].cast("I")[:: size // 4].tolist() if size % 4 == 0 else []
+        tags = view[first + self.tag_offset : end].cast("I")[:: size // 4].tolist()
         heads = view[first : end].cast("Q")[:: size // 8].tolist()
-        busy = b"".join(_BUSY[value] for value in blocks.bitmap)
-        indices: List[int] = []
-        crossing = size & (size - 1) != 0 or (first // PAGE_SIZE) != ((end - 1) // PAGE_SIZE)
-        for index in range(count):
-            if not busy[index] and not heads[index]:
-                continue  # a free slot with no header: no block ever lived there
-            if crossing:
-                offset = first + index * size
-                if offset // PAGE_SIZE != (offset + size - 1) // PAGE_SIZE:
-                    continue
-            indices.append(index)
+        busy = b"".join(map(_BUSY.__getitem__, blocks.bitmap))[:count]
+        crossing = (first // PAGE_SIZE) != ((end - 1) // PAGE_SIZE)  # slots may then cross a page
         base = region.start + first
-        return BlockBatch(
-            region.pool, LFH,
-            [base + index * size for index in indices],
-            size,
-            [tags[index] for index in indices],
-            [_STATES[busy[index]] for index in indices],
-        )
+        if not crossing and 0 not in heads:
+            return BlockBatch(region.pool, LFH, range(base, base + count * size, size), size, tags, BusyStates(busy))
+        indices = [index for index in range(count) if busy[index] or heads[index]]  # free and headerless: never used
+        if crossing:
+            indices = [index for index in indices
+                       if (first + index * size) // PAGE_SIZE == (first + index * size + size - 1) // PAGE_SIZE]
+        return BlockBatch(region.pool, LFH, [base + index * size for index in indices], size,
+                          [tags[index] for index in indices], BusyStates(bytes(busy[index] for index in indices)))
 
     # -- VS ------------------------------------------------------------------------------
 
@@ -152,29 +177,31 @@ class SubsegmentDecoder:
         if header.Size != header.Signature ^ VS_SIGNATURE_KEY:
             return None
         granule = self.granularity
-        fields = self._chunk_view.fields
-        width = fields["HeaderBits"].size
-        word_mask = (1 << (8 * width)) - 1
-        size_field, previous_field, allocated_field = fields["UnsafeSize"], fields["UnsafePrevSize"], fields["Allocated"]
+        width = self._word_width
+        size_shift, size_mask = self._size_bits
+        previous_shift, previous_mask = self._previous_bits
+        allocated_shift, allocated_mask = self._allocated_bits
         key = self.heap_key
         mask = self._kernel.mask
         length = min(region.length, len(data))
         chunks = VsChunks([], [], [], region.start)
+        starts, ends, allocated = chunks.starts, chunks.ends, chunks.allocated
         offset = (self.vs_header + granule - 1) // granule * granule
         base = canonical(region.start, self._pointer)
+        start = region.start
+        smallest = self.chunk_header + granule
         previous = None
         while offset + self.chunk_header <= length:
-            raw = int.from_bytes(data[offset : offset + width], "little")
-            decoded = ((raw ^ (base + offset) ^ key) & word_mask).to_bytes(width, "little")
-            size = size_field.unpack(decoded) * granule
-            if size < self.chunk_header + granule or offset + size > length:
+            decoded = int.from_bytes(data[offset : offset + width], "little") ^ (base + offset) ^ key
+            size = ((decoded >> size_shift) & size_mask) * granule
+            if size < smallest or offset + size > length:
                 break
-            if previous is not None and previous_field.unpack(decoded) * granule != previous:
+            if previous is not None and ((decoded >> previous_shift) & previous_mask) * granule != previous:
                 break
             previous = size
-            chunks.starts.append((region.start + offset) & mask)
-            chunks.ends.append((region.start + offset + size) & mask)
-            chunks.allocated.append(bool(allocated_field.unpack(decoded) & 1))
+            starts.append((start + offset) & mask)
+            ends.append((start + offset + size) & mask)
+            allocated.append(bool((decoded >> allocated_shift) & allocated_mask & 1))
             offset += size
         chunks.walked_to = (region.start + offset) & mask
         return chunks

@@ -25,7 +25,7 @@ from .translation import kernel_mappings, read_uncached  # noqa: F401 (re-export
 
 if TYPE_CHECKING:
     from .context import KernelContext
-    from .translation import BulkReader
+    from .translation import Buffer, BulkReader
 
 #: Bytes read from the physical layer at once.
 CHUNK = 4 << 20
@@ -41,7 +41,7 @@ class PhysicalHit:
 
 
 def search_tags(
-    data: bytes, base: int, tags: Sequence[bytes], tag_offset: int, unit: int
+    data: "Buffer", base: int, tags: Sequence[bytes], tag_offset: int, unit: int
 ) -> Iterator[Tuple[int, bytes]]:
     """(physical address of the pool header, tag) of every tag at a header position in ``data``
     (which starts at ``base``, a multiple of ``unit``)."""
@@ -67,8 +67,9 @@ def search_ranges(
 ) -> Iterator[Tuple[int, bytes, bytes, int]]:
     """(address of the pool header, tag, the chunk read, the header's offset in it) of every tag
     at a header position in the (start, length) ``ranges``, read ``chunk`` bytes at a time by
-    ``read(start, length)`` (zeros where nothing is mapped); ``progress`` is told after each
-    chunk."""
+    ``read(start, length)`` (zeros where nothing is mapped; the chunk may be a buffer the next
+    read reuses: take what is needed of it before asking for the next hit); ``progress`` is
+    told after each chunk."""
     total = sum(length for _start, length in ranges) or 1
     done = 0
     for start, length in ranges:
@@ -87,12 +88,21 @@ def search_ranges(
                 progress(100.0 * done / total, description)
 
 
-def virtual_reader(kernel: "KernelContext") -> Callable[[int, int], bytes]:
+def virtual_reader(kernel: "KernelContext") -> Callable[[int, int], "Buffer"]:
     """How a scan reads kernel ranges: the bulk reader when the layer has one (no per-page
-    translation through Volatility), else through the layers' mappings, around their cache."""
+    translation through Volatility; one buffer reused, each piece valid until the next read),
+    else through the layers' mappings, around their cache."""
     bulk: Optional["BulkReader"] = kernel.bulk
     if bulk is not None:
-        return lambda start, length: bulk.read(start, length)[0]
+        buffer = bytearray()
+
+        def read(start: int, length: int) -> "Buffer":
+            nonlocal buffer
+            if len(buffer) < length:
+                buffer = bytearray(length)
+            return bulk.read(start, length, buffer)[0]
+
+        return read
     return lambda start, length: read_uncached(kernel.context, kernel.layer, start, length)
 
 
@@ -110,7 +120,7 @@ def physical_search(
         return None
     hits: List[PhysicalHit] = []
     found = search_ranges(
-        bulk.physical.read, bulk.physical.runs, tags, tag_offset, unit, CHUNK, progress,
+        bulk.physical.reader(), bulk.physical.runs, tags, tag_offset, unit, CHUNK, progress,
         "Searching physical memory for pool tags",
     )
     for header, tag, _data, _offset in found:

@@ -24,10 +24,14 @@ back to virtual pages): one page-table walker for both.
 import array
 import bisect
 import dataclasses
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+import os
+import urllib.parse
+import urllib.request
+import weakref
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from volatility3.framework import interfaces
-from volatility3.framework.layers import intel, linear
+from volatility3.framework.layers import intel, linear, physical
 
 from .addresses import PAGE_SIZE, kernel_half_start
 
@@ -45,6 +49,23 @@ PAT_LARGE = 1 << 12
 
 #: (virtual address, physical address, length) of a mapped piece of a virtual range.
 Run = Tuple[int, int, int]
+Buffer = Union[bytearray, memoryview]
+
+
+def local_file(layer: interfaces.layers.DataLayerInterface) -> Optional[str]:
+    """The path of the local file a file layer reads as it is (not decompressed, not fetched):
+    its ``location`` is a ``file:`` URL of a regular file exactly as long as the layer."""
+    if not isinstance(layer, physical.FileLayer):
+        return None
+    location = layer.config.get("location", "")
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme != "file":
+        return None
+    path = urllib.request.url2pathname(parsed.path)
+    try:
+        return path if os.path.isfile(path) and os.path.getsize(path) == layer.maximum_address + 1 else None
+    except OSError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +111,23 @@ class PhysicalReader:
         self._starts: List[int] = []
         self._pieces: List[Tuple[int, int, interfaces.layers.DataLayerInterface, int]] = []
         self._built = False
+        #: Our own descriptor of each local image file below (by layer name), None where the
+        #: layer must be read through Volatility: a positioned read into the caller's buffer is
+        #: a system call and no copy, where a layer read is a lock, a seek, a read and a copy.
+        self._files: Dict[str, Optional[int]] = {}
+
+    def _descriptor(self, layer: interfaces.layers.DataLayerInterface) -> Optional[int]:
+        if layer.name not in self._files:
+            path = local_file(layer) if hasattr(os, "preadv") else None
+            descriptor = None
+            if path is not None:
+                try:
+                    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    weakref.finalize(self, os.close, descriptor)
+                except OSError:
+                    descriptor = None
+            self._files[layer.name] = descriptor
+        return self._files[layer.name]
 
     def _build(self) -> None:
         """(start, end, layer below, offset there) of each piece of the layer, sorted."""
@@ -125,11 +163,12 @@ class PhysicalReader:
                 merged.append((start, end - start))
         return merged
 
-    def read_into(self, buffer: bytearray, at: int, address: int, length: int) -> None:
+    def read_into(self, buffer: Buffer, at: int, address: int, length: int) -> None:
         """``length`` bytes from ``address`` into ``buffer[at:]`` (left as they are, zeros in a
         fresh buffer, where the layer has nothing)."""
         if not self._built:
             self._build()
+        view = memoryview(buffer)
         end = address + length
         index = max(0, bisect.bisect_right(self._starts, address) - 1)
         while address < end and index < len(self._pieces):
@@ -142,17 +181,53 @@ class PhysicalReader:
             if start > address:
                 at, address = at + start - address, start
             take = min(stop, end) - address
-            if below is self._layer:
-                data = self._layer.read(address, take, pad=True)
+            descriptor = self._descriptor(below)
+            if descriptor is not None:
+                os.preadv(descriptor, [view[at : at + take]], mapped + address - start)
             else:
-                data = read_uncached(self._context, below, mapped + address - start, take)
-            buffer[at : at + len(data)] = data
+                if below is self._layer:
+                    data = self._layer.read(address, take, pad=True)
+                else:
+                    data = read_uncached(self._context, below, mapped + address - start, take)
+                view[at : at + len(data)] = data
             at, address = at + take, address + take
 
     def read(self, address: int, length: int) -> bytes:
         buffer = bytearray(length)
         self.read_into(buffer, 0, address, length)
         return bytes(buffer)
+
+    def reader(self) -> Callable[[int, int], memoryview]:
+        """A reader of long pieces that reuses one buffer: each result is valid until the next
+        read (for a scan, which looks at each piece once before reading the next)."""
+        state = {"buffer": bytearray()}
+
+        def read(address: int, length: int) -> memoryview:
+            if len(state["buffer"]) < length:
+                state["buffer"] = bytearray(length)
+            view = memoryview(state["buffer"])[:length]
+            if not self._covers(address, length):
+                view[:] = bytes(length)
+            self.read_into(view, 0, address, length)
+            return view
+
+        return read
+
+    def single_file(self) -> Optional[int]:
+        """Our descriptor of the image file when the whole layer is that one file read as it is
+        (a raw image): physical address = file offset. None otherwise."""
+        if not self._built:
+            self._build()
+        if len(self._pieces) != 1 or self._pieces[0][0] != 0 or self._pieces[0][3] != 0:
+            return None
+        return self._descriptor(self._pieces[0][2])
+
+    def _covers(self, address: int, length: int) -> bool:
+        """Whether one piece of the layer holds all of [address, address + length)."""
+        if not self._built:
+            self._build()
+        index = bisect.bisect_right(self._starts, address) - 1
+        return index >= 0 and self._pieces[index][1] >= address + length
 
 
 def read_uncached(
@@ -254,18 +329,42 @@ class PageTables:
 
     def runs(self, start: int, length: int) -> List[Run]:
         """The mapped pieces of [start, start + length), in order, each as long as virtual and
-        physical memory stay contiguous."""
-        end = start + length
+        physical memory stay contiguous (one descent, appending as it goes: this is the hot
+        path of every bulk read)."""
         found: List[Run] = []
-        for virtual, physical, span in self.leaves(start, end):
-            low, high = max(virtual, start), min(virtual + span, end)
-            address = physical + (low - virtual)
-            if found and found[-1][0] + found[-1][2] == low and found[-1][1] + found[-1][2] == address:
-                found[-1] = (found[-1][0], found[-1][1], found[-1][2] + high - low)
-            else:
-                found.append((low, address, high - low))
+        self._runs(self.top, 0, 0, start, start + length, found)
         return found
 
+    def _runs(self, table: int, level: int, base: int, start: int, end: int, found: List[Run]) -> None:
+        entries = self._table(table, level)
+        if entries is None:
+            return
+        shift = self._shifts[level]
+        span = 1 << shift
+        last = level == len(self.paging.levels) - 1
+        large_allowed = self.paging.levels[level][1]
+        frame_mask = self._frame_mask
+        transition = self.paging.transition
+        first = max(0, (start - base) >> shift)
+        final = min(len(entries) - 1, (end - 1 - base) >> shift)
+        for index in range(first, final + 1):
+            entry = entries[index]
+            if not entry & 1 and not (transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION):
+                continue
+            virtual = base + (index << shift)
+            if last or (large_allowed and entry & LARGE_PAGE):
+                address = self._leaf_physical(entry, span) if not last else entry & frame_mask
+                low = virtual if virtual > start else start
+                high = virtual + span if virtual + span < end else end
+                address += low - virtual
+                if found:
+                    previous = found[-1]
+                    if previous[0] + previous[2] == low and previous[1] + previous[2] == address:
+                        found[-1] = (previous[0], previous[1], previous[2] + high - low)
+                        continue
+                found.append((low, address, high - low))
+            else:
+                self._runs(entry & frame_mask, level + 1, virtual, start, end, found)
 
 class BulkReader:
     """Kernel virtual ranges read by one translation and large physical reads (see the module
@@ -289,21 +388,32 @@ class BulkReader:
         physical = PhysicalReader(context, paging.physical)
         return cls(PageTables(paging, physical), physical, layer.address_mask)
 
-    def read(self, start: int, length: int) -> Tuple[bytes, List[Tuple[int, int]]]:
+    def read(self, start: int, length: int, into: Optional[bytearray] = None) -> Tuple[Buffer, List[Tuple[int, int]]]:
         """The bytes of [start, start + length) (zeros where nothing is mapped) and the
-        (start, length) of the pieces that are not mapped."""
+        (start, length) of the pieces that are not mapped. With ``into`` (at least ``length``
+        long) they are read into it and a view of it is returned: a scan reuses one buffer
+        instead of allocating a megabyte per read."""
         start &= self.mask
-        buffer = bytearray(length)
+        buffer: Buffer = bytearray(length) if into is None else memoryview(into)[:length]
         holes: List[Tuple[int, int]] = []
         cursor = start
-        for virtual, physical, size in self.tables.runs(start, length):
+        descriptor = self.physical.single_file()
+        view = memoryview(buffer)
+        for virtual, address, size in self.tables.runs(start, length):
             if virtual > cursor:
                 holes.append((cursor, virtual - cursor))
-            self.physical.read_into(buffer, virtual - start, physical, size)
+            if descriptor is not None:
+                # A raw image: the physical address is the file offset (the hot loop of a scan).
+                os.preadv(descriptor, [view[virtual - start : virtual - start + size]], address)
+            else:
+                self.physical.read_into(buffer, virtual - start, address, size)
             cursor = virtual + size
         if cursor < start + length:
             holes.append((cursor, start + length - cursor))
-        return bytes(buffer), holes
+        if into is not None:
+            for hole, size in holes:
+                buffer[hole - start : hole - start + size] = bytes(size)
+        return buffer, holes
 
 
 def kernel_mappings(kernel: "KernelContext", frames: Sequence[int]) -> Dict[int, List[int]]:
