@@ -5,7 +5,9 @@ image, and every relative link they hold leads to a file and, for a page, to one
 
 Shell blocks (```sh) start with a comment saying what they are:
 - ``# On the demo image:`` each command runs here, in a folder holding the demo image that
-  ``./scripts/demo`` forges (``demo/``), and must succeed without a traceback;
+  ``./scripts/demo`` forges (``demo/``), and must succeed without a traceback; a command may end
+  in ``> FILE`` (its output written to FILE in that folder, for the commands after it): a block
+  holding one is a recipe, its commands run in order, in one test;
 - ``# Example for a real image`` ... not run (there is no real image here); its plugin names are
   still checked;
 - ``# In a checkout`` ... the README's two commands and docs/FLEET.md's fleet demo, run from a
@@ -151,18 +153,37 @@ def demo_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def demo_commands() -> List[Tuple[str, str]]:
-    return [(str(path.relative_to(REPO)), command)
-            for path, lines in shell_blocks() if lines[0].startswith(DEMO) for command in commands(lines)]
+def demo_commands() -> List[Tuple[str, Tuple[str, ...]]]:
+    """Each command of the demo blocks on its own; a recipe's (a block with a ``> FILE``) together."""
+    found: List[Tuple[str, Tuple[str, ...]]] = []
+    for path, lines in shell_blocks():
+        if not lines[0].startswith(DEMO):
+            continue
+        block = commands(lines)
+        doc = str(path.relative_to(REPO))
+        if any(" > " in command for command in block):
+            found.append((doc, tuple(block)))
+        else:
+            found += [(doc, (command,)) for command in block]
+    return found
 
 
-@pytest.mark.parametrize("doc,command", demo_commands())
-def test_demo_commands_run(demo_folder, tmp_path, doc, command):
+def run_demo_command(folder: Path, home: Path, command: str) -> None:
+    """One command as the shell would run it in ``folder``, ``> FILE`` writing FILE there."""
+    command, _, target = command.partition(" > ")
     argv = shlex.split(command)
     assert argv[0] in ("vol-callbackobjects", "vol"), command
     argv[0] = str(BIN / argv[0])
-    env = dict(os.environ, HOME=str(tmp_path))  # Volatility caches under ~/.cache: one per test
-    result = subprocess.run(argv, cwd=demo_folder, capture_output=True, text=True, env=env, timeout=300)
+    env = dict(os.environ, HOME=str(home))  # Volatility caches under ~/.cache: one per test
+    result = subprocess.run(argv, cwd=folder, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, (command, result.stderr[-3000:])
     assert "Traceback" not in result.stderr
     assert result.stdout.strip(), command
+    if target:
+        (folder / target.strip()).write_text(result.stdout)
+
+
+@pytest.mark.parametrize("doc,recipe", demo_commands())
+def test_demo_commands_run(demo_folder, tmp_path, doc, recipe):
+    for command in recipe:
+        run_demo_command(demo_folder, tmp_path, command)

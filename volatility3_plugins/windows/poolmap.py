@@ -103,7 +103,7 @@ class PoolMap(interfaces.plugins.PluginInterface):
             requirements.ListRequirement(name="join", element_type=str, optional=True,
                                          description="JSON outputs (-r json) of pool scanners (windows.psscan, "
                                          "windows.modscan, windows.driverscan, windows.filescan, ...): the block "
-                                         "holding each of their hits"),
+                                         "holding each of their hits (--tag, --state and --pool select among them)"),
         ]
 
     # -- classmethods --------------------------------------------------------------------
@@ -204,7 +204,7 @@ class PoolMap(interfaces.plugins.PluginInterface):
                         raise JoinError(f"{path}: physical offsets ({PHYSICAL_COLUMN}); run the scanner without --physical")
                     raise JoinError(f"{path}: a row without an Offset(V) or Offset column")
                 names = [name for name in HIT_FIRST if name in row] + [name for name in row if name not in HIT_FIRST]
-                described = [f"{name}={row[name]}" for name in names
+                described = [f"{name}={_shown(row[name])}" for name in names
                              if name != column and not name.startswith("__") and row[name] not in (None, "", "Disabled")]
                 hits.append((row[column], " ".join(described[:HIT_COLUMNS])))
         return hits
@@ -252,8 +252,12 @@ class PoolMap(interfaces.plugins.PluginInterface):
         self._report(kernel, pool_map)
 
     def _lookups(self, kernel: KernelContext, pool_map: PoolMap, queries: List[Tuple[int, Optional[str]]],
-                 neighbours: bool) -> Iterator[Tuple[int, Tuple]]:
+                 neighbours: bool, wanted: BlockFilter) -> Iterator[Tuple[int, Tuple]]:
+        """The block holding each address (with its neighbours for ``--address``); joined hits
+        are kept only where their block passes ``--tag``, ``--state`` and ``--pool``."""
         for found in self.lookup(self.context, kernel.kernel_module_name, queries, kernel=kernel, pool_map=pool_map):
+            if found.hit is not None and not wanted.selects_all and (found.block is None or not wanted.wants(found.block)):
+                continue
             head = (format_hints.Hex(found.query), _absent(found.hit))
             if found.block is None:
                 yield 0, head + (NO_BLOCK,) + self.block_values(kernel, None)
@@ -282,10 +286,18 @@ class PoolMap(interfaces.plugins.PluginInterface):
         pool_map = self.open_pool_map(self.context, self.config["kernel"], kernel)
         self._said = len(getattr(pool_map, "problems", []))
         if addresses or joined:
-            return renderers.TreeGrid(LOOKUP_COLUMNS, self._lookups(kernel, pool_map, addresses + joined, bool(addresses)))
+            return renderers.TreeGrid(
+                LOOKUP_COLUMNS, self._lookups(kernel, pool_map, addresses + joined, bool(addresses), wanted))
         if self.config.get("summary", False):
             return renderers.TreeGrid(SUMMARY_COLUMNS, self._summary(kernel, pool_map, wanted))
         return renderers.TreeGrid(BLOCK_COLUMNS, self._listing(kernel, pool_map, wanted))
+
+
+def _shown(value: Any) -> str:
+    """A joined row's value as its plugin printed it: addresses (JSON gives them as numbers) in hex."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0xFFFF:
+        return hex(value)
+    return str(value)
 
 
 def _flatten(rows: Iterable[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:

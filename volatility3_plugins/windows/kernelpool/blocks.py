@@ -51,6 +51,10 @@ class BlockFilter:
         object.__setattr__(self, "_patterns", escaped)
         object.__setattr__(self, "_cache", {})
 
+    @property
+    def selects_all(self) -> bool:
+        return not self.tags and not self.states and not self.pools
+
     def wants_pool(self, pool: str) -> bool:
         return not self.pools or pool in self.pools
 
