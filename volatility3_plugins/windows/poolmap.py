@@ -124,6 +124,15 @@ class PoolMap(interfaces.plugins.PluginInterface):
         return open_pool_map(kernel, ALL_POOLS)
 
     @classmethod
+    def _opened(
+        cls, context: interfaces.context.ContextInterface, kernel_module_name: str, kernel: Optional[KernelContext],
+        pool_map: Optional[PoolMap],
+    ) -> Tuple[KernelContext, PoolMap]:
+        """The run context and the pool map a classmethod was given, built where it was not."""
+        kernel = kernel or cls.build_kernel_context(context, kernel_module_name)
+        return kernel, pool_map or cls.open_pool_map(context, kernel_module_name, kernel)
+
+    @classmethod
     def list_blocks(
         cls,
         context: interfaces.context.ContextInterface,
@@ -145,8 +154,7 @@ class PoolMap(interfaces.plugins.PluginInterface):
             The blocks: address (pool header, or first byte of a big allocation), size, tag,
             pool, allocator and state
         """
-        kernel = kernel or cls.build_kernel_context(context, kernel_module_name)
-        pool_map = pool_map or cls.open_pool_map(context, kernel_module_name, kernel)
+        _kernel, pool_map = cls._opened(context, kernel_module_name, kernel, pool_map)
         return iter(wanted.select(pool_map.batches()))
 
     @classmethod
@@ -160,8 +168,7 @@ class PoolMap(interfaces.plugins.PluginInterface):
     ) -> List[TagSummary]:
         """Per tag and pool: blocks and bytes allocated, freed and of unknown state, most
         allocated bytes first (arguments as :meth:`list_blocks`)."""
-        kernel = kernel or cls.build_kernel_context(context, kernel_module_name)
-        pool_map = pool_map or cls.open_pool_map(context, kernel_module_name, kernel)
+        _kernel, pool_map = cls._opened(context, kernel_module_name, kernel, pool_map)
         return pool_blocks.summarise(pool_map.batches(), wanted)
 
     @classmethod
@@ -175,8 +182,7 @@ class PoolMap(interfaces.plugins.PluginInterface):
     ) -> List[Lookup]:
         """For each (address, description) the block holding the address and its neighbours
         in its subsegment or page (arguments as :meth:`list_blocks`)."""
-        kernel = kernel or cls.build_kernel_context(context, kernel_module_name)
-        pool_map = pool_map or cls.open_pool_map(context, kernel_module_name, kernel)
+        kernel, pool_map = cls._opened(context, kernel_module_name, kernel, pool_map)
         found = []
         for address, hit in addresses:
             before, block, after = pool_map.neighbours(address & kernel.mask)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 from volatility3.framework import exceptions
 
 from ..kernelread.addresses import kernel_half_start
-from .state import NONPAGED, NONPAGED_NX, NONPAGED_SESSION, PAGED, PAGED_SESSION
+from .state import (BIG_PAGE, NONPAGED, NONPAGED_NX, NONPAGED_SESSION, PAGED, PAGED_SESSION, BlockBatch, BlockState,
+                    MetadataPoolMap)
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -88,3 +89,28 @@ def read_big_pages(kernel: "KernelContext") -> Tuple[List[BigPage], Optional[str
         ))
     found.sort(key=lambda page: (page.address, page.freed))
     return found, None
+
+
+def big_batch(page: BigPage) -> BlockBatch:
+    """A big allocation as a block of its own (allocator ``big page``)."""
+    return BlockBatch(page.pool, BIG_PAGE, [page.address], page.size, [int.from_bytes(page.tag, "little")],
+                      [BlockState.FREED if page.freed else BlockState.ALLOCATED])
+
+
+class BigPageEntries(MetadataPoolMap):
+    """A reader's ``nt!PoolBigPageTable`` entries in the pools it was opened for, read once
+    (both allocators keep the table)."""
+
+    _big: Optional[List[BigPage]] = None
+
+    def _wanted(self, pool: str) -> bool:
+        return pool in self._pools
+
+    @property
+    def big_pages(self) -> List[BigPage]:
+        if self._big is None:
+            found, problem = read_big_pages(self._kernel)
+            if problem is not None:
+                self._incomplete(problem)
+            self._big = [page for page in found if self._wanted(page.pool)]
+        return self._big

@@ -27,11 +27,11 @@ from volatility3.framework import exceptions
 from ..kernelread import lists
 from ..kernelread.views import ViewError, array_member, member_offset, type_name
 from ..kernelread.addresses import PAGE_SIZE
-from .big_pages import BigPage, pool_of, read_big_pages
+from .big_pages import BigPageEntries, big_batch, pool_of
 from .classic_pages import Link, candidate_pages, spans, tile_page
 from .headers import CHAIN_MEMBERS, POOL_IN_USE_BIT, block_unit, pool_header_view
-from .state import (BIG_PAGE, CLASSIC, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockBatch, BlockState,
-                    MetadataPoolMap, PoolMetadataUnavailable, Region)
+from .state import (CLASSIC, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockBatch, BlockState,
+                    PoolMetadataUnavailable, Region)
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -56,7 +56,7 @@ DESCRIPTORS = (
 )
 
 
-class ClassicPoolMap(MetadataPoolMap):
+class ClassicPoolMap(BigPageEntries):
     """Freed blocks of the classic pool: the header bit, corroborated by the free lists."""
 
     name = "classic pool"
@@ -72,7 +72,6 @@ class ClassicPoolMap(MetadataPoolMap):
         except ViewError as excp:
             raise PoolMetadataUnavailable(f"pool headers cannot be decoded: {excp}") from excp
         self._unit = block_unit(kernel.pointer_size)
-        self._big: Optional[List[BigPage]] = None
         self._on_free_lists: Set[int] = set()
         self._walk_lookasides()
         self._walk_descriptors()
@@ -209,16 +208,6 @@ class ClassicPoolMap(MetadataPoolMap):
         # The header cannot tell NonPagedPoolNx from NonPagedPool (see the module docstring).
         return pool in self._pools or (pool == NONPAGED and NONPAGED_NX in self._pools)
 
-    @property
-    def big_pages(self) -> List[BigPage]:
-        """``nt!PoolBigPageTable``'s allocations in the pools of this map, read once."""
-        if self._big is None:
-            found, problem = read_big_pages(self._kernel)
-            if problem is not None:
-                self._incomplete(problem)
-            self._big = [page for page in found if self._wanted(page.pool)]
-        return self._big
-
     def _page_batch(self, page: int, links: List[Link]) -> Optional[BlockBatch]:
         """The blocks of a pool page, or None when the page is of a pool not asked for."""
         in_use = [pool_type for _offset, _units, pool_type, _tag in links if pool_type & POOL_IN_USE_BIT]
@@ -237,11 +226,6 @@ class ClassicPoolMap(MetadataPoolMap):
             freed = header in self._on_free_lists or not pool_type & POOL_IN_USE_BIT
             states.append(BlockState.FREED if freed else BlockState.ALLOCATED)
         return BlockBatch(pool, CLASSIC, addresses, sizes, tags, states)
-
-    @staticmethod
-    def _big_batch(page: BigPage) -> BlockBatch:
-        return BlockBatch(page.pool, BIG_PAGE, [page.address], page.size, [int.from_bytes(page.tag, "little")],
-                          [BlockState.FREED if page.freed else BlockState.ALLOCATED])
 
     def _pool_pages(self) -> Iterator[BlockBatch]:
         kernel = self._kernel
@@ -264,17 +248,17 @@ class ClassicPoolMap(MetadataPoolMap):
         position = 0
         for batch in self._pool_pages():
             while position < len(big) and big[position].address < batch.addresses[0]:
-                yield self._big_batch(big[position])
+                yield big_batch(big[position])
                 position += 1
             yield batch
         for page in big[position:]:
-            yield self._big_batch(page)
+            yield big_batch(page)
 
     def batch_containing(self, address: int) -> Optional[BlockBatch]:
         address &= self._kernel.mask
         for page in self.big_pages:
             if page.address <= address < page.address + page.size and not page.freed:
-                return self._big_batch(page)
+                return big_batch(page)
         start = address & ~(PAGE_SIZE - 1)
         try:
             data = self._kernel.reader.read(start, PAGE_SIZE)
@@ -285,5 +269,5 @@ class ClassicPoolMap(MetadataPoolMap):
             return self._page_batch(start, links)
         for page in self.big_pages:
             if page.address <= address < page.address + page.size:
-                return self._big_batch(page)
+                return big_batch(page)
         return None

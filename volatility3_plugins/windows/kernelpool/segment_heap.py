@@ -50,10 +50,10 @@ from volatility3.framework import exceptions
 from ..kernelread import lists
 from ..kernelread.addresses import canonical
 from ..kernelread.views import BITS, StructView, ViewError, array_member, member_offset, type_name
-from .big_pages import BigPage, read_big_pages
+from .big_pages import BigPage, BigPageEntries, big_batch
 from .headers import block_unit
-from .state import (BIG_PAGE, LARGE, LFH, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, VS, BlockBatch, BlockState,
-                    MetadataPoolMap, PoolMetadataUnavailable, Region, RegionIndex)
+from .state import (LARGE, LFH, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, VS, BlockBatch, BlockState,
+                    PoolMetadataUnavailable, Region, RegionIndex)
 from .subsegments import LfhBlocks, SubsegmentDecoder, VsChunks, unknown_batch
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ READ_SPAN = 4 << 20
 Subsegment = Region
 
 
-class SegmentHeapMap(MetadataPoolMap):
+class SegmentHeapMap(BigPageEntries):
     """The segment heap's view of the pools asked for (see the module docstring)."""
 
     name = "segment heap"
@@ -109,9 +109,7 @@ class SegmentHeapMap(MetadataPoolMap):
         self._index = RegionIndex(subsegments)
         #: Pool headers of the VS chunks on a delay-free list: freed, though they decode allocated.
         self.delayed: FrozenSet[int] = frozenset(delayed)
-        self._lfh: Dict[int, Optional[LfhBlocks]] = {}
-        self._vs: Dict[int, Optional[VsChunks]] = {}
-        self._big: Optional[List[BigPage]] = None
+        self._decoded: Dict[int, object] = {}  # subsegment -> its LfhBlocks or VsChunks (None: undecodable)
 
     # -- layouts -------------------------------------------------------------------------
 
@@ -272,15 +270,15 @@ class SegmentHeapMap(MetadataPoolMap):
         if region is None or region.kind == "large":
             return BlockState.UNKNOWN
         if region.kind == "lfh":
-            blocks = self._lfh_blocks(region)
-            if blocks is None:
+            blocks = self._decode(region)
+            if not isinstance(blocks, LfhBlocks):
                 return BlockState.UNKNOWN
             offset = header - region.start - blocks.first
             if offset < 0 or offset % blocks.size or offset // blocks.size >= blocks.count:
                 return BlockState.NOT_A_BLOCK
             return BlockState.ALLOCATED if blocks.busy(offset // blocks.size) else BlockState.FREED
-        chunks = self._vs_chunks(region)
-        if chunks is None:
+        chunks = self._decode(region)
+        if not isinstance(chunks, VsChunks):
             return BlockState.UNKNOWN
         position = bisect.bisect_right(chunks.starts, header) - 1
         if position < 0 or header >= chunks.ends[position]:
@@ -293,35 +291,19 @@ class SegmentHeapMap(MetadataPoolMap):
         except exceptions.InvalidAddressException:
             return None
 
-    def _lfh_blocks(self, region: Subsegment) -> Optional[LfhBlocks]:
-        if region.start not in self._lfh:
+    def _decode(self, region: Subsegment) -> object:
+        """A subsegment's decoded slots (LFH) or chunks (VS), read and decoded once for
+        :meth:`state`; None (said once) when they do not decode."""
+        if region.start not in self._decoded:
             data = self._read(region)
-            found = self.decoder.lfh(region, data) if data is not None else None
+            decode = self.decoder.lfh if region.kind == "lfh" else self.decoder.vs
+            found = decode(region, data) if data is not None else None
             if found is None:
-                self._incomplete(f"LFH subsegment {region.start:#x}: block offsets or bitmap do not validate")
-            self._lfh[region.start] = found
-        return self._lfh[region.start]
-
-    def _vs_chunks(self, region: Subsegment) -> Optional[VsChunks]:
-        if region.start not in self._vs:
-            data = self._read(region)
-            found = self.decoder.vs(region, data) if data is not None else None
-            if found is None:
-                self._incomplete(f"VS subsegment {region.start:#x}: header or chunks do not validate")
-            self._vs[region.start] = found
-        return self._vs[region.start]
+                self._incomplete(f"{region.kind.upper()} subsegment {region.start:#x}: its metadata does not validate")
+            self._decoded[region.start] = found
+        return self._decoded[region.start]
 
     # -- every block ---------------------------------------------------------------------
-
-    @property
-    def big_pages(self) -> List[BigPage]:
-        """``nt!PoolBigPageTable``'s allocations in the pools of this map, read once."""
-        if self._big is None:
-            found, problem = read_big_pages(self._kernel)
-            if problem is not None:
-                self._incomplete(problem)
-            self._big = [page for page in found if page.pool in self._pools]
-        return self._big
 
     def _batch(self, region: Subsegment, data: Optional[bytes], big: Dict[int, BigPage]) -> BlockBatch:
         """The blocks of one range whose bytes are ``data`` (None: not all mapped)."""
@@ -379,7 +361,7 @@ class SegmentHeapMap(MetadataPoolMap):
             span_start = group[0].start
             for region in group:
                 while position < len(loose) and loose[position].address < region.start:
-                    yield self._big_batch(loose[position])
+                    yield big_batch(loose[position])
                     position += 1
                 if region.kind == "large":
                     yield self._batch(region, None, big)
@@ -387,12 +369,7 @@ class SegmentHeapMap(MetadataPoolMap):
                 piece = data[region.start - span_start : region.end - span_start] if data is not None else self._read(region)
                 yield self._batch(region, piece, big)
         for page in loose[position:]:
-            yield self._big_batch(page)
-
-    @staticmethod
-    def _big_batch(page: BigPage) -> BlockBatch:
-        return BlockBatch(page.pool, BIG_PAGE, [page.address], page.size, [int.from_bytes(page.tag, "little")],
-                          [BlockState.FREED if page.freed else BlockState.ALLOCATED])
+            yield big_batch(page)
 
     def batch_containing(self, address: int) -> Optional[BlockBatch]:
         address &= self._kernel.mask
@@ -402,5 +379,5 @@ class SegmentHeapMap(MetadataPoolMap):
             return self._batch(region, None if region.kind == "large" else self._read(region), big)
         for page in self.big_pages:
             if page.address <= address < page.address + page.size:
-                return self._big_batch(page)
+                return big_batch(page)
         return None

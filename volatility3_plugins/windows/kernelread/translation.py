@@ -305,23 +305,32 @@ class PageTables:
         top-level entry that maps the tables themselves."""
         return self._leaves(self.top, 0, 0, start, end, skip_self_map)
 
-    def _leaves(self, table: int, level: int, base: int, start: int, end: int,
-                skip_self_map: bool) -> Iterator[Tuple[int, int, int]]:
+    def _level(self, table: int, level: int, base: int, start: int,
+               end: int) -> Optional[Tuple[array.array, int, bool, bool, range]]:
+        """What a walk needs of the table at ``table``, of level ``level``, mapping from ``base``:
+        its entries, the bits each maps, whether it is the last level, whether it may map large
+        pages, and the indices that cover part of [start, end); None when it is no table."""
         entries = self._table(table, level)
         if entries is None:
-            return
+            return None
         shift = self._shifts[level]
-        span = 1 << shift
-        last = level == len(self.paging.levels) - 1
-        large_allowed = self.paging.levels[level][1]
+        indices = range(max(0, (start - base) >> shift), min(len(entries) - 1, (end - 1 - base) >> shift) + 1)
+        return entries, shift, level == len(self.paging.levels) - 1, self.paging.levels[level][1], indices
+
+    def _leaves(self, table: int, level: int, base: int, start: int, end: int,
+                skip_self_map: bool) -> Iterator[Tuple[int, int, int]]:
+        found = self._level(table, level, base, start, end)
+        if found is None:
+            return
+        entries, shift, last, large_allowed, indices = found
         self_map = self.paging.dtb & self._frame_mask if skip_self_map and level == 0 else None
-        for index in range(max(0, (start - base) >> shift), min(len(entries) - 1, (end - 1 - base) >> shift) + 1):
+        for index in indices:
             entry = entries[index]
             if not entry & 1 and not self._valid(entry):
                 continue
             virtual = base + (index << shift)
             if last or (large_allowed and entry & LARGE_PAGE):
-                yield virtual, self._leaf_physical(entry, span), span
+                yield virtual, self._leaf_physical(entry, 1 << shift), 1 << shift
                 continue
             target = entry & self._frame_mask
             if target != self_map:
@@ -336,18 +345,14 @@ class PageTables:
         return found
 
     def _runs(self, table: int, level: int, base: int, start: int, end: int, found: List[Run]) -> None:
-        entries = self._table(table, level)
-        if entries is None:
+        level_found = self._level(table, level, base, start, end)
+        if level_found is None:
             return
-        shift = self._shifts[level]
+        entries, shift, last, large_allowed, indices = level_found
         span = 1 << shift
-        last = level == len(self.paging.levels) - 1
-        large_allowed = self.paging.levels[level][1]
         frame_mask = self._frame_mask
         transition = self.paging.transition
-        first = max(0, (start - base) >> shift)
-        final = min(len(entries) - 1, (end - 1 - base) >> shift)
-        for index in range(first, final + 1):
+        for index in indices:
             entry = entries[index]
             if not entry & 1 and not (transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION):
                 continue
@@ -427,8 +432,8 @@ def kernel_mappings(kernel: "KernelContext", frames: Sequence[int]) -> Dict[int,
     wanted = sorted(set(frames))
     start = kernel_half_start(kernel.pointer_size) & kernel.mask
     tables = bulk.tables
-    for virtual, physical, span in tables.leaves(start, 1 << tables.top_shift, skip_self_map=True):
-        first = physical >> 12
+    for virtual, address, span in tables.leaves(start, 1 << tables.top_shift, skip_self_map=True):
+        first = address >> 12
         if span == PAGE_SIZE:
             position = bisect.bisect_left(wanted, first)
             if position < len(wanted) and wanted[position] == first:
