@@ -270,7 +270,3 @@ def unknown_batch(region: Region, allocator: str) -> BlockBatch:
     """A subsegment whose metadata does not decode (or is not mapped): one block of unknown state."""
     return BlockBatch(region.pool, allocator, [region.start], region.length, [None], [BlockState.UNKNOWN])
 
-
-def tiles(batch: BlockBatch) -> List[Tuple[int, int]]:
-    """(address, size) of a batch's blocks, for tests and summaries."""
-    return [(batch.addresses[index], batch.size(index)) for index in range(len(batch))]
