@@ -78,8 +78,8 @@ MAX_SEGMENTS = 0x10000  # per segment context: 64 GiB of 1 MiB segments
 DESCRIPTORS = 256
 #: The delay-free list holds 32 chunks; a longer chain is damage.
 MAX_DELAYED = 1024
-#: Bytes of neighbouring subsegments read at once when enumerating.
-READ_SPAN = 4 << 20
+#: Bytes of neighbouring subsegments read at once when enumerating (into one reused buffer).
+READ_SPAN = 1 << 20
 
 #: An LFH, VS or large range of a page segment (``kind`` "lfh", "vs" or "large").
 Subsegment = Region
@@ -110,6 +110,7 @@ class SegmentHeapMap(BigPageEntries):
         #: Pool headers of the VS chunks on a delay-free list: freed, though they decode allocated.
         self.delayed: FrozenSet[int] = frozenset(delayed)
         self._decoded: Dict[int, object] = {}  # subsegment -> its LfhBlocks or VsChunks (None: undecodable)
+        self._span_buffer = bytearray()
 
     # -- layouts -------------------------------------------------------------------------
 
@@ -345,12 +346,17 @@ class SegmentHeapMap(BigPageEntries):
         if group:
             yield group, self._read_span(group)
 
-    def _read_span(self, group: List[Subsegment]) -> Optional[bytes]:
+    def _read_span(self, group: List[Subsegment]) -> Optional[memoryview]:
+        """The bytes of ``group``, in a buffer the next span reuses (every batch of a span is
+        built, its columns copied out, before the next span is read)."""
         bulk = self._kernel.bulk
         if bulk is None:
             return None
-        data, holes = bulk.read(group[0].start, group[-1].end - group[0].start)
-        return data if not holes else None
+        length = group[-1].end - group[0].start
+        if len(self._span_buffer) < length:
+            self._span_buffer = bytearray(length)
+        data, holes = bulk.read(group[0].start, length, self._span_buffer)
+        return memoryview(data) if not holes else None
 
     def batches(self) -> Iterator[BlockBatch]:
         big = {page.address: page for page in self.big_pages if not page.freed}

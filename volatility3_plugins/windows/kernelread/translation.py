@@ -213,14 +213,17 @@ class PhysicalReader:
 
         return read
 
-    def single_file(self) -> Optional[int]:
-        """Our descriptor of the image file when the whole layer is that one file read as it is
-        (a raw image): physical address = file offset. None otherwise."""
+    def single_file(self) -> Optional[Tuple[int, int, int, int]]:
+        """(our descriptor of the image file, the file offset of physical address 0, the first
+        and the end of the physical addresses there) when one run of the file holds the whole
+        layer: a raw image, or a crash dump of one run of physical memory. None otherwise."""
         if not self._built:
             self._build()
-        if len(self._pieces) != 1 or self._pieces[0][0] != 0 or self._pieces[0][3] != 0:
+        if len(self._pieces) != 1:
             return None
-        return self._descriptor(self._pieces[0][2])
+        start, stop, below, mapped = self._pieces[0]
+        descriptor = self._descriptor(below)
+        return None if descriptor is None else (descriptor, mapped - start, start, stop)
 
     def _covers(self, address: int, length: int) -> bool:
         """Whether one piece of the layer holds all of [address, address + length)."""
@@ -402,14 +405,14 @@ class BulkReader:
         buffer: Buffer = bytearray(length) if into is None else memoryview(into)[:length]
         holes: List[Tuple[int, int]] = []
         cursor = start
-        descriptor = self.physical.single_file()
+        single = self.physical.single_file()
         view = memoryview(buffer)
         for virtual, address, size in self.tables.runs(start, length):
             if virtual > cursor:
                 holes.append((cursor, virtual - cursor))
-            if descriptor is not None:
-                # A raw image: the physical address is the file offset (the hot loop of a scan).
-                os.preadv(descriptor, [view[virtual - start : virtual - start + size]], address)
+            if single is not None and single[2] <= address and address + size <= single[3]:
+                # One run of the file holds physical memory: a positioned read (the hot loop).
+                os.preadv(single[0], [view[virtual - start : virtual - start + size]], address + single[1])
             else:
                 self.physical.read_into(buffer, virtual - start, address, size)
             cursor = virtual + size
