@@ -5,7 +5,9 @@ image, and every relative link they hold leads to a file and, for a page, to one
 
 Shell blocks (```sh) start with a comment saying what they are:
 - ``# On the demo image:`` each command runs here, in a folder holding the demo image that
-  ``./scripts/demo`` forges (``demo/``), and must succeed without a traceback;
+  ``./scripts/demo`` forges (``demo/``), and must succeed without a traceback; a command may end
+  in ``> FILE`` (its output written to FILE in that folder, for the commands after it): a block
+  holding one is a recipe, its commands run in order, in one test;
 - ``# Example for a real image`` ... not run (there is no real image here); its plugin names are
   still checked;
 - ``# In a checkout`` ... the README's two commands and docs/FLEET.md's fleet demo, run from a
@@ -151,16 +153,26 @@ def demo_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def demo_commands() -> List[Tuple[str, str]]:
-    return [(str(path.relative_to(REPO)), command)
-            for path, lines in shell_blocks() if lines[0].startswith(DEMO) for command in commands(lines)]
+def demo_commands() -> List[Tuple[str, Tuple[str, ...]]]:
+    """Each command of the demo blocks on its own; a recipe's (a block with a ``> FILE``) together."""
+    found: List[Tuple[str, Tuple[str, ...]]] = []
+    for path, lines in shell_blocks():
+        if not lines[0].startswith(DEMO):
+            continue
+        block = commands(lines)
+        doc = str(path.relative_to(REPO))
+        if any(" > " in command for command in block):
+            found.append((doc, tuple(block)))
+        else:
+            found += [(doc, (command,)) for command in block]
+    return found
 
 
-@pytest.mark.parametrize("doc,command", demo_commands())
-def test_demo_commands_run(demo_folder, tmp_path, doc, command):
-    """Each command as a responder types it: through the shell when it pipes commands into
-    volshell, with this environment's programs first on the PATH."""
-    env = dict(os.environ, HOME=str(tmp_path), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+def run_demo_command(folder: Path, home: Path, command: str) -> None:
+    """One command as a responder types it in ``folder``: through the shell when it pipes commands
+    into volshell, with this environment's programs first on the PATH; ``> FILE`` writes FILE there."""
+    command, _, target = command.partition(" > ")
+    env = dict(os.environ, HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if "|" in command:
         assert shlex.split(command.split("|")[-1])[0] == "vol-callbackobjects", command
         argv = ["bash", "-c", "set -o pipefail; " + command]
@@ -168,15 +180,23 @@ def test_demo_commands_run(demo_folder, tmp_path, doc, command):
         argv = shlex.split(command)
         assert argv[0] in ("vol-callbackobjects", "vol"), command
         argv[0] = str(BIN / argv[0])
-    result = subprocess.run(argv, cwd=demo_folder, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(argv, cwd=folder, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, (command, result.stderr[-3000:])
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout.strip(), command
     if "--dump" in argv:
         base = argv[argv.index("--base") + 1]
-        assert list((demo_folder / "demo").glob(f"*.{base}.dmp")), (command, result.stdout[-2000:])
+        assert list((folder / "demo").glob(f"*.{base}.dmp")), (command, result.stdout[-2000:])
     if "volshell" in command:
         assert "Error" not in result.stdout and re.search(r"0x[0-9a-f]+ +[0-9a-f]{2} [0-9a-f]{2}", result.stdout), result.stdout
+    if target:
+        (folder / target.strip()).write_text(result.stdout)
+
+
+@pytest.mark.parametrize("doc,recipe", demo_commands())
+def test_demo_commands_run(demo_folder, tmp_path, doc, recipe):
+    for command in recipe:
+        run_demo_command(demo_folder, tmp_path, command)
 
 
 def demo_truth_addresses() -> Set[int]:
@@ -193,7 +213,6 @@ def demo_truth_addresses() -> Set[int]:
 def test_the_demo_commands_name_the_demos_addresses():
     """The addresses the guide's demo commands give are the demo's own (its seed fixes them): a
     forge change that moves them must change the guide too."""
-    named = {int(address, 16) for _doc, command in demo_commands() for address in re.findall(r"0x[0-9a-f]{8,}", command)}
-    named |= {int(address, 16) for path, lines in shell_blocks() if lines[0].startswith(DEMO)
-              for line in lines for address in re.findall(r"0x[0-9a-f]{8,}", line)}
+    named = {int(address, 16) for path, lines in shell_blocks() if lines[0].startswith(DEMO)
+             for line in lines for address in re.findall(r"0x[0-9a-f]{8,}", line)}
     assert named and named <= demo_truth_addresses(), sorted(hex(a) for a in named - demo_truth_addresses())

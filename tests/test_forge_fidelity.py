@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
 from tests.forge.profiles.layout import KNOWN_BUILDS, KernelLayout
-from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json, volatility_rows
+from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json, volatility_plugin_rows
 from volatility3_plugins.common import crashdump_header
 
 FORMATS = ("raw", "dump")
@@ -122,7 +122,7 @@ def test_volatility_reads_the_memory_managers_globals(forged, vol_cache, profile
     the others none."""
     paths = forged("rootkit", profile)
     truth = paths["truth_data"]
-    rows = volatility_rows(paths["raw"], paths["symbols"], vol_cache, "windows.unloadedmodules.UnloadedModules")
+    rows, _warnings = volatility_plugin_rows(paths["raw"], paths["symbols"], vol_cache, "windows.unloadedmodules.UnloadedModules")
     assert [(row["Name"], row["StartAddress"], row["EndAddress"]) for row in rows] == [
         (entry["name"], entry["start"], entry["end"]) for entry in truth["unloaded_drivers"]] != []
     assert all(row["Time"].strftime("%Y-%m-%d %H:%M") == "2024-11-21 14:28" for row in rows)

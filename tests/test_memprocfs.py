@@ -30,6 +30,17 @@ the address with bit 0 set), is listed at its page, allocated, with its tag, siz
 
 MemProcFS must also see the forge's processes (it refuses an image with ten or fewer, and reads
 the build number only through ``smss.exe``) and the build.
+
+``windows.poolmap`` must agree with MemProcFS block for block where MemProcFS reports the block
+(address, tag, allocated or free, pool), and report every block MemProcFS must report, with these
+differences, each the two readers' different reading of the same metadata (docs/POOLMAP.md):
+- MemProcFS gives the caller's address and size (after the 16-byte pool header); the pool map
+  the pool header's address and the size with the header;
+- a VS chunk on the heap's delay-free list is freed for the pool map (the kernel took it back)
+  and allocated for MemProcFS when it lists it (it does not read that list);
+- a freed big-pool entry is freed for the pool map, allocated for MemProcFS;
+- on the classic pool MemProcFS's header scan calls every block allocated and can take data
+  inside a block for a header: only the tag of the blocks it lists at a block start is compared.
 """
 
 from dataclasses import dataclass
@@ -41,6 +52,7 @@ import pytest
 from tests.conftest import real_isf_params, require_real_isf
 from tests.forge.scenarios import forge_scenario
 from tests.memprocfs_harness import IMAGE_MEMORY, MemProcFS, unavailable_reason
+from tests.volatility_harness import volatility_plugin_rows
 
 FORMATS = ("raw", "dump")
 ADDRESS_MASK = (1 << 48) - 1  # the truth's addresses are the low 48 bits, as Volatility prints them
@@ -168,26 +180,74 @@ def forged_for_memprocfs(tmp_path_factory) -> Callable[[str, str], Dict[str, Any
     return build
 
 
-def check_image(memprocfs: MemProcFS, image: Dict[str, Any], fmt: str) -> None:
+#: The pool map's pools as MemProcFS's VMM_MAP_POOL_TP, and its allocators as VMM_MAP_POOL_TPSS.
+POOLMAP_POOLS = {"NonPagedPool": 1, "NonPagedPoolNx": 2, "PagedPool": 3}
+POOLMAP_KINDS = {"LFH": LFH, "VS": VS, "large": BIG, "big page": BIG}
+
+
+def shown_tag(text: Optional[str]) -> int:
+    """The raw tag of one the pool map printed (bytes outside printable ASCII as ``\\xNN``)."""
+    return int.from_bytes((text or "").encode("latin-1").decode("unicode_escape").encode("latin-1"), "little")
+
+
+def poolmap_disagreements(truth: Dict[str, Any], pool: Dict[int, Listed], rows: List[Dict[str, Any]]) -> List[str]:
+    """Where ``windows.poolmap``'s rows and MemProcFS's map disagree (see the module docstring)."""
+    heap = truth["pool"]["allocator"] == "segment_heap"
+    ours: Dict[int, Dict[str, Any]] = {}
+    for row in rows:  # by the address MemProcFS gives: the caller's, after the pool header
+        big = row["Allocator"] in ("large", "big page")
+        ours[row["Address"] + (0 if big else POOL_HEADER_SIZE)] = row
+    delayed = {block["body"] for block in truth["blocks"] if block["how"] == "vs_delay"}
+    wrong = []
+    if not heap:
+        at_start = [va for va, listed in pool.items() if va in ours]
+        wrong += [f"{va:#x}: MemProcFS's tag {pool[va].tag:#x}, the pool map's {ours[va]['Tag']!r}" for va in at_start
+                  if shown_tag(ours[va]["Tag"]) != pool[va].tag and pool[va].kind != BIG]
+        if len(at_start) < CLASSIC_LISTED_SHARE * len(pool):
+            wrong.append(f"only {len(at_start)} of MemProcFS's {len(pool)} entries at a pool map block")
+        return wrong
+    for va, listed in pool.items():
+        row = ours.get(va)
+        if row is None:
+            wrong.append(f"{va:#x}: MemProcFS lists {listed}, the pool map has no block there")
+            continue
+        allocated = row["State"] == "allocated"
+        if listed.kind == BIG or va in delayed:
+            allocated = True  # MemProcFS reads neither the delay-free list nor a big entry's free bit
+        size = row["Size"] - (0 if listed.kind == BIG else POOL_HEADER_SIZE)
+        got = Listed(shown_tag(row["Tag"]), allocated, POOLMAP_POOLS[row["Pool"]], POOLMAP_KINDS[row["Allocator"]], size)
+        if not agrees(listed, got) and not (va in delayed and (got.kind, got.pool) == (listed.kind, listed.pool)):
+            wrong.append(f"{va:#x}: MemProcFS lists {listed}, the pool map {got}")
+    for va, row in ours.items():
+        must = row["Allocator"] == "LFH" or (row["Allocator"] == "VS" and row["State"] == "allocated") \
+            or row["Allocator"] in ("large", "big page")
+        if must and va not in pool:
+            wrong.append(f"{va:#x}: the pool map's {row}, not in MemProcFS's map")
+    return wrong
+
+
+def check_image(memprocfs: MemProcFS, image: Dict[str, Any], fmt: str, cache: Path) -> None:
     truth = image["truth"]
     heap = truth["pool"]["allocator"] == "segment_heap"
     read = memprocfs.read(image[fmt], image["isf"], heap)
     pool = pool_map(read)
     wrong = process_disagreements(truth, read)
     wrong += segment_heap_disagreements(truth, pool) if heap else classic_disagreements(truth, pool)
+    rows, _warnings = volatility_plugin_rows(image[fmt], image["symbols"], cache, "windows.poolmap.PoolMap")
+    wrong += [f"poolmap: {line}" for line in poolmap_disagreements(truth, pool, rows)]
     assert not wrong, f"MemProcFS {read['memprocfs']} on {truth['profile']} ({fmt}):\n" + "\n".join(wrong[:40])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("scenario,profile", [("baseline", "win10"), ("rootkit", "win10"), ("baseline", "win7")])
-def test_pool_map_builtin_profiles(memprocfs, forged_for_memprocfs, scenario, profile, fmt):
-    check_image(memprocfs, forged_for_memprocfs(scenario, profile), fmt)
+def test_pool_map_builtin_profiles(memprocfs, forged_for_memprocfs, vol_cache, scenario, profile, fmt):
+    check_image(memprocfs, forged_for_memprocfs(scenario, profile), fmt, vol_cache)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("isf", real_isf_params())
-def test_pool_map_real_isf(memprocfs, forged_for_memprocfs, isf: Optional[str], fmt):
-    check_image(memprocfs, forged_for_memprocfs("baseline", require_real_isf(isf)), fmt)
+def test_pool_map_real_isf(memprocfs, forged_for_memprocfs, vol_cache, isf: Optional[str], fmt):
+    check_image(memprocfs, forged_for_memprocfs("baseline", require_real_isf(isf)), fmt, vol_cache)
 
 
 def test_disagreements_are_seen():
@@ -209,3 +269,22 @@ def test_disagreements_are_seen():
     assert classic_disagreements(truth, right) == []
     assert classic_disagreements(truth, {**right, 0x2010: Listed(tag_value("Cal1"), True, 3, 1, 0x80)})
     assert classic_disagreements(truth, {0x8000: right[0x8000]})  # no small block listed
+
+
+def test_poolmap_disagreements_are_seen():
+    """The comparison with the pool map fails on a row that misreports a block MemProcFS lists,
+    or on a block MemProcFS must list and does not; a delay-freed chunk is allowed either way."""
+    truth = {"pool": {"allocator": "segment_heap"},
+             "blocks": [{"body": 0x2010, "how": "vs_delay"}, {"body": 0x1010, "how": None}]}
+    listed = {0x1010: Listed(tag_value("CBRe"), False, 2, LFH, 0x40), 0x2010: Listed(tag_value("Call"), True, 3, VS, 0x80)}
+
+    def row(address, tag, state, pool, allocator, size):
+        return {"Address": address, "Tag": tag, "State": state, "Pool": pool, "Allocator": allocator, "Size": size}
+
+    right = [row(0x1000, "CBRe", "freed", "NonPagedPoolNx", "LFH", 0x50), row(0x2000, "Call", "freed", "PagedPool", "VS", 0x90)]
+    assert poolmap_disagreements(truth, listed, right) == []
+    allocated = [dict(right[0], State="allocated"), right[1]]
+    other_tag = [dict(right[0], Tag="CBRx"), right[1]]
+    unlisted = right + [row(0x3000, "Proc", "allocated", "NonPagedPoolNx", "VS", 0x100)]
+    for wrong in (allocated, other_tag, unlisted, right[1:]):
+        assert poolmap_disagreements(truth, listed, wrong)

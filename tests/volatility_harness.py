@@ -8,13 +8,14 @@ plugin in-process and gives its rows as ``-r json`` would, without the second of
 hundreds of plugins.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "volatility3_plugins"
@@ -147,10 +148,21 @@ def plugin_rows(image: Path, symbols: Path, cache: Path, **options: Any) -> Tupl
     """``windows.callbackobjects`` run in-process: (its rows as ``-r json`` gives them, the
     warnings it logged). ``options`` are the plugin's (``no_scan=True``, ``full_scan=True``).
     Automagic runs once per image; each call constructs the plugin anew on that context."""
-    import logging
-
     _prepare(symbols, cache)
     from volatility3.plugins.windows.callbackobjects import CallbackObjects
+
+    with collected_warnings() as records:
+        context, config_path = _image_context(image, symbols, cache)
+        for name in ("no_scan", "full_scan", "suspicious"):
+            context.config[f"{config_path}.{name}"] = options.get(name, False)
+        rows = grid_rows(CallbackObjects(context, config_path).run())
+    return rows, records
+
+
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[List[str]]:
+    """The messages Volatility and our plugins log at warning level or above, while in the block."""
+    import logging
 
     records: List[str] = []
 
@@ -162,13 +174,9 @@ def plugin_rows(image: Path, symbols: Path, cache: Path, **options: Any) -> Tupl
     logger = logging.getLogger("volatility3")
     logger.addHandler(handler)
     try:
-        context, config_path = _image_context(image, symbols, cache)
-        for name in ("no_scan", "full_scan", "suspicious"):
-            context.config[f"{config_path}.{name}"] = options.get(name, False)
-        rows = grid_rows(CallbackObjects(context, config_path).run())
+        yield records
     finally:
         logger.removeHandler(handler)
-    return rows, records
 
 
 def grid_rows(grid: Any) -> List[Dict[str, Any]]:
@@ -188,24 +196,30 @@ def grid_rows(grid: Any) -> List[Dict[str, Any]]:
     return rows
 
 
-def volatility_rows(image: Path, symbols: Path, cache: Path, plugin: str, **options: Any) -> List[Dict[str, Any]]:
-    """One of Volatility's own plugins (``windows.driverscan.DriverScan``) run in-process on the
-    image's cached context, its rows as ``-r json`` gives them."""
+def volatility_plugin_rows(image: Path, symbols: Path, cache: Path, plugin: str,
+                           **options: Any) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """A plugin (``windows.driverscan.DriverScan``, ``windows.poolmap.PoolMap``: a module and a
+    class of ``volatility3.plugins``) run in-process on the image's cached context, with
+    ``options`` (unset options: their defaults): its rows as ``-r json`` gives them, and the
+    warnings it logged."""
     import importlib
 
     context, kernel = kernel_context(image, symbols, cache)  # imports Volatility's plugins first
-    module_name, class_name = plugin.rsplit(".", 1)
+    module_name, _, class_name = plugin.rpartition(".")
     plugin_class = getattr(importlib.import_module(f"volatility3.plugins.{module_name}"), class_name)
     config_path = f"plugins.{class_name}"
     context.config[f"{config_path}.kernel"] = kernel
-    for name, value in options.items():
-        context.config[f"{config_path}.{name}"] = value
-    return grid_rows(plugin_class(context, config_path).run())
+    for requirement in plugin_class.get_requirements():
+        if requirement.name != "kernel":
+            context.config[f"{config_path}.{requirement.name}"] = options.get(requirement.name, requirement.default)
+    with collected_warnings() as records:
+        rows = grid_rows(plugin_class(context, config_path).run())
+    return rows, records
 
 
 def driverscan_rows(image: Path, symbols: Path, cache: Path) -> List[Dict[str, Any]]:
     """Volatility's own ``windows.driverscan`` run in-process on the image's cached context."""
-    return volatility_rows(image, symbols, cache, "windows.driverscan.DriverScan")
+    return volatility_plugin_rows(image, symbols, cache, "windows.driverscan.DriverScan")[0]
 
 
 def read_directory(context: Any, kernel_name: str, path: Sequence[str]) -> Dict[str, str]:

@@ -27,12 +27,16 @@ ALLOWED: Dict[str, Set[str]] = {
     "windows.kernelpool": {"windows.kernelread", "common"},
     "windows.callback_objects": {"windows.kernelread", "windows.kernelpool", "schema", "common"},
     "windows.plugins": {"windows.kernelread", "windows.kernelpool", "windows.callback_objects", "schema", "common"},
+    # The pool map plugin reads the pool for any purpose: nothing of callbacks or of the schema.
+    "windows.poolmap": {"windows.kernelread", "windows.kernelpool", "common"},
     "fleet": {"schema"},
     "layers": {"common"},
     "windows": set(),  # the package marker that merges plugin folders
     # the vol-callbackobjects command; "windows": volshell's plugin package, which it extends
     "entry": {"fleet", "schema", "windows"},
 }
+#: Plugins with a row of their own in :data:`ALLOWED` (the others share ``windows.plugins``).
+PLUGIN_PACKAGES = ("windows.poolmap",)
 #: Modules of ours that a module of a package may import when not all of that package is allowed.
 ONLY_MODULES: Dict[str, Set[str]] = {}
 #: Modules that must import nothing but the standard library.
@@ -57,6 +61,8 @@ def package_of(module: str) -> str:
             return "windows"
         if len(parts) >= 2 and (ROOT / "windows" / parts[1]).is_dir():
             return f"windows.{parts[1]}"
+        if module in PLUGIN_PACKAGES:
+            return module
         return "windows.plugins"
     return parts[0]
 

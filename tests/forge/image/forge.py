@@ -76,6 +76,7 @@ class ImageForge:
         self.expected_registrants: Dict[str, List[str]] = {}
         self._after_linking: List[Callable[["ImageForge"], None]] = []
         self._to_free: List[PoolBlock] = []
+        self._exits: List[PoolBlock] = []  # blocks of exited processes, freed last
         # What a scenario wants the ground truth to say beyond the inventory (truth.json "notes").
         self.notes: Dict[str, Any] = {}
         self._built = False
@@ -125,6 +126,14 @@ class ImageForge:
         """A running process (``_EPROCESS``); ``linked=False`` hides it from the process list."""
         return self.processes.create(name, pid, parent_pid, linked, session)
 
+    def add_exited_process(self, name: str, pid: int, parent_pid: int) -> Process:
+        """A process that ran and exited: off the list, its token, object and threads freed once
+        every list is written, after the unloaded drivers' objects (so that the frees of its
+        threads flush the heap's delay-free list over them, as later frees do)."""
+        process, blocks = self.processes.create_exited(name, pid, parent_pid)
+        self._exits.extend(blocks)
+        return process
+
     @property
     def unmapped_address(self) -> int:
         return self.machine.plan.unmapped
@@ -161,6 +170,10 @@ class ImageForge:
         self._built = True
         self._to_free += self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
         self.drivers.create_all(self.loader.modules)
+        for module in self.loader.unloaded:
+            if module.name.lower().endswith(".sys"):
+                self._to_free += self.drivers.create_deleted(module)
+        self._to_free += self._exits
         self.processes.link()
         self.objects.set_type_count("Callback", len(self.callbacks.live_objects))
         self.callbacks.link()

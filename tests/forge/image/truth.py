@@ -205,6 +205,7 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "sessions": {str(session): masked(space) for session, space in forge.memory_manager.sessions.items()},
         "physical_memory_runs": [list(run) for run in forge.machine.physical.runs()],
         "driver_objects": forge.drivers.records(),
+        "deleted_driver_objects": forge.drivers.deleted_records(),
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
         "callback_directory": sorted(c.name for c in forge.callbacks.live_objects if c.in_directory and c.name),
         "deleted_callback_objects": [masked(c.address) for c in forge.callbacks.callback_objects if c.deleted],

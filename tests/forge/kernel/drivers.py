@@ -16,15 +16,16 @@ build's ``_DRIVER_OBJECT`` and ``_DRIVER_EXTENSION``.
 
 A driver hidden from ``PsLoadedModuleList`` (DKOM) keeps its driver object, whose
 ``DriverSection`` still names its unlinked loader entry: that is what ``windows.driverscan``
-finds. An unloaded driver's object was deleted with it: it has none here (its freed block is not
-modelled). Only ``.sys`` images get one: DLLs the kernel imports (``hal.dll``) have no driver
+finds. An unloaded driver's object was deleted with it (:meth:`DriverObjects.create_deleted`):
+its directory entry removed (the entry block is not modelled), its object block and name
+buffers freed, ``DriverSection`` still naming the freed loader entry. Only ``.sys`` images get one: DLLs the kernel imports (``hal.dll``) have no driver
 object; export drivers (a ``.sys`` loaded only as an import) are not told apart.
 """
 
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..allocators.pool import PoolKind
+from ..allocators.pool import PoolBlock, PoolKind
 from ..memory.physical import masked
 from .machine import KernelMachine
 from .modules import LoadedModule
@@ -81,6 +82,7 @@ class DriverObjects:
         self.kernel_base = kernel_base
         self.directory = objects.create_directory(DRIVER_DIRECTORY)
         self.drivers: List[DriverObject] = []
+        self.deleted: List[DriverObject] = []  # of unloaded drivers: freed
 
     @property
     def dispatch_routine(self) -> Optional[int]:
@@ -98,14 +100,23 @@ class DriverObjects:
                 self.create(module)
         self.objects.set_type_count("Driver", len(self.drivers))
 
-    def create(self, module: LoadedModule) -> DriverObject:
+    def create_deleted(self, module: LoadedModule) -> List[PoolBlock]:
+        """The driver object of an unloaded driver, as ``IopLoadDriver`` created it and the
+        unload deleted it: in no directory; returns its blocks (object, then names), to free."""
+        driver = self.create(module, in_directory=False)
+        self.drivers.remove(driver)
+        self.deleted.append(driver)
+        return list(driver.kernel_object.blocks)
+
+    def create(self, module: LoadedModule, in_directory: bool = True) -> DriverObject:
         if module.entry is None:
             raise ValueError(f"{module.name}: its loader entry is not written yet (ModuleLoader.write_module_list)")
         layout, machine = self.layout, self.machine
         object_size = layout.size_of("_DRIVER_OBJECT")
         kernel_object = self.objects.create_object("Driver", object_size + layout.size_of("_DRIVER_EXTENSION"),
                                                    name=service_name(module), permanent=True)
-        self.objects.insert(self.directory, kernel_object)
+        if in_directory:
+            self.objects.insert(self.directory, kernel_object)
         body = kernel_object.body
         extension = body + object_size
         entry_point = module.base + module.image.entry_point_rva
@@ -137,3 +148,6 @@ class DriverObjects:
 
     def records(self) -> List[Dict[str, object]]:
         return [driver.record() for driver in self.drivers]
+
+    def deleted_records(self) -> List[Dict[str, object]]:
+        return [driver.record() for driver in self.deleted]

@@ -12,7 +12,17 @@ its ``Pcb`` (``_KPROCESS``) starts with a dispatcher header of type ``ProcessObj
 (``_KOBJECTS``) and size ``sizeof(_KPROCESS) / 4`` (the WRK's ``KeInitializeProcess``),
 ``SignalState`` 0 (a process is signalled when it exits), and ``DirectoryTableBase``; then
 ``UniqueProcessId``, ``InheritedFromUniqueProcessId``, ``ImageFileName`` (15 bytes, the first 14
-characters of the image name and a NUL) and the list links.
+characters of the image name and a NUL), ``CreateTime`` (a FILETIME: every process but System
+has one, which Volatility's ``EPROCESS.is_valid`` requires of a scan hit), an empty
+``ThreadListHead`` (pointing at itself) and the list links.
+
+A process that has exited (:meth:`ProcessList.create_exited`) is as the kernel leaves it once the last
+reference is gone: off ``PsActiveProcessHead`` (stale links), ``ExitTime`` set, signalled, its
+token and thread objects freed, then its own object block (``PspProcessDelete``, then
+``ObpFreeObject``). What was freed is the allocator's business: on the segment heap a freed
+``EPROCESS`` chunk keeps its pool header only when the chunk before it was free when the
+delay-free list was flushed (it is merged), which the token freed first makes likely; that is the
+block ``windows.psscan`` still finds and a pool map calls freed.
 
 :data:`BOOT_PROCESSES` is what a freshly booted desktop runs: System, ``Registry`` (from Windows
 10 1803, build 17134), the session manager and the processes it starts. The parents of
@@ -22,28 +32,38 @@ after starting them, so their parent PIDs name no listed process, as on a real s
 Left out: user space. The forge maps no user memory, so every process's ``DirectoryTableBase``
 is the kernel's page-table root (Windows gives each process a page-table root of its own that
 shares the kernel half), ``Peb``, ``ObjectTable`` (handle tables) and ``VadRoot`` are empty, and
-there are no threads (``ThreadListHead`` is an empty list) or tokens; each process but System
-has a creation time (at boot). Sessions are written by ``memory_manager.py``.
+running processes have no threads (``ThreadListHead`` is an empty list) and no tokens (only an
+exited process's token and thread blocks exist, freed); each process but System has a creation
+time (at boot). Sessions are written by ``memory_manager.py``.
 """
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from ..allocators.pool import PoolKind
 from ..memory.machine import CAPTURE_TIME
 from ..memory.physical import masked
 
 if TYPE_CHECKING:
+    from ..allocators.pool import PoolBlock
     from .machine import KernelMachine
     from .objects import KernelObject, ObjectManager
 
 SYSTEM_PID = 4
+#: A second in FILETIME units (100 ns).
+SECOND = 10_000_000
 #: When the machine booted (FILETIME): a day before its memory was captured.
-BOOT_TIME = CAPTURE_TIME - 24 * 3600 * 10_000_000
+BOOT_TIME = CAPTURE_TIME - 24 * 3600 * SECOND
 #: The members the forge writes; a layout without all of them (the 32-bit built-in profiles,
 #: whose Volatility 2 overlays were extracted without them) gets no processes.
 EPROCESS_FIELDS = ("Pcb", "UniqueProcessId", "InheritedFromUniqueProcessId", "ActiveProcessLinks", "ImageFileName")
 IMAGE_FILE_NAME_LENGTH = 15
 REGISTRY_PROCESS_FIRST_BUILD = 17134
+#: What an exited process leaves to free besides its object: its token and thread objects
+#: (tags ``Toke`` and ``Thre``; the threads' bodies are not modelled, only their blocks).
+TOKEN_SIZE = 0x700
+THREAD_SIZE = 0x780
+EXITED_THREADS = 36
 
 #: (image name, PID, parent PID, first build or 0) of the processes of a booted system.
 BOOT_PROCESSES: Tuple[Tuple[str, int, int, int], ...] = (
@@ -79,6 +99,7 @@ class Process:
     kernel_object: "KernelObject"
     linked: bool = True  # False: unlinked from the list as a rootkit hides a process (DKOM)
     session: Optional[int] = None  # its session, None for System, Registry and smss.exe
+    exited: bool = False  # exited and deleted: its blocks freed, off the list
 
     @property
     def eprocess(self) -> int:
@@ -86,7 +107,8 @@ class Process:
 
     def record(self) -> Dict[str, object]:
         return {"name": self.name, "pid": self.pid, "parent_pid": self.parent_pid,
-                "eprocess": masked(self.eprocess), "linked": self.linked, "session": self.session}
+                "eprocess": masked(self.eprocess), "linked": self.linked, "session": self.session,
+                "exited": self.exited}
 
 
 class ProcessList:
@@ -150,6 +172,25 @@ class ProcessList:
         self.processes.append(process)
         return process
 
+    def create_exited(self, name: str, pid: int, parent_pid: int, ran_seconds: int = 600) -> Tuple[Process, List["PoolBlock"]]:
+        """A process that ran and exited: created with its token (allocated just before its
+        object, as ``PspAllocateProcess`` gets the token first) and its thread objects, then
+        exited (see the module docstring). Returns it and the blocks its deletion frees, in the
+        order the kernel frees them: token, process object, threads."""
+        pool = self.machine.pool
+        token = pool.allocate(TOKEN_SIZE, b"Toke", PoolKind.NONPAGED, role="token")
+        process = self.create(name, pid, parent_pid, linked=False)
+        threads = [pool.allocate(THREAD_SIZE, b"Thre", PoolKind.NONPAGED, role="thread") for _ in range(EXITED_THREADS)]
+        process.exited = True
+        layout = self.layout
+        body = process.eprocess
+        self.machine.write_fields(body, "_EPROCESS", {"Pcb.Header.SignalState": 1})
+        if layout.has_field("_EPROCESS", "CreateTime") and layout.has_field("_EPROCESS", "ExitTime"):
+            created = int.from_bytes(self.machine.space.read(body + layout.offset_of("_EPROCESS", "CreateTime"), 8), "little")
+            exited = created + ran_seconds * SECOND
+            self.machine.space.write(body + layout.offset_of("_EPROCESS", "ExitTime"), exited.to_bytes(8, "little"))
+        return process, [token] + process.kernel_object.blocks + threads
+
     @property
     def system(self) -> Optional[Process]:
         return next((process for process in self.processes if process.pid == SYSTEM_PID), None)
@@ -164,7 +205,7 @@ class ProcessList:
         system = self.system
         if system is not None and self.layout.has_symbol("PsInitialSystemProcess"):
             self.machine.write_pointer(self.kernel_base + self.layout.symbol("PsInitialSystemProcess"), system.eprocess)
-        self.objects.set_type_count("Process", len(self.processes))
+        self.objects.set_type_count("Process", sum(1 for process in self.processes if not process.exited))
 
     def records(self) -> List[Dict[str, object]]:
         return [process.record() for process in self.processes]

@@ -83,6 +83,14 @@ class _PagedSpace:
             frame = self._bulk_frames[index][number - self._bulk_starts[index]] * PAGE_SIZE
         return frame | (virtual & (PAGE_SIZE - 1))
 
+    def map_procedural(self, virtual: int, pages: int, source: int, executable: bool = False) -> List[int]:
+        """Map ``pages`` pages from ``virtual`` onto unused frames whose content the physical
+        memory's procedural ``source`` produces when the image is written; returns the frames."""
+        frames = self.physical.take_procedural_frames(pages, source)
+        for index, frame in enumerate(frames):
+            self.map_page(virtual + index * PAGE_SIZE, frame * PAGE_SIZE, executable=executable)
+        return frames
+
     def map_range(self, virtual: int, size: int, executable: bool = True, physical: Optional[int] = None) -> None:
         """Map ``size`` bytes; with ``physical``, onto the contiguous frames starting there."""
         start = virtual & PAGE_MASK

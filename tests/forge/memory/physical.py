@@ -5,9 +5,12 @@ shuffled order (seeded), so virtual pages are scattered over physical memory as 
 that has been running: neighbouring virtual pages are almost never neighbouring frames. Without
 a fixed memory size, RAM grows in banks as pages are needed.
 
-A large image (the ``busy`` benchmark scenario) would not fit in memory as stored pages: its
-bulk is *filler*, frames whose content a function produces when the image is written, mapped
-into kernel space in bulk (``paging.AddressSpace.map_filler``).
+A large image (the ``busy`` benchmark scenarios) would not fit in memory as stored pages: its
+bulk is *procedural*, frames whose content a function produces when the image is written:
+filler mapped into kernel space in bulk (``paging.AddressSpace.map_filler``) and the pages of
+the heap's bulk noise subsegments (``paging.AddressSpace.map_procedural``). A write to such a
+frame (the heap's metadata over its subsegments) is kept as a patch laid over the produced
+content, not as a stored page, until the patches of a frame grow past a quarter of a page.
 """
 
 import random
@@ -25,6 +28,8 @@ LOW_RESERVED = 0x200000
 BANK_SIZE = 0x200000
 
 FillerContent = Callable[[int], bytes]
+#: Patched bytes of a procedural frame beyond which the frame is stored instead.
+MAX_PATCH_BYTES = PAGE_SIZE // 4
 
 
 class ForgeMemoryError(Exception):
@@ -52,10 +57,11 @@ class PhysicalMemory:
         self.minimum_size = minimum_size
         self._free: List[int] = []  # shuffled frame numbers, taken from the end
         self._bank_end = LOW_RESERVED // PAGE_SIZE
-        # Filler: frames whose content is produced when the image is written.
-        self._filler_frames: Optional[bytearray] = None
-        self._filler_content: Optional[FillerContent] = None
-        self._filler_count = 0
+        # Procedural frames: the content source of each frame (an index into _sources, 0 for
+        # none), and the writes laid over them.
+        self._frame_source: Optional[bytearray] = None
+        self._sources: List[Optional[FillerContent]] = [None]
+        self._patches: Dict[int, List[Tuple[int, bytes]]] = {}
 
     # -- frames --------------------------------------------------------------------------
 
@@ -102,20 +108,40 @@ class PhysicalMemory:
 
     def take_filler_frames(self, count: int, content: FillerContent) -> List[int]:
         """``count`` unused frames (scattered) that from now on hold ``content(frame)``."""
+        return self.take_procedural_frames(count, self.add_source(content))
+
+    def add_source(self, content: FillerContent) -> int:
+        """Register a procedural content source (once; again gives the same number); returns
+        its number (at most 255 sources)."""
+        for number, known in enumerate(self._sources):
+            if known == content:
+                return number
+        if len(self._sources) >= 256:
+            raise ForgeMemoryError("too many procedural content sources")
+        self._sources.append(content)
+        return len(self._sources) - 1
+
+    def take_procedural_frames(self, count: int, source: int) -> List[int]:
+        """``count`` unused frames (scattered) whose content source ``source`` produces."""
         frames: List[int] = []
         while len(frames) < count:
             frames.append(self._next_free_frame())
-        if self._filler_frames is None:
-            self._filler_frames = bytearray(max(self.size, (max(frames) + 1) * PAGE_SIZE) // PAGE_SIZE)
+        highest = max(frames) + 1
+        if self._frame_source is None:
+            self._frame_source = bytearray(max(self.size // PAGE_SIZE, highest))
+        elif len(self._frame_source) < highest:
+            self._frame_source.extend(bytes(highest - len(self._frame_source)))
         for number in frames:
-            self._filler_frames[number] = 1
-        self._filler_content = content
-        self._filler_count += len(frames)
+            self._frame_source[number] = source
         return frames
 
-    def _is_filler(self, number: int) -> bool:
-        filler = self._filler_frames
-        return filler is not None and number < len(filler) and filler[number] == 1
+    def is_stored(self, number: int) -> bool:
+        """Whether frame ``number``'s bytes are stored (not produced when the image is written)."""
+        return number in self._pages
+
+    def _source_of(self, number: int) -> int:
+        sources = self._frame_source
+        return sources[number] if sources is not None and number < len(sources) else 0
 
     # -- bytes ---------------------------------------------------------------------------
 
@@ -126,16 +152,30 @@ class PhysicalMemory:
             take = min(len(view), PAGE_SIZE - offset)
             number = address // PAGE_SIZE
             page = self._pages.get(number)
+            if page is None and self._source_of(number) and self._patch(number, offset, bytes(view[:take])):
+                address += take
+                view = view[take:]
+                continue
             if page is None:
                 page = self._materialise(number)
             page[offset : offset + take] = view[:take]
             address += take
             view = view[take:]
 
+    def _patch(self, number: int, offset: int, data: bytes) -> bool:
+        """Keep a write to a procedural frame as a patch; False once the frame's patches would
+        pass ``MAX_PATCH_BYTES`` (then it is stored)."""
+        patches = self._patches.setdefault(number, [])
+        if sum(len(patch) for _, patch in patches) + len(data) > MAX_PATCH_BYTES:
+            return False
+        patches.append((offset, data))
+        return True
+
     def _materialise(self, number: int) -> bytearray:
-        """A stored page for frame ``number``; a filler frame keeps its produced content."""
+        """A stored page for frame ``number``; a procedural frame keeps its content and patches."""
         page = bytearray(self.page_bytes(number))
         self._pages[number] = page
+        self._patches.pop(number, None)
         return page
 
     def read(self, address: int, length: int) -> bytes:
@@ -156,13 +196,13 @@ class PhysicalMemory:
         return max((highest + 0xFFFFF) & ~0xFFFFF, self.minimum_size)
 
     def page_numbers(self) -> List[int]:
-        """Every frame with content: stored pages and filler."""
-        if self._filler_frames is None:
+        """Every frame with content: stored pages and procedural frames."""
+        if self._frame_source is None:
             return sorted(self._pages)
-        filler = self._filler_frames
+        sources = self._frame_source
         stored = self._pages
-        return [n for n in range(len(filler)) if filler[n] or n in stored] + sorted(
-            n for n in stored if n >= len(filler))
+        return [n for n in range(len(sources)) if sources[n] or n in stored] + sorted(
+            n for n in stored if n >= len(sources))
 
     def runs(self) -> Iterator[Tuple[int, int]]:
         """Runs of physical pages as (first page number, page count), as a dump's physical memory
@@ -192,7 +232,16 @@ class PhysicalMemory:
         page = self._pages.get(number)
         if page is not None:
             return bytes(page)
-        if self._is_filler(number):
-            assert self._filler_content is not None
-            return self._filler_content(number)
+        source = self._source_of(number)
+        if source:
+            content = self._sources[source]
+            assert content is not None
+            produced = content(number)
+            patches = self._patches.get(number)
+            if not patches:
+                return produced
+            patched = bytearray(produced)
+            for offset, data in patches:
+                patched[offset : offset + len(data)] = data
+            return bytes(patched)
         return ZERO_PAGE

@@ -12,7 +12,8 @@
   signature, an absurd name length, mismatched Blinks.
 - ``scale``: 2,000 objects and 20,000 registrations, for speed.
 - ``busy``: the baseline in a 4 GiB machine whose RAM is nearly all mapped and full (tens of
-  thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``).
+  thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``);
+  ``busy_server``: the same with a server's heap (at least 512 MiB from 8 GiB of RAM).
 
 Every scenario gets :func:`freed_history` as well (``forge_scenario``): registrations undone, a
 callback object deleted, a driver unloaded, as on any machine that has been running a while.
@@ -27,7 +28,7 @@ from ..allocators.pool import PoolKind
 from ..image.forge import ImageForge
 from ..memory.machine import DEFAULT_SEED
 from .baseline import PATCHGUARD_OBJECT, Story, baseline
-from .busy import busy
+from .busy import busy, busy_server
 
 
 def rootkit(forge: ImageForge, unlinked: bool = False) -> Story:
@@ -159,6 +160,8 @@ UNLOADED_ROUTINES = {"VpnPowerStateCallback": 0x1400, "VpnTimeChangeCallback": 0
 UNREGISTERED_ROUTINES = ("ndis.sys:ndisPowerStateCallback", "tcpip.sys:TcpPowerCallback", "intelppm.sys:PpmProcessorAddCallback")
 # Objects the undone registrations were on, when the scenario has them.
 HISTORY_OBJECTS = ("PowerState", "SetSystemTime", "ProcessorAdd")
+# A process that exited: (image name, PID, parent PID), started by explorer.exe.
+EXITED_PROCESS = ("updater.exe", 4212, 3148)
 
 
 def freed_history(story: Story) -> None:
@@ -166,9 +169,10 @@ def freed_history(story: Story) -> None:
     (their blocks freed, their ``Link`` stale into a live object's list, their ``CallbackObject``
     that live object), three with routines in loaded drivers and three in a driver since
     unloaded (its former range now unmapped), one callback object deleted (stale links into
-    ``ExpCallbackListHead``) and the unloaded driver's freed loader entry. Nothing here is
-    evidence of anything: a scanning run reports the registrations as ``freed`` and nothing else,
-    the object and the loader entry not at all."""
+    ``ExpCallbackListHead``), the unloaded driver's freed loader entry and driver object, and a
+    process that exited (its token, object and threads freed). Nothing here is evidence of
+    anything: a scanning run reports the registrations as ``freed`` and nothing else, the object
+    and the loader entry not at all."""
     forge = story.forge
     gone = forge.add_unloaded_driver(UNLOADED_DRIVER, functions=UNLOADED_ROUTINES)
     live = [story.objects[name] for name in HISTORY_OBJECTS if name in story.objects]
@@ -180,6 +184,10 @@ def freed_history(story: Story) -> None:
         forge.register(live[number % len(live)], routine, context=story.next_context(), freed=True)
     # Named like the built-in objects, so that its size's LFH bucket is active on the segment heap.
     forge.create_callback("VpnStateNotify", deleted=True)
+    # A program that ran and exited (where the layout describes processes): its process object
+    # is freed pool that windows.psscan may still find.
+    if forge.processes.supported:
+        forge.add_exited_process(EXITED_PROCESS[0], EXITED_PROCESS[1], EXITED_PROCESS[2])
 
 
 SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
@@ -189,6 +197,7 @@ SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
     "corrupt": corrupt,
     "scale": scale,
     "busy": busy,
+    "busy_server": busy_server,
 }
 
 

@@ -95,9 +95,10 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
         # the session a process belongs to (kernel/memory_manager.py): Volatility's windows.modules
         # --dump and modscan --dump read Session->SessionId to pick a process layer per session
         "Session", "SessionProcessLinks",
-        # what Volatility's _EPROCESS.is_valid checks (windows.poolscanner, psscan): a creation
-        # time and the thread list's links
-        "CreateTime", "ExitTime", "ThreadListHead",
+        # what Volatility's _EPROCESS.is_valid checks (windows.poolscanner, psscan) and psscan's
+        # row reads: a creation time, the exit time and the thread list (an exited process's freed
+        # block is a psscan hit, tests/forge/kernel/processes.py)
+        "CreateTime", "ExitTime", "ThreadListHead", "ActiveThreads",
     ],
     # TableCode: Volatility's windows.handles reads it (a process without a table has none)
     "_HANDLE_TABLE": ["HandleCount", "TableCode"],

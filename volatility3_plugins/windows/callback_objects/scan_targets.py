@@ -137,29 +137,18 @@ class CallbackTargets:
         assert headers is not None
         callback_index = headers.type_index(routes.CALLBACK_TYPE, routes.CALLBACK_TYPE_GLOBAL)
         body_offset = headers.body_offset
-        object_size = self.kernel.callback_object.size
-        table = headers.info_mask_to_offset
         signature = isf.CALLBACK_SIGNATURE.to_bytes(4, "little")
         found: List[Tuple[bool, int, int]] = []
-        # Every total of optional headers an InfoMask can describe, smallest first.
-        for optional in sorted(set(table)):
-            start = scanner.header.size + optional
-            if start + body_offset + object_size > hit.block_size:
-                break
-            info = scanner.block(hit, start, body_offset)
-            if info is None:
-                continue
-            mask = headers.info_mask(info)
-            # The header's own InfoMask must account for exactly the optional headers in
-            # front of it (and a mask with bits set never means "no optional header").
-            if mask >= len(table) or table[mask] != optional or (optional == 0) != (mask == 0):
+        candidates = headers.headers_in_block(
+            hit.header, lambda offset, length: scanner.block(hit, offset, length), scanner.header.size, hit.block_size,
+            self.kernel.callback_object.size,
+        )
+        for start, type_index in candidates:
+            if callback_index is None or type_index != callback_index:
                 continue
             header = (hit.header + start) & self.kernel.mask
-            decoded = headers.decode_type_index(header, headers.raw_type_index(info))
-            if callback_index is None or decoded != callback_index:
-                continue
             body = scanner.block(hit, start + body_offset, 4)
-            found.append((body == signature, optional, (header + body_offset) & self.kernel.mask))
+            found.append((body == signature, start, (header + body_offset) & self.kernel.mask))
         if not found:
             raise Rejected("object header not of type Callback")
         # Bytes inside optional headers can pass for a header by chance: prefer the candidate

@@ -10,10 +10,16 @@ and answer the two questions a scanner needs:
 - where do the blocks of a pool lie (:meth:`~.state.PoolMap.regions`), so the scan reads those
   ranges instead of the whole kernel half of the address space;
 - is the block whose pool header is at an address allocated, freed or unknown
-  (:meth:`~.state.PoolMap.state`).
+  (:meth:`~.state.PoolMap.state`);
+- every block the metadata describes, in address order (:meth:`~.state.PoolMap.batches`,
+  :meth:`~.state.PoolMap.blocks`), and the block holding an address with its neighbours
+  (:meth:`~.state.PoolMap.block_containing`, :meth:`~.state.PoolMap.neighbours`): what
+  ``windows.poolmap`` lists (:mod:`.blocks` filters, sums and describes them).
 
 ``open_pool_map(kernel)`` (:mod:`.maps`) picks the reader for the kernel's build:
-:mod:`.segment_heap` from build 18362, :mod:`.classic` before it. Both take a
+:mod:`.segment_heap` from build 18362 (its subsegments decoded by :mod:`.subsegments`),
+:mod:`.classic` before it (its pages found by :mod:`.classic_pages`); both read
+``nt!PoolBigPageTable`` (:mod:`.big_pages`). Both take a
 :class:`~..kernelread.context.KernelContext` (``KernelContext(context, kernel_module_name)``:
 nothing of any plugin is needed) and read through its page cache and the structure views it
 compiles from the kernel's symbol table; every walk is bounded and every structure validated,

@@ -12,18 +12,26 @@ when it is on one of those lists (a smeared header, or a reimplementation that k
 lookaside frees): the lists corroborate the header. The pool's address range is not recorded in
 a way this reader trusts (the scan reads the kernel half), except on Windows 7, where
 ``nt!MmNonPagedPoolStart`` and ``nt!MiNonPagedPoolEnd`` bound the non-paged pool.
+
+Every block: the pages whose header chains tile them (:mod:`.classic_pages`), each block with
+the state above, and ``nt!PoolBigPageTable``'s allocations (:mod:`.big_pages`). The header's
+pool type cannot tell no-execute non-paged pool from the executable kind (``NonPagedPoolNx`` is
+0x200, the header keeps 8 bits): both are ``NonPagedPool`` here.
 """
 
 import logging
-from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Sequence, Set
 
 from volatility3.framework import exceptions
 
 from ..kernelread import lists
-from ..kernelread.addresses import canonical
 from ..kernelread.views import ViewError, array_member, member_offset, type_name
-from .headers import POOL_IN_USE_BIT, pool_header_view
-from .state import NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable, Region
+from ..kernelread.addresses import PAGE_SIZE
+from .big_pages import BigPageEntries, big_batch, pool_of
+from .classic_pages import Link, candidate_pages, spans, tile_page
+from .headers import CHAIN_MEMBERS, POOL_IN_USE_BIT, block_unit, pool_header_view
+from .state import (CLASSIC, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockBatch, BlockState,
+                    PoolMetadataUnavailable, Region)
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -48,7 +56,7 @@ DESCRIPTORS = (
 )
 
 
-class ClassicPoolMap(MetadataPoolMap):
+class ClassicPoolMap(BigPageEntries):
     """Freed blocks of the classic pool: the header bit, corroborated by the free lists."""
 
     name = "classic pool"
@@ -60,8 +68,10 @@ class ClassicPoolMap(MetadataPoolMap):
             raise PoolMetadataUnavailable("the kernel's symbol table has no _POOL_DESCRIPTOR")
         try:
             self._header = pool_header_view(kernel)
+            self._chain = pool_header_view(kernel, CHAIN_MEMBERS)
         except ViewError as excp:
             raise PoolMetadataUnavailable(f"pool headers cannot be decoded: {excp}") from excp
+        self._unit = block_unit(kernel.pointer_size)
         self._on_free_lists: Set[int] = set()
         self._walk_lookasides()
         self._walk_descriptors()
@@ -74,33 +84,10 @@ class ClassicPoolMap(MetadataPoolMap):
 
     def _walk_chain(self, first: int, what: str) -> None:
         """A singly linked chain through the first pointer of each freed block's body."""
-        kernel, seen, entry = self._kernel, set(), first
-        while entry and entry not in seen:
-            if len(seen) >= MAX_CHAIN:
-                self._incomplete(f"{what}: bound of {MAX_CHAIN} entries reached")
-                return
-            seen.add(entry)
-            self._on_free_lists.add(self._body_to_header(entry))
-            try:
-                entry = kernel.read_pointer(entry)
-            except exceptions.InvalidAddressException:
-                self._incomplete(f"{what}: entry {entry:#x} unreadable")
-                return
-
-    def _slist_first(self, address: int) -> Optional[int]:
-        """The first entry of an ``_SLIST_HEADER`` (x64 ``HeaderX64.NextEntry`` << 4, x86 ``Next``)."""
-        kernel = self._kernel
-        view = kernel.kernel_view("_SLIST_HEADER", ["HeaderX64.NextEntry"], optional=["HeaderX64.NextEntry"])
-        if view is not None and view.has("HeaderX64.NextEntry"):
-            record = view.read(kernel.reader, address)
-            if not record.complete:
-                return None
-            # The header keeps bits 4-47 of the entry: the kernel's pointer is canonical.
-            return canonical(record["HeaderX64.NextEntry"] << 4, kernel.pointer_size) & kernel.mask
-        try:
-            return kernel.read_pointer(address)
-        except exceptions.InvalidAddressException:
-            return None
+        walked = lists.walk_chain(self._kernel, first, MAX_CHAIN)
+        self._on_free_lists.update(self._body_to_header(entry) for entry in walked.entries)
+        if not walked.complete:
+            self._incomplete(f"{what}: {walked.problem}")
 
     def _walk_lookasides(self) -> None:
         kernel = self._kernel
@@ -118,12 +105,12 @@ class ClassicPoolMap(MetadataPoolMap):
         if not 0 < processors <= MAX_PROCESSORS:
             self._incomplete(f"nt!KeNumberProcessors is {processors}: lookaside lists not read")
             return
-        lists = []
+        arrays = []
         for member, pool in LOOKASIDE_LISTS.items():
             if pool not in self._pools:
                 continue
             try:
-                lists.append((member, array_member(kernel.context, type_name(table, "_KPRCB"), member)))
+                arrays.append((member, array_member(kernel.context, type_name(table, "_KPRCB"), member)))
             except ViewError:
                 continue  # PPNxPagedLookasideList appeared with Windows 8
         for number in range(processors):
@@ -134,9 +121,9 @@ class ClassicPoolMap(MetadataPoolMap):
                 continue
             if not prcb:
                 continue
-            for member, (offset, count, size) in lists:
+            for member, (offset, count, size) in arrays:
                 for index in range(count):
-                    first = self._slist_first(prcb + offset + index * size)
+                    first = lists.slist_first(kernel, prcb + offset + index * size)
                     if first is None:
                         self._incomplete(f"KPRCB {number} {member}[{index}] unreadable")
                         continue
@@ -214,3 +201,73 @@ class ClassicPoolMap(MetadataPoolMap):
                 return BlockState.UNKNOWN
             pool_type = record.PoolType
         return BlockState.ALLOCATED if pool_type & POOL_IN_USE_BIT else BlockState.FREED
+
+    # -- every block ---------------------------------------------------------------------
+
+    def _wanted(self, pool: str) -> bool:
+        # The header cannot tell NonPagedPoolNx from NonPagedPool (see the module docstring).
+        return pool in self._pools or (pool == NONPAGED and NONPAGED_NX in self._pools)
+
+    def _page_batch(self, page: int, links: List[Link]) -> Optional[BlockBatch]:
+        """The blocks of a pool page, or None when the page is of a pool not asked for."""
+        in_use = [pool_type for _offset, _units, pool_type, _tag in links if pool_type & POOL_IN_USE_BIT]
+        if in_use:
+            pool = pool_of(in_use[0] & ~POOL_IN_USE_BIT)
+        else:
+            pool = PAGED if any(pool_type & 1 for _offset, _units, pool_type, _tag in links) else NONPAGED
+        if not self._wanted(pool):
+            return None
+        addresses, sizes, tags, states = [], [], [], []
+        for offset, units, pool_type, tag in links:
+            header = page + offset
+            addresses.append(header)
+            sizes.append(units * self._unit)
+            tags.append(tag or None)
+            freed = header in self._on_free_lists or not pool_type & POOL_IN_USE_BIT
+            states.append(BlockState.FREED if freed else BlockState.ALLOCATED)
+        return BlockBatch(pool, CLASSIC, addresses, sizes, tags, states)
+
+    def _pool_pages(self) -> Iterator[BlockBatch]:
+        kernel = self._kernel
+        if kernel.bulk is None:
+            self._incomplete("the kernel's layer is not Intel paging: its pages cannot be walked for pool pages")
+            return
+        skip = [(module.base, module.size) for module in kernel.loaded_modules.modules]
+        skip += [(page.address, page.size) for page in self.big_pages if not page.freed]
+        for start, length in spans(candidate_pages(kernel, skip)):
+            data, _holes = kernel.bulk.read(start, length)
+            for offset in range(0, length, PAGE_SIZE):
+                links = tile_page(data, offset, self._chain, self._unit)
+                if links is not None:
+                    batch = self._page_batch(start + offset, links)
+                    if batch is not None:
+                        yield batch
+
+    def batches(self) -> Iterator[BlockBatch]:
+        big = sorted(self.big_pages, key=lambda page: page.address)
+        position = 0
+        for batch in self._pool_pages():
+            while position < len(big) and big[position].address < batch.addresses[0]:
+                yield big_batch(big[position])
+                position += 1
+            yield batch
+        for page in big[position:]:
+            yield big_batch(page)
+
+    def batch_containing(self, address: int) -> Optional[BlockBatch]:
+        address &= self._kernel.mask
+        for page in self.big_pages:
+            if page.address <= address < page.address + page.size and not page.freed:
+                return big_batch(page)
+        start = address & ~(PAGE_SIZE - 1)
+        try:
+            data = self._kernel.reader.read(start, PAGE_SIZE)
+        except exceptions.InvalidAddressException:
+            data = None
+        links = tile_page(data, 0, self._chain, self._unit) if data is not None else None
+        if links is not None:
+            return self._page_batch(start, links)
+        for page in self.big_pages:
+            if page.address <= address < page.address + page.size:
+                return big_batch(page)
+        return None

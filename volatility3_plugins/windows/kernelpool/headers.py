@@ -1,6 +1,6 @@
 """``_POOL_HEADER`` as the kernel lays it out: one view for every reader and scanner."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from volatility3.framework import constants
 
@@ -14,9 +14,14 @@ if TYPE_CHECKING:
 POOL_IN_USE_BIT = 0x2
 
 
-def pool_header_view(kernel: "KernelContext") -> StructView:
-    """The kernel's ``_POOL_HEADER`` (``BlockSize``, ``PoolType``, ``PoolTag``), or Volatility's
-    pool-header table where the kernel's ISF has none. Raises ViewError when neither fits."""
+#: What a scan reads of a pool header; the classic reader's page chains need the links too.
+SCAN_MEMBERS = ("BlockSize", "PoolType", "PoolTag")
+CHAIN_MEMBERS = SCAN_MEMBERS + ("PreviousSize", "PoolIndex")
+
+
+def pool_header_view(kernel: "KernelContext", members: Sequence[str] = SCAN_MEMBERS) -> StructView:
+    """The kernel's ``_POOL_HEADER`` (``members`` of it), or Volatility's pool-header table where
+    the kernel's ISF has none. Raises ViewError when neither fits."""
     if kernel.kernel_module.has_type("_POOL_HEADER"):
         table = kernel.kernel_module.symbol_table_name
     else:
@@ -24,7 +29,7 @@ def pool_header_view(kernel: "KernelContext") -> StructView:
 
         table = poolscanner.PoolScanner.get_pool_header_table(kernel.context, kernel.kernel_module.symbol_table_name)
     return StructView.compile(
-        kernel.context, table + constants.BANG + "_POOL_HEADER", ["BlockSize", "PoolType", "PoolTag"], kernel.mask
+        kernel.context, table + constants.BANG + "_POOL_HEADER", list(members), kernel.mask
     )
 
 

@@ -173,8 +173,8 @@ class PoolScanner:
     def hits_in_regions(self, ranges: Sequence[Tuple[int, int]], progress: Optional[constants.ProgressCallback]) -> Iterator[PoolHit]:
         """Hits in virtual ``ranges`` (the allocator's regions), read a megabyte at a time."""
         found = physical_search.search_ranges(
-            self.kernel.context, self.kernel.layer, ranges, self.tags, self._tag_offset, self.unit, REGION_READ, progress,
-            "Scanning the non-paged heap",
+            physical_search.virtual_reader(self.kernel), ranges, self.tags, self._tag_offset, self.unit, REGION_READ,
+            progress, "Scanning the non-paged heap",
         )
         for header, tag, data, offset in found:
             hit = self._hit(header, tag, data, offset)
@@ -205,10 +205,11 @@ class PoolScanner:
 
     def _hit(self, header: int, tag: bytes, data: bytes = b"", offset: int = 0) -> Optional[PoolHit]:
         """The hit at ``header`` if its pool header's size can hold the tag's structure; the block's
-        bytes come from ``data`` (where ``data[offset]`` is the header) or are read."""
+        bytes come from ``data`` (where ``data[offset]`` is the header; copied: ``data`` may be
+        a buffer the next read reuses) or are read."""
         if header % self.unit:
             return None
-        block = data[offset : offset + MAX_BLOCK]
+        block = bytes(data[offset : offset + MAX_BLOCK])
         if len(block) < self.header.size:
             try:
                 block = self.kernel.reader.read(header, self.header.size)

@@ -24,28 +24,37 @@ The chain, as the kernel keeps it:
   clears the bits and changes no byte of the block (up to 23H2): the bitmap is the only truth;
 - a VS subsegment (``Size`` == ``Signature`` ^ 0x2BED): chunks tile it from its header rounded
   to the heap granularity; each chunk header's first word ^ its address ^ HeapKey gives
-  ``UnsafeSize`` (in granules) and ``Allocated``.
+  ``UnsafeSize`` (in granules) and ``Allocated``;
+- ``RangeFlags`` 3 starts a backend range of whole pages handed out as one allocation (the
+  big-pool pages of a request of more than a page less two pool headers): a ``large`` block,
+  its tag from ``nt!PoolBigPageTable`` (:mod:`.big_pages`), which also names the big
+  allocations no range describes (``big page`` blocks, freed ones included);
+- each heap's ``VsContext.DelayFreeContext.ListHead``: the VS chunks freed but not yet given
+  back (the kernel delays up to 32): they still decode allocated, they are freed.
 
-A block is judged by the subsegment that holds it, never by its size (a bucket is served by the
-LFH only once activated, so small blocks of early boot live in VS subsegments). A block in no
-subsegment the metadata describes, or at a position that is no block start, is ``unknown``.
-Not read: large allocations (``RangeFlags`` 3) and the 24H2 (26100) LFH layout, whose changes
-are described only by reverse-engineering notes (the build-dependent LFH shift is chosen here).
+How each subsegment decodes is :mod:`.subsegments`. A block is judged by the subsegment that
+holds it, never by its size (a bucket is served by the LFH only once activated, so small blocks
+of early boot live in VS subsegments). A block in no subsegment the metadata describes, or at a
+position that is no block start, is ``unknown``. Not read: the large allocations of the heap's
+``LargeAllocMetadata`` (above a page segment's reach; the forge writes none either), the
+special-pool heaps' own tracking, and the 24H2 (26100) LFH layout, whose changes are described
+only by reverse-engineering notes (the build-dependent LFH shift is chosen here).
 """
 
 import bisect
-import dataclasses
 import logging
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 from volatility3.framework import exceptions
 
 from ..kernelread import lists
-from ..kernelread.addresses import PAGE_SIZE, canonical
-from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name, type_size
+from ..kernelread.addresses import canonical
+from ..kernelread.views import BITS, StructView, ViewError, array_member, member_offset, type_name
+from .big_pages import BigPage, BigPageEntries, big_batch
 from .headers import block_unit
-from .state import (NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable,
-                    Region, RegionIndex)
+from .state import (LARGE, LFH, NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, VS, BlockBatch, BlockState,
+                    PoolMetadataUnavailable, Region, RegionIndex)
+from .subsegments import LfhBlocks, SubsegmentDecoder, VsChunks, unknown_batch
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -56,44 +65,27 @@ FIRST_BUILD = 18362
 SEGMENT_HEAP_SIGNATURE = 0xDDEEDDEE
 PAGE_SEGMENT_KEY = 0xA2E64EADA2E64EAD  # 0 from build 26100 (MemProcFS)
 NEW_LAYOUT_BUILD = 26100
+RANGE_LARGE = 0x3
 RANGE_LFH = 0xB
 RANGE_VS = 0xF
-VS_SIGNATURE_KEY = 0x2BED
+#: What each kind of range is, as a region and as a block's allocator.
+RANGE_KINDS = {RANGE_LARGE: "large", RANGE_LFH: "lfh", RANGE_VS: "vs"}
+ALLOCATORS = {"large": LARGE, "lfh": LFH, "vs": VS}
 #: _EX_HEAP_POOL_NODE.Heaps by index, and SpecialHeaps likewise.
 HEAP_POOLS = (NONPAGED, NONPAGED_NX, PAGED, PAGED)
 MAX_POOL_NODES = 64
 MAX_SEGMENTS = 0x10000  # per segment context: 64 GiB of 1 MiB segments
 DESCRIPTORS = 256
-MAX_LFH_BLOCK = 0x1000
+#: The delay-free list holds 32 chunks; a longer chain is damage.
+MAX_DELAYED = 1024
+#: Bytes of neighbouring subsegments read at once when enumerating (into one reused buffer).
+READ_SPAN = 1 << 20
 
-
-#: An LFH or VS subsegment of a page segment (``kind`` "lfh" or "vs").
+#: An LFH, VS or large range of a page segment (``kind`` "lfh", "vs" or "large").
 Subsegment = Region
 
 
-@dataclasses.dataclass
-class LfhBlocks:
-    first: int
-    size: int
-    count: int
-    bitmap: bytes
-
-
-@dataclasses.dataclass
-class VsChunks:
-    starts: List[int]
-    ends: List[int]
-    allocated: List[bool]
-    header_size: int
-
-
-def _next_page(address: int) -> int:
-    """Where a block whose chunk body would cross a page keeps its pool header instead: at the
-    next page (MemProcFS ``VmmWinPool_AllPool1903_5_VS_DoWork``)."""
-    return (address + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-
-
-class SegmentHeapMap(MetadataPoolMap):
+class SegmentHeapMap(BigPageEntries):
     """The segment heap's view of the pools asked for (see the module docstring)."""
 
     name = "segment heap"
@@ -108,12 +100,17 @@ class SegmentHeapMap(MetadataPoolMap):
         self._segment_key = 0 if self._new_layout else PAGE_SEGMENT_KEY
         self._compile()
         self.heap_key, self.lfh_key, heaps = self._manager()
+        self.decoder = SubsegmentDecoder(kernel, self.heap_key, self.lfh_key, self._granularity)
         subsegments: List[Subsegment] = []
+        delayed: Set[int] = set()
         for address, pool in heaps:
             subsegments += self._heap(address, pool)
+            delayed |= self._delay_free_list(address, pool)
         self._index = RegionIndex(subsegments)
-        self._lfh: Dict[int, Optional[LfhBlocks]] = {}
-        self._vs: Dict[int, Optional[VsChunks]] = {}
+        #: Pool headers of the VS chunks on a delay-free list: freed, though they decode allocated.
+        self.delayed: FrozenSet[int] = frozenset(delayed)
+        self._decoded: Dict[int, object] = {}  # subsegment -> its LfhBlocks or VsChunks (None: undecodable)
+        self._span_buffer = bytearray()
 
     # -- layouts -------------------------------------------------------------------------
 
@@ -141,12 +138,7 @@ class SegmentHeapMap(MetadataPoolMap):
             self._list_head = member_offset(kernel.context, type_name(table, "_HEAP_SEG_CONTEXT"), "SegmentListHead")
             self._segment_view = view("_HEAP_PAGE_SEGMENT", ["Signature"])
             self._descriptor_view = view("_HEAP_PAGE_RANGE_DESCRIPTOR", ["RangeFlags", "UnitSize"])
-            self._lfh_view = view("_HEAP_LFH_SUBSEGMENT", ["BlockOffsets.EncodedData", "BlockCount"])
-            self._bitmap = member_offset(kernel.context, type_name(table, "_HEAP_LFH_SUBSEGMENT"), "BlockBitmap")
-            self._vs_view = view("_HEAP_VS_SUBSEGMENT", ["Size", "Signature"])
-            self._vs_header = type_size(kernel.context, type_name(table, "_HEAP_VS_SUBSEGMENT"))
-            self._chunk_view = view("_HEAP_VS_CHUNK_HEADER_SIZE", ["HeaderBits", "UnsafeSize", "UnsafePrevSize", "Allocated"])
-            self._chunk_header = type_size(kernel.context, type_name(table, "_HEAP_VS_CHUNK_HEADER"))
+            self._delay_list = member_offset(kernel.context, type_name(table, "_SEGMENT_HEAP"), "VsContext.DelayFreeContext.ListHead")
         except ViewError as excp:
             raise PoolMetadataUnavailable(f"segment-heap types: {excp}") from excp
 
@@ -230,129 +222,168 @@ class SegmentHeapMap(MetadataPoolMap):
         size_field = self._descriptor_view.fields["UnitSize"]
         # 32-bit builds keep CommittedPageCount in RangeFlags' top bits (MemProcFS masks them).
         flags_mask = 0xFF if self._pointer == 8 else 0x1F
+        # Both members are single bytes on every build (the descriptors are read byte by byte:
+        # a page segment has 256 of them and a server's heap thousands of segments).
+        flags_at, size_at = flags_field.offset, size_field.offset
+        single = flags_field.size == size_field.size == 1 and BITS not in (flags_field.kind, size_field.kind)
         found: List[Subsegment] = []
         index = first
         while index < DESCRIPTORS:
-            flags = flags_field.unpack(descriptors, index * step) & flags_mask
-            units = size_field.unpack(descriptors, index * step)
+            if single:
+                flags, units = descriptors[index * step + flags_at] & flags_mask, descriptors[index * step + size_at]
+            else:
+                flags = flags_field.unpack(descriptors, index * step) & flags_mask
+                units = size_field.unpack(descriptors, index * step)
             if units == 0:
                 index += 1
                 continue
             if index + units > DESCRIPTORS:
                 self._incomplete(f"{pool} page segment {segment:#x}: descriptor {index} runs past the segment")
                 break
-            start = (segment + (index << shift)) & kernel.mask
-            if flags == RANGE_LFH:
-                found.append(Subsegment(start, units << shift, "lfh", pool))
-            elif flags == RANGE_VS:
-                found.append(Subsegment(start, units << shift, "vs", pool))
+            if flags in RANGE_KINDS:
+                found.append(Subsegment((segment + (index << shift)) & kernel.mask, units << shift, RANGE_KINDS[flags], pool))
             index += units
         return found
 
-    # -- the two answers -----------------------------------------------------------------
+    def _delay_free_list(self, heap: int, pool: str) -> Set[int]:
+        """The chunks on a heap's VS delay-free list (each entry is where the chunk's pool
+        header begins)."""
+        walked = lists.walk_slist(self._kernel, heap + self._delay_list, MAX_DELAYED)
+        if walked is None:
+            self._incomplete(f"{pool} heap {heap:#x}: delay-free list unreadable")
+            return set()
+        if not walked.complete:
+            self._incomplete(f"{pool} heap {heap:#x}: delay-free list {walked.problem}")
+        return {entry & self._kernel.mask for entry in walked.entries}
+
+    # -- where blocks lie and their states ------------------------------------------------
 
     def regions(self, pools: Sequence[str] = NONPAGED_POOLS) -> Optional[List[Region]]:
         """The LFH and VS subsegments of ``pools``; None when some heap, segment list or page
         segment did not validate (blocks may then lie elsewhere)."""
         if not self.complete or set(pools) - set(self._pools):
             return None
-        return [region for region in self._index.regions if region.pool in pools]
+        return [region for region in self._index.regions if region.pool in pools and region.kind != "large"]
 
     def state(self, header: int, pool_type: Optional[int] = None) -> BlockState:
         header &= self._kernel.mask
         region = self._index.find(header)
-        if region is None:
+        if region is None or region.kind == "large":
             return BlockState.UNKNOWN
         if region.kind == "lfh":
-            blocks = self._lfh_blocks(region)
-            if blocks is None:
+            blocks = self._decode(region)
+            if not isinstance(blocks, LfhBlocks):
                 return BlockState.UNKNOWN
             offset = header - region.start - blocks.first
             if offset < 0 or offset % blocks.size or offset // blocks.size >= blocks.count:
                 return BlockState.NOT_A_BLOCK
-            index = offset // blocks.size
-            bits = blocks.bitmap[index >> 2] >> ((index & 3) << 1)
-            return BlockState.ALLOCATED if bits & 1 else BlockState.FREED
-        chunks = self._vs_chunks(region)
-        if chunks is None:
+            return BlockState.ALLOCATED if blocks.busy(offset // blocks.size) else BlockState.FREED
+        chunks = self._decode(region)
+        if not isinstance(chunks, VsChunks):
             return BlockState.UNKNOWN
         position = bisect.bisect_right(chunks.starts, header) - 1
         if position < 0 or header >= chunks.ends[position]:
             return BlockState.UNKNOWN  # past the chunks that could be walked
-        if not chunks.allocated[position]:
-            # A free chunk, including the stale headers of the chunks merged into it.
-            return BlockState.FREED
-        start = chunks.starts[position] + chunks.header_size
-        if header != start and header != _next_page(start):
-            return BlockState.NOT_A_BLOCK
-        return BlockState.ALLOCATED
+        return self.decoder.vs_state(header, chunks, self.delayed, position)
 
-    def _lfh_blocks(self, region: Subsegment) -> Optional[LfhBlocks]:
-        if region.start in self._lfh:
-            return self._lfh[region.start]
-        kernel = self._kernel
-        found: Optional[LfhBlocks] = None
-        record = self._lfh_view.read(kernel.reader, region.start)
-        if record.complete:
-            # The kernel computes its keys with canonical (sign-extended) addresses.
-            address = canonical(region.start, self._pointer)
-            shift = ((address >> 12) if self._new_layout else (address & 0xFFFF_FFFF) >> 12) & 0xFFFF_FFFF
-            decoded = record["BlockOffsets.EncodedData"] ^ self.lfh_key ^ shift
-            size, first = decoded & 0xFFFF, decoded >> 16
-            if size % self._granularity == 0 and self._granularity <= size < MAX_LFH_BLOCK and self._bitmap < first < region.length:
-                # BlockCount must agree with the decoded offsets: damaged or zeroed headers
-                # decode to offsets that look plausible often enough.
-                count = min(record.BlockCount, (region.length - first) // size)
-                if record.BlockCount == 0 or record.BlockCount > (region.length - first) // size:
-                    count = 0
-                try:
-                    bitmap = kernel.reader.read(region.start + self._bitmap, (count + 3) // 4)
-                except exceptions.InvalidAddressException:
-                    bitmap = None
-                if bitmap is not None and count:
-                    found = LfhBlocks(first, size, count, bitmap)
-        if found is None:
-            self._incomplete(f"LFH subsegment {region.start:#x}: block offsets or bitmap do not validate")
-        self._lfh[region.start] = found
-        return found
-
-    def _vs_chunks(self, region: Subsegment) -> Optional[VsChunks]:
-        if region.start in self._vs:
-            return self._vs[region.start]
-        self._vs[region.start] = found = self._walk_vs(region)
-        if found is None:
-            self._incomplete(f"VS subsegment {region.start:#x}: header or chunks do not validate")
-        return found
-
-    def _walk_vs(self, region: Subsegment) -> Optional[VsChunks]:
-        kernel = self._kernel
+    def _read(self, region: Subsegment) -> Optional[bytes]:
         try:
-            data = kernel.reader.read(region.start, region.length)
+            return self._kernel.reader.read(region.start, region.length)
         except exceptions.InvalidAddressException:
             return None
-        header = self._vs_view.unpack(data, region.start)
-        if header.Size != header.Signature ^ VS_SIGNATURE_KEY:
+
+    def _decode(self, region: Subsegment) -> object:
+        """A subsegment's decoded slots (LFH) or chunks (VS), read and decoded once for
+        :meth:`state`; None (said once) when they do not decode."""
+        if region.start not in self._decoded:
+            data = self._read(region)
+            decode = self.decoder.lfh if region.kind == "lfh" else self.decoder.vs
+            found = decode(region, data) if data is not None else None
+            if found is None:
+                self._incomplete(f"{region.kind.upper()} subsegment {region.start:#x}: its metadata does not validate")
+            self._decoded[region.start] = found
+        return self._decoded[region.start]
+
+    # -- every block ---------------------------------------------------------------------
+
+    def _batch(self, region: Subsegment, data: Optional[bytes], big: Dict[int, BigPage]) -> BlockBatch:
+        """The blocks of one range whose bytes are ``data`` (None: not all mapped)."""
+        allocator = ALLOCATORS[region.kind]
+        if region.kind == "large":
+            page = big.get(region.start)
+            tag = int.from_bytes(page.tag, "little") if page is not None and not page.freed else None
+            return BlockBatch(region.pool, LARGE, [region.start], region.length, [tag], [BlockState.ALLOCATED])
+        if data is None:
+            self._incomplete(f"{region.kind.upper()} subsegment {region.start:#x}: not all mapped")
+            return unknown_batch(region, allocator)
+        if region.kind == "lfh":
+            blocks = self.decoder.lfh(region, data)
+            if blocks is None:
+                self._incomplete(f"LFH subsegment {region.start:#x}: block offsets or bitmap do not validate")
+                return unknown_batch(region, allocator)
+            return self.decoder.lfh_batch(region, data, blocks)
+        chunks = self.decoder.vs(region, data)
+        if chunks is None:
+            self._incomplete(f"VS subsegment {region.start:#x}: header does not validate")
+            return unknown_batch(region, allocator)
+        if chunks.walked_to < region.end:
+            self._incomplete(f"VS subsegment {region.start:#x}: chunks decode only up to {chunks.walked_to:#x}")
+        return self.decoder.vs_batch(region, data, chunks, self.delayed)
+
+    def _spans(self) -> Iterator[Tuple[List[Subsegment], Optional[bytes]]]:
+        """Neighbouring subsegments read together (``READ_SPAN`` at most; large ranges, whose
+        bytes are not read, end a span): (subsegments, their bytes or None when the kernel
+        cannot read them in bulk or some page is missing: each is then read on its own)."""
+        group: List[Subsegment] = []
+        for region in self._index.regions:
+            if group and (region.kind == "large" or region.start != group[-1].end or region.end - group[0].start > READ_SPAN):
+                yield group, self._read_span(group)
+                group = []
+            if region.kind == "large":
+                yield [region], None
+                continue
+            group.append(region)
+        if group:
+            yield group, self._read_span(group)
+
+    def _read_span(self, group: List[Subsegment]) -> Optional[memoryview]:
+        """The bytes of ``group``, in a buffer the next span reuses (every batch of a span is
+        built, its columns copied out, before the next span is read)."""
+        bulk = self._kernel.bulk
+        if bulk is None:
             return None
-        granule = self._granularity
-        width = self._chunk_view.fields["HeaderBits"].size
-        word_mask = (1 << (8 * width)) - 1
-        chunks = VsChunks([], [], [], self._chunk_header)
-        offset = (self._vs_header + granule - 1) // granule * granule
-        previous = None
-        while offset + self._chunk_header <= region.length:
-            address = canonical(region.start + offset, self._pointer)
-            raw = int.from_bytes(data[offset : offset + width], "little")
-            decoded = ((raw ^ address ^ self.heap_key) & word_mask).to_bytes(width, "little")
-            size = self._chunk_view.fields["UnsafeSize"].unpack(decoded) * granule
-            if size < self._chunk_header + granule or offset + size > region.length:
-                break
-            # Each header repeats its predecessor's size: a chunk that disagrees was damaged,
-            # and what follows it cannot be told (UNKNOWN past the last chunk walked).
-            if previous is not None and self._chunk_view.fields["UnsafePrevSize"].unpack(decoded) * granule != previous:
-                break
-            previous = size
-            chunks.starts.append((region.start + offset) & kernel.mask)
-            chunks.ends.append((region.start + offset + size) & kernel.mask)
-            chunks.allocated.append(bool(self._chunk_view.fields["Allocated"].unpack(decoded) & 1))
-            offset += size
-        return chunks
+        length = group[-1].end - group[0].start
+        if len(self._span_buffer) < length:
+            self._span_buffer = bytearray(length)
+        data, holes = bulk.read(group[0].start, length, self._span_buffer)
+        return memoryview(data) if not holes else None
+
+    def batches(self) -> Iterator[BlockBatch]:
+        big = {page.address: page for page in self.big_pages if not page.freed}
+        described = self._index
+        loose = [page for page in self.big_pages if described.find(page.address) is None]
+        position = 0
+        for group, data in self._spans():
+            span_start = group[0].start
+            for region in group:
+                while position < len(loose) and loose[position].address < region.start:
+                    yield big_batch(loose[position])
+                    position += 1
+                if region.kind == "large":
+                    yield self._batch(region, None, big)
+                    continue
+                piece = data[region.start - span_start : region.end - span_start] if data is not None else self._read(region)
+                yield self._batch(region, piece, big)
+        for page in loose[position:]:
+            yield big_batch(page)
+
+    def batch_containing(self, address: int) -> Optional[BlockBatch]:
+        address &= self._kernel.mask
+        region = self._index.find(address)
+        if region is not None:
+            big = {page.address: page for page in self.big_pages if not page.freed}
+            return self._batch(region, None if region.kind == "large" else self._read(region), big)
+        for page in self.big_pages:
+            if page.address <= address < page.address + page.size:
+                return big_batch(page)
+        return None

@@ -1,9 +1,10 @@
-"""What a pool reader answers: block allocation states and the regions blocks lie in."""
+"""What a pool reader answers: block allocation states, the regions blocks lie in, and the
+blocks themselves (:class:`Block`, enumerated in address order by :meth:`PoolMap.batches`)."""
 
 import bisect
 import dataclasses
 import enum
-from typing import TYPE_CHECKING, Generic, List, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Generic, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -27,6 +28,78 @@ NONPAGED = "NonPagedPool"
 NONPAGED_NX = "NonPagedPoolNx"
 PAGED = "PagedPool"
 NONPAGED_POOLS = (NONPAGED, NONPAGED_NX)
+ALL_POOLS = (NONPAGED, NONPAGED_NX, PAGED)
+#: Pools a block can be said to belong to beyond those a reader is asked for: session pool, where
+#: a big-page entry's pool type says so.
+NONPAGED_SESSION = "NonPagedPoolSession"
+PAGED_SESSION = "PagedPoolSession"
+
+#: Which part of the allocator describes a block (the ``Allocator`` of a pool map's row).
+LFH = "LFH"  # segment heap: a slot of a low-fragmentation-heap subsegment
+VS = "VS"  # segment heap: a chunk of a variable-size subsegment
+LARGE = "large"  # segment heap: a backend range of whole pages (RangeFlags 3)
+BIG_PAGE = "big page"  # an entry of nt!PoolBigPageTable the heap's ranges do not describe
+CLASSIC = "classic"  # classic pool: a block of a pool page's header chain
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One pool block as the allocator's metadata describes it.
+
+    ``address``: its ``_POOL_HEADER``, or the first byte of a big-page or large allocation
+    (which has no header). ``size``: the bytes the allocator gave it, header included (a VS
+    chunk less its chunk header, an LFH slot, whole pages). ``tag``: None where the header is
+    gone (a free VS chunk's tree node, a delay-free link over it) or unreadable."""
+
+    address: int
+    size: int
+    tag: Optional[bytes]
+    pool: str
+    allocator: str
+    state: "BlockState"
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+    def contains(self, address: int) -> bool:
+        return self.address <= address < self.end
+
+
+@dataclasses.dataclass
+class BlockBatch:
+    """The blocks of one subsegment, page or big-page entry, column by column (cheap to count
+    by tag for a summary); ``tags`` holds the raw 32-bit tag or None, ``sizes`` one size for all
+    or one each."""
+
+    pool: str
+    allocator: str
+    addresses: Sequence[int]
+    sizes: Union[int, Sequence[int]]
+    tags: Sequence[Optional[int]]
+    states: Sequence["BlockState"]
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def size(self, index: int) -> int:
+        return self.sizes if isinstance(self.sizes, int) else self.sizes[index]
+
+    def block(self, index: int) -> Block:
+        tag = self.tags[index]
+        return Block(self.addresses[index], self.size(index), None if tag is None else tag.to_bytes(4, "little"),
+                     self.pool, self.allocator, self.states[index])
+
+    def blocks(self) -> Iterator[Block]:
+        for index in range(len(self.addresses)):
+            yield self.block(index)
+
+    def index_of(self, address: int) -> Optional[int]:
+        """The position of the block holding ``address``, None when none does."""
+        position = bisect.bisect_right(self.addresses, address) - 1
+        if position >= 0 and address < self.addresses[position] + self.size(position):
+            return position
+        return None
 
 
 class PoolMetadataUnavailable(Exception):
@@ -65,6 +138,43 @@ class PoolMap:
         header's ``PoolType`` when the caller has already read it."""
         return BlockState.UNKNOWN
 
+    def batches(self) -> Iterator[BlockBatch]:
+        """Every block the allocator's metadata describes in the pools the map was opened for,
+        in address order, a subsegment (or page, or big-page entry) at a time."""
+        return iter(())
+
+    def blocks(self) -> Iterator[Block]:
+        """Every block, in address order (:meth:`batches`, one at a time)."""
+        for batch in self.batches():
+            yield from batch.blocks()
+
+    def batch_containing(self, address: int) -> Optional[BlockBatch]:
+        """The blocks of the subsegment, page or allocation that holds ``address``."""
+        return None
+
+    def block_containing(self, address: int) -> Optional[Block]:
+        """The block that holds ``address`` (its header, its body or its padding), None when no
+        block the metadata describes does."""
+        batch = self.batch_containing(address)
+        if batch is None:
+            return None
+        index = batch.index_of(address)
+        return None if index is None else batch.block(index)
+
+    def neighbours(self, address: int) -> Tuple[Optional[Block], Optional[Block], Optional[Block]]:
+        """(the block before, the block holding ``address``, the block after), within the
+        subsegment, page or allocation that holds it."""
+        batch = self.batch_containing(address)
+        if batch is None:
+            return None, None, None
+        index = batch.index_of(address)
+        if index is None:
+            after = bisect.bisect_right(batch.addresses, address)
+            return (batch.block(after - 1) if after > 0 else None, None,
+                    batch.block(after) if after < len(batch) else None)
+        return (batch.block(index - 1) if index > 0 else None, batch.block(index),
+                batch.block(index + 1) if index + 1 < len(batch) else None)
+
 
 class MetadataPoolMap(PoolMap):
     """A reader that walks the allocator's metadata for ``pools``; what it could not walk is
@@ -75,6 +185,10 @@ class MetadataPoolMap(PoolMap):
         self._pools = tuple(pools)
         self.complete = True
         self.problems: List[str] = []
+
+    @property
+    def pools(self) -> Tuple[str, ...]:
+        return self._pools
 
     def _incomplete(self, problem: str) -> None:
         self.complete = False

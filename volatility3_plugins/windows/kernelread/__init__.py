@@ -5,9 +5,11 @@ plugin looks for (callbacks, pool blocks, ...).
 - ``addresses``: page size, canonical addresses, the kernel half;
 - ``pages``, ``views``, ``symbols``: the page reader, structure views compiled from symbol
   tables, the kernel's symbols;
-- ``lists``: the bounded two-way LIST_ENTRY walker;
+- ``lists``: the bounded two-way LIST_ENTRY walker, singly linked chains and SLISTs;
 - ``object_headers``, ``loaded_modules``: objects' names and types, PsLoadedModuleList;
 - ``pe_image``, ``attribution``: the PE reader, owner module and symbol of an address;
+- ``translation``: kernel ranges read by one walk of the page tables and large physical reads,
+  below Volatility's per-page translation and per-read cache (the one page-table walker);
 - ``physical_search``: pool tags searched in physical memory, mapped back to kernel addresses;
 - ``diagnostics``: warnings said once and the state of each route (standard library only).
 

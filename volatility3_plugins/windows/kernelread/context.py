@@ -21,6 +21,7 @@ from . import addresses
 from .diagnostics import Diagnostics
 from .pages import PageReader
 from .symbols import KernelSymbols
+from .translation import BulkReader
 from .views import StructView, ViewError, type_name
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ class KernelContext:
         self.mask: int = self.layer.address_mask
         is_64bit = symbols.symbol_table_is_64bit(context=context, symbol_table_name=self.kernel_module.symbol_table_name)
         self.pointer_size: int = 8 if is_64bit else 4
-        self.reader = PageReader(self.layer)
+        #: Kernel ranges read at memory speed (:mod:`.translation`); None when the layer is not
+        #: Intel paging read that way (then everything goes through Volatility).
+        self.bulk: Optional[BulkReader] = BulkReader.for_layer(context, self.layer)
+        self.reader = PageReader(self.layer, bulk=self.bulk)
         #: Warnings said once and the state of each route (never a logger: it also remembers).
         self.diagnostics = Diagnostics()
         self.symbols = KernelSymbols(context, self.kernel_module, self.mask)

@@ -25,7 +25,7 @@ from volatility3.framework import exceptions, interfaces
 from ...common import crashdump_header, page_tables
 from ...common.units import PAGE_SIZE, missing_pages_cause, missing_pages_text, size_text
 from .addresses import kernel_half_start
-from .physical_search import paging_format, paging_of, physical_reader
+from .translation import PhysicalReader, paging_of
 from .views import ViewError, array_member
 
 if TYPE_CHECKING:
@@ -111,10 +111,11 @@ def _raw_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Shortfal
 
 
 def _mapped_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Shortfall]:
-    paging = paging_of(kernel)
+    paging = paging_of(kernel.layer, kernel.context)
     if paging is None:
         return None
-    missing, total = page_tables.pages_past(physical_reader(paging.physical), paging.dtb, paging_format(paging),
+    walked = page_tables.Paging(tuple(paging.levels), paging.entry_size, paging.physical_bits, paging.transition)
+    missing, total = page_tables.pages_past(PhysicalReader(kernel.context, paging.physical).read, paging.dtb, walked,
                                             file_size, kernel_half_start(kernel.pointer_size))
     if not missing:
         return None

@@ -1,4 +1,6 @@
-"""A bounded, cycle-safe walker for doubly linked ``LIST_ENTRY`` lists in hostile memory.
+"""Bounded, cycle-safe walkers for the kernel's lists in hostile memory: doubly linked
+``LIST_ENTRY`` lists (:func:`walk_list`) and singly linked chains (:func:`walk_chain`, the
+interlocked ``SLIST`` of :func:`walk_slist`).
 
 The list is walked from its head in both directions: forward by ``Flink`` and backward by
 ``Blink``. An entry is on the list when either walk reaches it, and the list is *complete* when
@@ -108,3 +110,64 @@ def walk_list(
     elif result.problems:
         kernel.diagnostics.info(f"{what}: " + "; ".join(result.problems) + " (the other direction closed)")
     return result
+
+
+@dataclasses.dataclass
+class ChainWalk:
+    """A singly linked chain walked from its first entry (an ``SLIST``, a free list linked
+    through the first pointer of each entry): the entries reached and whether it ended on a
+    null link (``complete``) or broke (``problem``)."""
+
+    entries: List[int] = dataclasses.field(default_factory=list)
+    complete: bool = True
+    problem: Optional[str] = None
+
+
+def walk_chain(kernel: "KernelContext", first: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> ChainWalk:
+    """Follow the pointer at offset 0 of each entry from ``first`` until a null link: bounded,
+    cycle-safe, stopping at an unreadable entry."""
+    walk = ChainWalk()
+    seen = set()
+    entry = first
+    while entry:
+        if entry in seen:
+            walk.complete, walk.problem = False, f"cycle at {entry:#x}"
+            break
+        if len(walk.entries) >= max_entries:
+            walk.complete, walk.problem = False, f"bound of {max_entries} entries reached"
+            break
+        try:
+            following = kernel.read_pointer(entry)
+        except exceptions.InvalidAddressException:
+            walk.complete, walk.problem = False, f"entry {entry:#x} unreadable"
+            break
+        seen.add(entry)
+        walk.entries.append(entry)
+        entry = following
+    return walk
+
+
+def slist_first(kernel: "KernelContext", address: int) -> Optional[int]:
+    """The first entry of the ``_SLIST_HEADER`` at ``address`` (x64 ``HeaderX64.NextEntry`` << 4,
+    the address's bits 4-47 made canonical; x86 ``Next``); None when unreadable."""
+    from .addresses import canonical
+
+    view = kernel.kernel_view("_SLIST_HEADER", ["HeaderX64.NextEntry"], optional=["HeaderX64.NextEntry"])
+    if view is not None and view.has("HeaderX64.NextEntry"):
+        record = view.read(kernel.reader, address)
+        if not record.complete:
+            return None
+        return canonical(record["HeaderX64.NextEntry"] << 4, kernel.pointer_size) & kernel.mask
+    try:
+        return kernel.read_pointer(address)
+    except exceptions.InvalidAddressException:
+        return None
+
+
+def walk_slist(kernel: "KernelContext", address: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> Optional[ChainWalk]:
+    """The entries of the interlocked list whose ``_SLIST_HEADER`` is at ``address`` (each
+    entry's first pointer names the next); None when the header is unreadable."""
+    first = slist_first(kernel, address)
+    if first is None:
+        return None
+    return walk_chain(kernel, first, max_entries)

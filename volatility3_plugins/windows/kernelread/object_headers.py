@@ -14,7 +14,7 @@ bounded walk of ``nt!ObTypeIndexTable``; the full type map is never built otherw
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, Optional, Tuple, Union
 
 from volatility3.framework import exceptions, renderers
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .context import KernelContext
 
 NAME_INFO_BIT = 0x02
+#: Reference counts above this are not an object's (Volatility's OBJECT_HEADER.is_valid).
+MAX_REFERENCES = 0x1000000
 #: ObTypeIndexTable has at most 256 entries (the TypeIndex is one byte).
 MAX_TYPES = 256
 #: Kernel globals that point at the _OBJECT_TYPE of the object manager's own types, by type name.
@@ -127,6 +129,34 @@ class ObjectHeaders:
         name = self._kernel.read_unicode(record["Name.Length"], record["Name.MaximumLength"], record["Name.Buffer"])
         return (record.Index, name) if name is not None else None
 
+    def type_name(self, index: int) -> Optional[str]:
+        """The name of the object type of (decoded) index ``index``, from ``nt!ObTypeIndexTable``."""
+        found = self._types_by_index.get(index)
+        return found[0] if found is not None else None
+
+    def type_key(self, index: int) -> Optional[int]:
+        """The pool tag objects of type ``index`` are allocated with (``_OBJECT_TYPE.Key``, as
+        ``ObCreateObject`` tags them); None when unknown."""
+        found = self._types_by_index.get(index)
+        return found[1] if found is not None else None
+
+    @functools.cached_property
+    def _types_by_index(self) -> Dict[int, Tuple[str, Optional[int]]]:
+        """Index -> (name, Key) of every type in ``nt!ObTypeIndexTable`` (bounded)."""
+        key_view = self._kernel.kernel_view("_OBJECT_TYPE", ["Key"], quiet=True)
+        table = self._kernel.symbols.address("ObTypeIndexTable")
+        found: Dict[int, Tuple[str, Optional[int]]] = {}
+        for name, index in self._type_table.items():
+            key = None
+            if key_view is not None and table is not None:
+                try:
+                    record = key_view.read(self._kernel.reader, self._kernel.read_pointer(table + index * self._kernel.pointer_size))
+                    key = record.Key if record.readable("Key") else None
+                except exceptions.InvalidAddressException:
+                    key = None
+            found[index] = (name, key)
+        return found
+
     @functools.cached_property
     def _type_table(self) -> Dict[str, int]:
         """The full map from ``nt!ObTypeIndexTable`` (bounded): only when a global is missing."""
@@ -170,6 +200,47 @@ class ObjectHeaders:
             self.decode_type_index(header, record.TypeIndex),
             self._name(header, record.InfoMask),
         )
+
+    def headers_in_block(
+        self, block: int, read: Callable[[int, int], Optional[bytes]], start: int, block_size: int, minimum_body: int = 0
+    ) -> Iterator[Tuple[int, int]]:
+        """Where an object allocation's ``_OBJECT_HEADER`` can be, in a pool block at ``block``
+        whose optional headers begin ``start`` bytes in (after its pool header): (offset of the
+        header in the block, decoded type index) for every total of optional headers an
+        ``InfoMask`` can describe, smallest first, whose header's own ``InfoMask`` accounts for
+        exactly the optional headers in front of it (a mask with bits set never means none),
+        with ``minimum_body`` bytes of body in the block. ``read(offset, length)`` gives the
+        block's bytes (None when unreadable)."""
+        table = self.info_mask_to_offset
+        for optional in sorted(set(table)):
+            offset = start + optional
+            if offset + self.body_offset + minimum_body > block_size:
+                break
+            info = read(offset, self.body_offset)
+            if info is None:
+                continue
+            mask = self.info_mask(info)
+            if mask >= len(table) or table[mask] != optional or (optional == 0) != (mask == 0):
+                continue
+            header = (block + offset) & self._kernel.mask
+            yield offset, self.decode_type_index(header, self.raw_type_index(info))
+
+    def counts_plausible(self, header: int) -> bool:
+        """The ``_OBJECT_HEADER`` at ``header`` has reference counts a live or freed object can
+        have: between 0 and 0x1000000, Volatility's bound (``OBJECT_HEADER.is_valid``), for
+        ``PointerCount`` and ``HandleCount`` alike; False when unreadable."""
+        view = self._kernel.kernel_view("_OBJECT_HEADER", ["PointerCount", "HandleCount"], quiet=True)
+        if view is None:
+            return True  # nothing to check against
+        record = view.read(self._kernel.reader, header)
+        if not record.complete:
+            return False
+        return all(0 <= self._signed(record[name], view.fields[name].size) <= MAX_REFERENCES
+                   for name in ("PointerCount", "HandleCount"))
+
+    @staticmethod
+    def _signed(value: int, size: int) -> int:
+        return value - (1 << (8 * size)) if value >> (8 * size - 1) else value
 
     def info_mask(self, data: bytes, base: int = 0) -> int:
         return self._header.fields["InfoMask"].unpack(data, base)

@@ -4,17 +4,27 @@ Why: the hot paths (list walks, registrations, object bodies and headers, pool-s
 touch the same pool pages again and again; reading a page once and slicing it is much cheaper
 than one ``layer.read`` per field. A memory image does not change during a run, so caching is
 safe; the cache is bounded and belongs to one run (:class:`.context.KernelContext` owns it).
+
+A read of many pages (a heap subsegment, a page segment's descriptors) goes through the bulk
+reader when the layer has one (:mod:`.translation`: one walk of the page tables, large physical
+reads) and is not cached: it is read once, and caching it would only push out the pages that
+are read again and again.
 """
 
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from volatility3.framework import exceptions, interfaces
 
 from .addresses import PAGE_SIZE
 
+if TYPE_CHECKING:
+    from .translation import BulkReader
+
 #: Pages kept (4 MiB): enough for the pool pages of tens of thousands of blocks, small against
 #: the peak memory of a Volatility run.
 MAX_CACHED_PAGES = 1024
+#: Reads of at least this many pages go through the bulk reader, uncached.
+BULK_PAGES = 4
 
 
 class PageReader:
@@ -23,12 +33,16 @@ class PageReader:
     width first, so a canonical x64 pointer and its 48-bit rendering read the same bytes."""
 
     def __init__(
-        self, layer: interfaces.layers.DataLayerInterface, max_pages: int = MAX_CACHED_PAGES
+        self,
+        layer: interfaces.layers.DataLayerInterface,
+        max_pages: int = MAX_CACHED_PAGES,
+        bulk: Optional["BulkReader"] = None,
     ) -> None:
         self._layer = layer
         self.mask: int = layer.address_mask
         self._max_pages = max_pages
         self._pages: Dict[int, Optional[bytes]] = {}
+        self._bulk = bulk
 
     def invalidate(self) -> None:
         """Forget every cached page (for layers a test writes to; an image never changes)."""
@@ -62,6 +76,12 @@ class PageReader:
                 return data[start : start + length]
             # A layer whose mapped ranges are not page-granular (hand-made test layers, the
             # tail of a truncated file): ask it directly, uncached; it raises if absent.
+            return self._layer.read(address, length)
+        if self._bulk is not None and length >= BULK_PAGES * PAGE_SIZE:
+            data, holes = self._bulk.read(address, length)
+            if not holes:
+                return data
+            # Some page is missing: the layer raises for it, as for any read.
             return self._layer.read(address, length)
         pieces = []
         position, remaining = address, length

@@ -7,24 +7,25 @@ chunks (the raw file, or the crash dump's data runs), pool tags are searched onl
 positions a pool header can hold them (every ``unit`` bytes: the 4-byte words at the tag's
 offset are gathered by a strided memory view and searched with ``bytes.find``), and the few
 frames holding a hit are mapped back to kernel virtual addresses by one walk of the page tables
-(the kernel half only, large pages included, the page-table self-map skipped). Peak memory stays
-flat: one chunk at a time, and only the hits are kept.
+(the kernel half only, large pages included, the page-table self-map skipped:
+:func:`.translation.kernel_mappings`). Peak memory stays flat: one chunk at a time, and only the
+hits are kept.
 
 For layers that are not Intel paging over a physical layer, :func:`physical_search` returns None
 and the caller scans through Volatility.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
 
-from volatility3.framework import exceptions, interfaces
-from volatility3.framework.layers import intel, linear
+from volatility3.framework import exceptions
 
-from ...common import page_tables
-from .addresses import PAGE_SIZE, kernel_half_start
+from .addresses import PAGE_SIZE
+from .translation import kernel_mappings, read_uncached  # noqa: F401 (re-exported: the full scan's helpers)
 
 if TYPE_CHECKING:
     from .context import KernelContext
+    from .translation import Buffer, BulkReader
 
 #: Bytes read from the physical layer at once.
 CHUNK = 4 << 20
@@ -39,80 +40,8 @@ class PhysicalHit:
     tag: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class Paging:
-    """What a page-table walk needs of an Intel layer."""
-
-    physical: interfaces.layers.DataLayerInterface
-    dtb: int
-    levels: Sequence[Tuple[int, bool]]  # (index bits, large pages allowed) per level, top first
-    entry_size: int
-    physical_bits: int
-    #: Windows keeps pages on its standby list mapped by "transition" PTEs (bit 11 set, bit 10
-    #: clear, present bit clear): their contents are in memory, as Volatility's Windows layers
-    #: read them.
-    transition: bool
-
-
-def paging_of(kernel: "KernelContext") -> Optional[Paging]:
-    layer = kernel.layer
-    if not isinstance(layer, intel.Intel):
-        return None
-    try:
-        physical = kernel.context.layers[layer.config["memory_layer"]]
-        dtb = int(layer.config["page_map_offset"])
-    except (KeyError, TypeError):
-        return None
-    wide = isinstance(layer, (intel.Intel32e, intel.IntelPAE))
-    return Paging(
-        physical,
-        dtb,
-        [(bits, large) for _name, bits, large in layer.structure],
-        8 if wide else 4,
-        getattr(layer, "_maxphyaddr", 52),
-        isinstance(layer, intel.WindowsMixin),
-    )
-
-
-def read_uncached(
-    context: interfaces.context.ContextInterface, layer: interfaces.layers.DataLayerInterface, offset: int, length: int
-) -> bytes:
-    """``length`` bytes at ``offset`` (zeros where nothing is mapped), read down the layer stack
-    through ``mapping``.
-
-    Why: Volatility's translation layers keep the results of their last 512 ``read`` calls
-    (``functools.lru_cache`` on ``read``); for the megabyte reads of a scan that cache holds
-    hundreds of megabytes, gigabytes with 16 MiB reads. Linearly mapped layers (Intel paging, the
-    crash-dump layers) decode nothing, so reading their mapping's pieces from the layers below is
-    the same data without the cache; other translation layers are read as usual."""
-    if not isinstance(layer, interfaces.layers.TranslationLayerInterface):
-        return layer.read(offset, length, pad=True)
-    if not isinstance(layer, linear.LinearlyMappedLayer):
-        return layer.read(offset, length, pad=True)
-    output = bytearray(length)
-    for start, _sublength, mapped, mapped_length, name in layer.mapping(offset, length, ignore_errors=True):
-        piece = read_uncached(context, context.layers[name], mapped, mapped_length)
-        output[start - offset : start - offset + len(piece)] = piece
-    return bytes(output)
-
-
-def physical_runs(physical: interfaces.layers.DataLayerInterface) -> List[Tuple[int, int]]:
-    """(offset, length) of the physical layer's data, coalesced: the whole file for a raw image,
-    the data runs of a crash dump."""
-    end = physical.maximum_address + 1
-    if not isinstance(physical, interfaces.layers.TranslationLayerInterface):
-        return [(0, end)]
-    runs: List[Tuple[int, int]] = []
-    for offset, length, _mapped, _mapped_length, _layer in physical.mapping(0, end, ignore_errors=True):
-        if runs and runs[-1][0] + runs[-1][1] == offset:
-            runs[-1] = (runs[-1][0], runs[-1][1] + length)
-        else:
-            runs.append((offset, length))
-    return runs
-
-
 def search_tags(
-    data: bytes, base: int, tags: Sequence[bytes], tag_offset: int, unit: int
+    data: "Buffer", base: int, tags: Sequence[bytes], tag_offset: int, unit: int
 ) -> Iterator[Tuple[int, bytes]]:
     """(physical address of the pool header, tag) of every tag at a header position in ``data``
     (which starts at ``base``, a multiple of ``unit``)."""
@@ -127,8 +56,7 @@ def search_tags(
 
 
 def search_ranges(
-    context: interfaces.context.ContextInterface,
-    layer: interfaces.layers.DataLayerInterface,
+    read: Callable[[int, int], bytes],
     ranges: Sequence[Tuple[int, int]],
     tags: Sequence[bytes],
     tag_offset: int,
@@ -138,8 +66,10 @@ def search_ranges(
     description: str = "",
 ) -> Iterator[Tuple[int, bytes, bytes, int]]:
     """(address of the pool header, tag, the chunk read, the header's offset in it) of every tag
-    at a header position in the (start, length) ``ranges`` of ``layer``, read ``chunk`` bytes at
-    a time (uncached, zeros where nothing is mapped); ``progress`` is told after each chunk."""
+    at a header position in the (start, length) ``ranges``, read ``chunk`` bytes at a time by
+    ``read(start, length)`` (zeros where nothing is mapped; the chunk may be a buffer the next
+    read reuses: take what is needed of it before asking for the next hit); ``progress`` is
+    told after each chunk."""
     total = sum(length for _start, length in ranges) or 1
     done = 0
     for start, length in ranges:
@@ -147,7 +77,7 @@ def search_ranges(
         while position < start + length:
             size = min(chunk, start + length - position)
             try:
-                data = read_uncached(context, layer, position, size)
+                data = read(position, size)
             except exceptions.InvalidAddressException:
                 data = b""
             for header, tag in search_tags(data, position, tags, tag_offset, unit):
@@ -156,6 +86,24 @@ def search_ranges(
             done += size
             if progress is not None:
                 progress(100.0 * done / total, description)
+
+
+def virtual_reader(kernel: "KernelContext") -> Callable[[int, int], "Buffer"]:
+    """How a scan reads kernel ranges: the bulk reader when the layer has one (no per-page
+    translation through Volatility; one buffer reused, each piece valid until the next read),
+    else through the layers' mappings, around their cache."""
+    bulk: Optional["BulkReader"] = kernel.bulk
+    if bulk is not None:
+        buffer = bytearray()
+
+        def read(start: int, length: int) -> "Buffer":
+            nonlocal buffer
+            if len(buffer) < length:
+                buffer = bytearray(length)
+            return bulk.read(start, length, buffer)[0]
+
+        return read
+    return lambda start, length: read_uncached(kernel.context, kernel.layer, start, length)
 
 
 def physical_search(
@@ -167,12 +115,12 @@ def physical_search(
 ) -> Optional[List[PhysicalHit]]:
     """Every pool-header position in physical memory that carries one of ``tags``; None when
     this layer is not searched this way."""
-    paging = paging_of(kernel)
-    if paging is None or tag_offset % 4 or unit % 4:
+    bulk = kernel.bulk
+    if bulk is None or tag_offset % 4 or unit % 4:
         return None
     hits: List[PhysicalHit] = []
     found = search_ranges(
-        kernel.context, paging.physical, physical_runs(paging.physical), tags, tag_offset, unit, CHUNK, progress,
+        bulk.physical.reader(), bulk.physical.runs, tags, tag_offset, unit, CHUNK, progress,
         "Searching physical memory for pool tags",
     )
     for header, tag, _data, _offset in found:
@@ -181,42 +129,3 @@ def physical_search(
             kernel.diagnostics.warning(f"More than {MAX_HITS} pool-tag hits in physical memory: the rest not searched")
             return hits
     return hits
-
-
-def paging_format(paging: Paging) -> page_tables.Paging:
-    return page_tables.Paging(tuple(paging.levels), paging.entry_size, paging.physical_bits, paging.transition)
-
-
-def physical_reader(physical: interfaces.layers.DataLayerInterface) -> page_tables.Read:
-    """Bytes of the physical layer; none where it cannot read them."""
-
-    def read(offset: int, length: int) -> bytes:
-        try:
-            return physical.read(offset, length)
-        except exceptions.InvalidAddressException:
-            return b""
-
-    return read
-
-
-def kernel_mappings(kernel: "KernelContext", frames: Set[int]) -> Dict[int, List[int]]:
-    """Virtual addresses (pages) in the kernel half that map each of ``frames``, from one walk
-    of the page tables through the physical layer (``common/page_tables.py``). Addresses are the
-    layer's own (masked to its virtual width, not sign-extended), as Volatility's layers take them."""
-    paging = paging_of(kernel)
-    found: Dict[int, List[int]] = {}
-    if paging is None or not frames:
-        return found
-    walked = page_tables.mappings(physical_reader(paging.physical), paging.dtb, paging_format(paging),
-                                  kernel_half_start(kernel.pointer_size))
-    for address, first, count, table, _write_back in walked:
-        if table:
-            continue
-        if count == 1:
-            if first in frames:
-                found.setdefault(first, []).append(address)
-            continue
-        for frame in frames:
-            if first <= frame < first + count:
-                found.setdefault(frame, []).append(address + ((frame - first) << 12))
-    return found

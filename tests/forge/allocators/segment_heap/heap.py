@@ -6,7 +6,7 @@ VS allocator otherwise, and big-pool pages to its backend.
 """
 
 import random
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ...memory.machine import Machine
 from ...memory.physical import PAGE_SIZE
@@ -14,6 +14,7 @@ from ...profiles.layout import KernelLayout
 from ..big_pool import BigPageTable
 from ..pool import FREED, NOISE_PLAN_SEED, PoolAllocator, PoolBlock, PoolHeaders, PoolKind
 from .lfh import ACTIVATION_THRESHOLD, LFH_MAX_BLOCK, LfhContext
+from .noise import NoisePages
 from .segments import RANGE_BACKEND, UNITS_PER_SEGMENT, PageSegments, PoolRegions, first_descriptor
 from .vs import VsContext
 
@@ -120,6 +121,7 @@ class SegmentHeapPool(PoolAllocator):
                         else machine.allocate_system_pages(1))
         self.heaps = [self._create_heap(index, kind) for index, kind in enumerate(HEAP_KINDS)]
         self.bulk_subsegments: List[int] = []  # filled by fill_noise: their blocks have no PoolBlock
+        self._noise_pages: Optional[NoisePages] = None
         self._write_roots()
         self.big_pool = BigPageTable.install(machine, kernel_base)
         self._boot_noise()
@@ -180,16 +182,19 @@ class SegmentHeapPool(PoolAllocator):
         """Fill ``kind``'s heap with ``target_bytes`` of whole subsegments of noise, as a busy
         machine's heap is: LFH subsegments of every bucket (a third of their blocks freed: bits
         00, bytes intact) and VS subsegments of larger blocks (a third freed: free chunks,
-        merged). Written a page at a time, without a PoolBlock each (the ground truth counts
-        them); returns the counts."""
+        merged). Their pages are procedural (``noise.py``: produced when the image is written,
+        the metadata exact), without a PoolBlock each (the ground truth counts them); returns
+        the counts."""
         heap = self._heap_for(kind)
+        if self._noise_pages is None:
+            self._noise_pages = NoisePages(self.machine)
         counts = {"lfh_blocks": 0, "lfh_freed": 0, "vs_blocks": 0, "vs_freed": 0, "bytes": 0}
         sizes = [units * self.unit for units in range(2, LFH_MAX_BLOCK // self.unit + 1)]
         while counts["bytes"] < target_bytes:
             if rng.randrange(8):
-                subsegment = heap.lfh.fill(rng.choice(sizes), kind, rng, counts)
+                subsegment = heap.lfh.fill(rng.choice(sizes), kind, rng, counts, self._noise_pages)
             else:
-                subsegment = heap.vs.fill(kind, rng, counts)
+                subsegment = heap.vs.fill(kind, rng, counts, self._noise_pages)
             self.bulk_subsegments.append(subsegment.address)
             counts["bytes"] += subsegment.units * PAGE_SIZE
         return counts

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from ...memory.machine import Machine
 from ...memory.physical import PAGE_SIZE
 from ..pool import NOISE_TAGS, FreedHow, PoolBlock, PoolHeaders, PoolKind
+from .noise import BlockHeaders, NoisePages, noise_blocks
 from .segments import RANGE_LFH, PageSegments
 
 LFH_MAX_BLOCK = 0x200
@@ -111,9 +112,10 @@ class LfhContext:
                 return first, slots
             slots = fitting
 
-    def _new_subsegment(self, bucket: _Bucket) -> _LfhSubsegment:
+    def _new_subsegment(self, bucket: _Bucket, source: int = 0) -> _LfhSubsegment:
+        """``source``: the procedural content source of its pages (bulk noise), 0 for stored pages."""
         pages = 1 if bucket.block_size <= 0x100 else 2
-        address = self.backend.new_range(pages, RANGE_LFH)
+        address = self.backend.new_range(pages, RANGE_LFH, source)
         first, slots = self._geometry(pages, bucket.block_size)
         size = bucket.block_size
         usable = [slot for slot in range(slots)
@@ -124,25 +126,25 @@ class LfhContext:
 
     # -- noise -------------------------------------------------------------------------------
 
-    def fill(self, block_size: int, kind: PoolKind, rng: random.Random, counts: Dict[str, int]) -> _LfhSubsegment:
-        """A whole subsegment of ``block_size`` noise blocks, a third of them freed, written at
-        once and without a PoolBlock each (``counts`` counts them)."""
+    def fill(self, block_size: int, kind: PoolKind, rng: random.Random, counts: Dict[str, int],
+             noise: NoisePages) -> _LfhSubsegment:
+        """A whole subsegment of ``block_size`` noise blocks, a third of them freed, without a
+        PoolBlock each (``counts`` counts them); its pages are procedural (``noise.py``)."""
         bucket = self.buckets.setdefault(block_size, _Bucket(block_size // self.unit, block_size))
         bucket.allocations = max(bucket.allocations, ACTIVATION_THRESHOLD + 1)  # long since active
-        subsegment = self._new_subsegment(bucket)
-        size = subsegment.units * PAGE_SIZE
-        data = bytearray(rng.getrandbits(8 * size).to_bytes(size, "little"))
-        data[: subsegment.first_offset] = bytes(subsegment.first_offset)  # the header, written by finish()
+        subsegment = self._new_subsegment(bucket, noise.source)
         subsegment.bulk_busy = bytearray(subsegment.slot_count)
-        units = block_size // self.unit
+        tags = []
         for slot in subsegment.free_slots:
-            offset = subsegment.first_offset + slot * block_size
-            data[offset : offset + self.headers.size] = self.headers.pack(units, rng.choice(NOISE_TAGS), kind.header_pool_type)
+            tags.append(rng.randrange(len(NOISE_TAGS)))
             freed = rng.randrange(3) == 0
             subsegment.bulk_busy[slot] = 0 if freed else 1
             counts["lfh_freed" if freed else "lfh_blocks"] += 1
+        offsets = [subsegment.first_offset + slot * block_size for slot in subsegment.free_slots]
+        content = BlockHeaders(self.headers, kind.header_pool_type, rng.getrandbits(48), subsegment.first_offset,
+                               noise_blocks(offsets, block_size // self.unit, tags))
+        noise.register(subsegment.address, subsegment.units, content)
         subsegment.free_slots = []
-        self.machine.space.write(subsegment.address, bytes(data))
         return subsegment
 
     # -- metadata ------------------------------------------------------------------------------

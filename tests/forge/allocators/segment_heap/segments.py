@@ -69,8 +69,9 @@ class PageSegments:
         self.first_descriptor = first_descriptor(machine.layout)
         self.segments: List[_Segment] = []
 
-    def new_range(self, units: int, flags: int) -> int:
-        """``units`` pages of a page segment for a subsegment or a big allocation, mapped."""
+    def new_range(self, units: int, flags: int, source: int = 0) -> int:
+        """``units`` pages of a page segment for a subsegment or a big allocation, mapped (onto
+        frames of the physical memory's procedural ``source`` when it is not 0)."""
         segment = self.segments[-1] if self.segments else None
         if segment is None or segment.next_unit + units > UNITS_PER_SEGMENT:
             segment = _Segment(self._regions.reserve(self.kind, UNITS_PER_SEGMENT), self.first_descriptor)
@@ -80,7 +81,10 @@ class PageSegments:
         segment.ranges.append((first, units, flags))
         segment.next_unit += units
         address = segment.address + first * PAGE_SIZE
-        self.machine.space.map_range(address, units * PAGE_SIZE, executable=self.kind.executable)
+        if source:
+            self.machine.space.map_procedural(address, units, source, executable=self.kind.executable)
+        else:
+            self.machine.space.map_range(address, units * PAGE_SIZE, executable=self.kind.executable)
         return address
 
     def release_range(self, address: int) -> None:

@@ -13,6 +13,7 @@ from ...memory.machine import Machine
 from ...memory.physical import PAGE_SIZE, canonical
 from ..pool import NOISE_TAGS, FreedHow, PoolBlock, PoolHeaders, PoolKind, write_slist_header
 from .lfh import LFH_MAX_BLOCK
+from .noise import BlockHeaders, NoisePages
 from .segments import RANGE_VS, PageSegments
 
 VS_SIGNATURE_KEY = 0x2BED
@@ -71,8 +72,9 @@ class VsContext:
         self.machine.space.write(block.header, self.headers.block_bytes(block))
         return block
 
-    def _new_subsegment(self) -> _VsSubsegment:
-        address = self.backend.new_range(VS_SUBSEGMENT_PAGES, RANGE_VS)
+    def _new_subsegment(self, source: int = 0) -> _VsSubsegment:
+        """``source``: the procedural content source of its pages (bulk noise), 0 for stored pages."""
+        address = self.backend.new_range(VS_SUBSEGMENT_PAGES, RANGE_VS, source)
         end = VS_SUBSEGMENT_PAGES * PAGE_SIZE
         subsegment = _VsSubsegment(address, VS_SUBSEGMENT_PAGES, [_Chunk(self.first_chunk, end - self.first_chunk, "free")])
         self.subsegments.append(subsegment)
@@ -169,22 +171,19 @@ class VsContext:
 
     # -- noise -------------------------------------------------------------------------------
 
-    def fill(self, kind: PoolKind, rng: random.Random, counts: Dict[str, int]) -> _VsSubsegment:
+    def fill(self, kind: PoolKind, rng: random.Random, counts: Dict[str, int], noise: NoisePages) -> _VsSubsegment:
         """A whole subsegment of noise chunks larger than the LFH's blocks, a third of them freed
-        (free chunks, merged), written at once and without a PoolBlock each (``counts``)."""
-        subsegment = self._new_subsegment()
-        size = subsegment.units * PAGE_SIZE
-        data = bytearray(rng.getrandbits(8 * size).to_bytes(size, "little"))
-        data[: self.first_chunk] = bytes(self.first_chunk)
+        (free chunks, merged), without a PoolBlock each (``counts``); its pages are procedural
+        (``noise.py``)."""
+        subsegment = self._new_subsegment(noise.source)
         carved = []
+        blocks = []  # (pool header offset, units, tag index)
         while True:
             block_size = rng.randrange(LFH_MAX_BLOCK + self.unit, PAGE_SIZE - self.chunk_header, self.unit)
             chunk = self._carve(subsegment, block_size + self.chunk_header)
             if chunk is None:
                 break
-            header = chunk.offset + self.chunk_header
-            data[header : header + self.headers.size] = self.headers.pack(block_size // self.unit, rng.choice(NOISE_TAGS),
-                                                                          kind.header_pool_type)
+            blocks.append((chunk.offset + self.chunk_header, block_size // self.unit, rng.randrange(len(NOISE_TAGS))))
             carved.append(chunk)
         for chunk in carved:
             if rng.randrange(3) == 0:
@@ -195,7 +194,8 @@ class VsContext:
                 counts["vs_blocks"] += 1
         for chunk in subsegment.chunks:  # nothing more is carved from a bulk subsegment
             chunk.fresh = False
-        self.machine.space.write(subsegment.address, bytes(data))
+        content = BlockHeaders(self.headers, kind.header_pool_type, rng.getrandbits(48), self.first_chunk, sorted(blocks))
+        noise.register(subsegment.address, subsegment.units, content)
         return subsegment
 
     # -- metadata ------------------------------------------------------------------------------
