@@ -102,6 +102,9 @@ FORGED_FIELDS: Dict[str, Optional[List[str]]] = {
     ],
     # TableCode: Volatility's windows.handles reads it (a process without a table has none)
     "_HANDLE_TABLE": ["HandleCount", "TableCode"],
+    # What Volatility's _ETHREAD.is_valid reads of every Thre-tagged block windows.poolscanner
+    # finds (an exited process's freed thread blocks, kernel/processes.py): its client id and times.
+    "_ETHREAD": ["Cid", "CreateTime", "ExitTime"],
     # The memory manager's globals the forge writes (kernel/memory_manager.py).
     "_PHYSICAL_MEMORY_DESCRIPTOR": None,
     "_PHYSICAL_MEMORY_RUN": None,
