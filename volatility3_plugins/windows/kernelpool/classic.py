@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set
 from volatility3.framework import exceptions
 
 from ..kernelread import lists
-from ..kernelread.addresses import canonical
-from ..kernelread.views import ViewError, array_member, member_offset, type_name
-from .headers import POOL_IN_USE_BIT, pool_header_view
-from .state import NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable, Region
+from ..kernelread.addresses import PAGE_SIZE, canonical
+from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name
+from .headers import POOL_IN_USE_BIT, block_unit, pool_header_view
+from .state import (NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, ContainingBlock, MetadataPoolMap,
+                    PoolMetadataUnavailable, Region)
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -214,3 +215,32 @@ class ClassicPoolMap(MetadataPoolMap):
                 return BlockState.UNKNOWN
             pool_type = record.PoolType
         return BlockState.ALLOCATED if pool_type & POOL_IN_USE_BIT else BlockState.FREED
+
+    def block_containing(self, address: int) -> Optional[ContainingBlock]:
+        """The block holding ``address`` in a small-pool page: the page's header chain is walked
+        from its start, and believed only when it tiles the page exactly, each header's
+        ``PreviousSize`` matching the block before (a page of anything else does not)."""
+        kernel = self._kernel
+        try:
+            view = StructView.compile(kernel.context, self._header.type_name, ["PreviousSize", "BlockSize", "PoolType", "PoolTag"], kernel.mask)
+            page = kernel.reader.read((address & kernel.mask) & ~(PAGE_SIZE - 1), PAGE_SIZE)
+        except (ViewError, exceptions.InvalidAddressException):
+            return None
+        unit = block_unit(kernel.pointer_size)
+        offset = (address & kernel.mask) & (PAGE_SIZE - 1)
+        position, previous, found = 0, 0, None
+        while position < PAGE_SIZE:
+            record = view.unpack(page, 0, position)
+            size = record.BlockSize * unit
+            if size == 0 or position + size > PAGE_SIZE or record.PreviousSize * unit != previous:
+                return None
+            if position <= offset < position + size:
+                found = (position, size, record)
+            previous = size
+            position += size
+        if found is None:
+            return None
+        position, size, record = found
+        header = ((address & kernel.mask) & ~(PAGE_SIZE - 1)) + position
+        tag = record.PoolTag.to_bytes(4, "little")
+        return ContainingBlock(header, size, tag, self.state(header, record.PoolType))

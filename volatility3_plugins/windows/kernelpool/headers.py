@@ -1,10 +1,10 @@
 """``_POOL_HEADER`` as the kernel lays it out: one view for every reader and scanner."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
-from volatility3.framework import constants
+from volatility3.framework import constants, exceptions
 
-from ..kernelread.views import StructView
+from ..kernelread.views import StructView, ViewError
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -32,3 +32,15 @@ def block_unit(pointer_size: int) -> int:
     """``BlockSize`` unit and header alignment: 16 bytes on x64, 8 on x86 (also the segment
     heap's granule)."""
     return 0x10 if pointer_size == 8 else 8
+
+
+def read_tag(kernel: "KernelContext", header: int) -> Optional[bytes]:
+    """The ``PoolTag`` of the pool header at ``header``; None when unreadable."""
+    try:
+        offset = pool_header_view(kernel).offset("PoolTag")
+    except ViewError:
+        return None
+    try:
+        return kernel.reader.read(header + offset, 4)
+    except exceptions.InvalidAddressException:
+        return None

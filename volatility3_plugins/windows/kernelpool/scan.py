@@ -265,11 +265,13 @@ def scan_pool(
     progress_callback: Optional[constants.ProgressCallback] = None,
     images: Iterable[Tuple[int, int]] = (),
     full: bool = False,
+    pool_map: Optional[PoolMap] = None,
 ) -> ScanOutcome:
     """One pass for ``targets``: the allocator's non-paged regions, or the whole kernel half
     (loaded images ``images`` left out) when the allocator cannot say where its blocks lie or
-    ``full`` asks for it. Raises ViewError when pool headers cannot be decoded."""
-    pool_map = open_pool_map(kernel)
+    ``full`` asks for it; ``pool_map``: the run's reader of the allocator (opened when None).
+    Raises ViewError when pool headers cannot be decoded."""
+    pool_map = pool_map if pool_map is not None else open_pool_map(kernel)
     scanner = PoolScanner(kernel, targets, pool_map)
     regions = None if full else pool_map.regions()
     images = [(base, size) for base, size in images if 0 < size <= MAX_IMAGE_SIZE]

@@ -43,9 +43,9 @@ from volatility3.framework import exceptions
 from ..kernelread import lists
 from ..kernelread.addresses import PAGE_SIZE, canonical
 from ..kernelread.views import StructView, ViewError, array_member, member_offset, type_name, type_size
-from .headers import block_unit
-from .state import (NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, MetadataPoolMap, PoolMetadataUnavailable,
-                    Region, RegionIndex)
+from .headers import block_unit, read_tag
+from .state import (NONPAGED, NONPAGED_NX, NONPAGED_POOLS, PAGED, BlockState, ContainingBlock, MetadataPoolMap,
+                    PoolMetadataUnavailable, Region, RegionIndex)
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
@@ -286,6 +286,34 @@ class SegmentHeapMap(MetadataPoolMap):
         if header != start and header != _next_page(start):
             return BlockState.NOT_A_BLOCK
         return BlockState.ALLOCATED
+
+    def block_containing(self, address: int) -> Optional[ContainingBlock]:
+        """The LFH block or VS chunk of a subsegment that holds ``address``; UNKNOWN (without a
+        header) when that subsegment's metadata does not validate."""
+        address &= self._kernel.mask
+        region = self._index.find(address)
+        if region is None:
+            return None
+        if region.kind == "lfh":
+            blocks = self._lfh_blocks(region)
+            if blocks is None:
+                return ContainingBlock(None, None, None, BlockState.UNKNOWN)
+            offset = address - region.start - blocks.first
+            if offset < 0 or offset // blocks.size >= blocks.count:
+                return None  # the subsegment's own header, or its unused end
+            header = region.start + blocks.first + offset // blocks.size * blocks.size
+            return ContainingBlock(header, blocks.size, read_tag(self._kernel, header), self.state(header))
+        chunks = self._vs_chunks(region)
+        if chunks is None:
+            return ContainingBlock(None, None, None, BlockState.UNKNOWN)
+        position = bisect.bisect_right(chunks.starts, address) - 1
+        if position < 0 or address >= chunks.ends[position]:
+            return None
+        header = chunks.starts[position] + chunks.header_size
+        if address < header:
+            return None  # the chunk header itself
+        state = BlockState.ALLOCATED if chunks.allocated[position] else BlockState.FREED
+        return ContainingBlock(header, chunks.ends[position] - header, read_tag(self._kernel, header), state)
 
     def _lfh_blocks(self, region: Subsegment) -> Optional[LfhBlocks]:
         if region.start in self._lfh:

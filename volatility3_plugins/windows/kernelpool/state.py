@@ -29,6 +29,19 @@ PAGED = "PagedPool"
 NONPAGED_POOLS = (NONPAGED, NONPAGED_NX)
 
 
+@dataclasses.dataclass(frozen=True)
+class ContainingBlock:
+    """The pool block that holds an address, as the allocator's metadata places it: its pool
+    header, size (header included), tag and allocation state. ``header``, ``size`` and ``tag``
+    are None when the address lies where the allocator keeps blocks but its metadata there
+    cannot be read (the state is then UNKNOWN)."""
+
+    header: Optional[int]
+    size: Optional[int]
+    tag: Optional[bytes]
+    state: BlockState
+
+
 class PoolMetadataUnavailable(Exception):
     """The allocator's metadata cannot be read or does not validate."""
 
@@ -64,6 +77,11 @@ class PoolMap:
         (NOT_A_BLOCK when the allocator knows that no block starts there); ``pool_type`` is the
         header's ``PoolType`` when the caller has already read it."""
         return BlockState.UNKNOWN
+
+    def block_containing(self, address: int) -> Optional[ContainingBlock]:
+        """The block that holds ``address`` (its body or its header); None when no block the
+        allocator describes holds it, or when the allocator cannot say."""
+        return None
 
 
 class MetadataPoolMap(PoolMap):

@@ -1,0 +1,110 @@
+"""Executive objects in pool: the scan target for blocks holding an object of one type.
+
+An object's allocation is ``_POOL_HEADER | optional headers | _OBJECT_HEADER | body`` (WRK
+``base/ntos/ob/obcreate.c``). The optional headers in front are the ones ``InfoMask`` says, their
+total given by ``nt!ObpInfoMaskToOffset``; the header's type index (XOR-decoded with
+``nt!ObHeaderCookie`` on Windows 10 and later) must name the object type, as Volatility's
+``get_object_type()`` decodes it. Bytes inside optional headers can pass for a header by chance:
+the candidate whose body starts with the type's signature wins, then the one nearest the block's
+end (the body ends the allocation, which is why Volatility reads objects top-down on 8 and
+later). A freed object is no evidence of anything: such hits are rejected.
+
+:data:`DRIVER_OBJECTS` is the ``Driver`` type as ``windows.driverscan`` scans for it (tags ``Driv``,
+``Dri\\xf6`` before Windows 8 with the protected bit).
+"""
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+
+from ..kernelread.views import ViewError, type_size
+from .scan import PoolHit, PoolScanner, Rejected, ScanTarget
+from .state import BlockState
+
+if TYPE_CHECKING:
+    from ..kernelread.context import KernelContext
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectKind:
+    """An object type a scan can look for."""
+
+    kind: str  # the scan target's kind
+    tags: Tuple[bytes, ...]
+    type_name: str  # the _OBJECT_TYPE's name
+    #: The kernel global pointing at the _OBJECT_TYPE (else ObTypeIndexTable is searched)
+    type_global: Optional[str]
+    #: The body's structure in the kernel's symbol table (None: the caller gives its size)
+    body_type: Optional[str] = None
+    #: The bytes a body of this type starts with, when it has such bytes
+    signature: Optional[bytes] = None
+
+
+#: ``Driver`` objects: ``_DRIVER_OBJECT`` starts with ``Type`` (``IO_TYPE_DRIVER``, 4, a CSHORT).
+DRIVER_OBJECTS = ObjectKind("driver objects", (b"Driv", b"Dri\xf6"), "Driver", "IoDriverObjectType",
+                            "_DRIVER_OBJECT", (4).to_bytes(2, "little"))
+
+
+def body_size(kernel: "KernelContext", kind: ObjectKind) -> Optional[int]:
+    """The body's size from the kernel's symbol table; None when it lacks the type."""
+    if kind.body_type is None:
+        return None
+    try:
+        return type_size(kernel.context, kernel.kernel_type(kind.body_type))
+    except ViewError:
+        return None
+
+
+def object_target(
+    kernel: "KernelContext",
+    kind: ObjectKind,
+    keep: Callable[[int, BlockState], Any],
+    size: Optional[Callable[[], Optional[int]]] = None,
+) -> ScanTarget:
+    """The scan target of ``kind``: each block is validated by :func:`locate_body` and handed to
+    ``keep(body, state)``, whose result the scan keeps (it may raise :class:`Rejected`);
+    ``size`` gives the body's size where ``kind`` names no structure."""
+    measure = size or (lambda: body_size(kernel, kind))
+
+    def needed() -> Optional[int]:
+        headers, found = kernel.object_headers, measure()
+        return None if headers is None or found is None else headers.body_offset + found
+
+    def validate(scanner: PoolScanner, hit: PoolHit, state: BlockState) -> Any:
+        return keep(locate_body(kernel, scanner, hit, state, kind, measure()), state)
+
+    return ScanTarget(kind.kind, kind.tags, needed, validate)
+
+
+def locate_body(kernel: "KernelContext", scanner: PoolScanner, hit: PoolHit, state: BlockState, kind: ObjectKind,
+                size: Optional[int]) -> int:
+    """The body address of the object of ``kind`` in the block of ``hit``; raises Rejected."""
+    if state == BlockState.FREED:
+        raise Rejected("object in freed pool")
+    headers = kernel.object_headers
+    if headers is None or size is None:
+        raise Rejected("object headers unusable")
+    wanted = headers.type_index(kind.type_name, kind.type_global)
+    body_offset = headers.body_offset
+    table = headers.info_mask_to_offset
+    found: List[Tuple[bool, int, int]] = []
+    # Every total of optional headers an InfoMask can describe, smallest first.
+    for optional in sorted(set(table)):
+        start = scanner.header.size + optional
+        if start + body_offset + size > hit.block_size:
+            break
+        info = scanner.block(hit, start, body_offset)
+        if info is None:
+            continue
+        mask = headers.info_mask(info)
+        # The header's own InfoMask must account for exactly the optional headers in front of
+        # it (and a mask with bits set never means "no optional header").
+        if mask >= len(table) or table[mask] != optional or (optional == 0) != (mask == 0):
+            continue
+        header = (hit.header + start) & kernel.mask
+        if wanted is None or headers.decode_type_index(header, headers.raw_type_index(info)) != wanted:
+            continue
+        signed = kind.signature is not None and scanner.block(hit, start + body_offset, len(kind.signature)) == kind.signature
+        found.append((signed, optional, (header + body_offset) & kernel.mask))
+    if not found:
+        raise Rejected(f"object header not of type {kind.type_name}")
+    return max(found)[2]
