@@ -72,7 +72,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     # 3.0.0: the run context is a CallbackContext (KernelContext plus our views);
     #        list_callback_objects returns the records; allocation states are BlockState
     #        values; list_loose_registrations(linked=...); run() goes through these methods
-    _version = (3, 0, 0)
+    # 3.1.0: scan_pool also finds driver objects (ScanResult.driver_objects, image_traces());
+    #        rows carry Landing and LandingOwner
+    _version = (3, 1, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -88,7 +90,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             requirements.BooleanRequirement(
                 name="no_scan",
                 description="Skip pool scanning: list, directory and globals only (faster; "
-                "no orphan_registration, freed or hidden_module)",
+                "no orphan_registration or freed; hidden_module from \\Driver and the inverted function table only)",
                 default=False,
                 optional=True,
             ),
@@ -169,7 +171,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         full: bool = False,
     ) -> scan_targets.ScanResult:
         """One pass over the kernel's non-paged pool for the blocks of ``kinds`` (callback
-        objects, registration blocks, loader entries), every hit validated; where the pool
+        objects, registration blocks, loader entries, driver objects), every hit validated; where the pool
         allocator's metadata says its blocks lie, else (or with ``full``) the whole kernel half,
         the images of loaded modules left out.
 
@@ -177,14 +179,15 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             context: The context to retrieve required elements (layers, symbol tables) from
             kernel_module_name: The name of the kernel module on which to operate
             config_path: Where our symbol table's configuration goes
-            kinds: Which targets to look for (``scan_targets.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
+            kinds: Which targets to look for (``scan_targets.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``,
+                ``DRIVER_OBJECTS``)
             progress_callback: Receives the scan's progress
             kernel: A run context from :meth:`build_kernel_context` (built when None)
             full: Scan the whole kernel half even where the allocator says where its blocks lie
 
         Returns:
-            The validated blocks (``objects``, ``registrations``, ``modules``), each with its
-            allocation state (a ``BlockState``) from the pool allocator's metadata; ``ran`` is
+            The validated blocks (``objects``, ``registrations``, ``modules``, ``driver_objects``),
+            each with its allocation state (a ``BlockState``) from the pool allocator's metadata; ``ran`` is
             False when pool headers cannot be decoded on this kernel
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
@@ -312,6 +315,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 symbol,
             ]
         values.append(",".join(row.flags))
+        found = row.code
+        landing = found.landing if found is not None and found.landing is not None else na()
+        values += [_hex(landing), found.owner if found is not None and found.owner is not None else na()]
         return tuple(values)
 
     def _generator(self, kernel: CallbackContext, found: pipeline.Report) -> Iterator[Tuple[int, Tuple]]:

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Callable, Collection, Dict, Iterator, List, Op
 from ...schema import baseline
 from ..kernelpool.state import BlockState
 from ..kernelread.attribution import Attributor
+from ..kernelread.image_traces import OtherImages
 from . import classify, expected, rows
 from .inventory import CallbackObjectRecord
+from .landing import RoutineCode
 from .registrations import Registration, RegistrationList
 from .rows import Row
 
@@ -63,7 +65,12 @@ class Report:
         self.scan = scan
         #: Known-good registrations to compare with (``--baseline``); None: no comparison.
         self.known_good = known_good
-        self.attributor = Attributor(kernel, kernel.loaded_modules, hidden_modules=scan.hidden_module_candidates())
+        #: Images the module list lacks, from every other trace (read on first need).
+        self.other_images = OtherImages(kernel, kernel.loaded_modules, scan.image_traces(),
+                                        len(scan.driver_objects) if scan.ran else None)
+        self.attributor = Attributor(kernel, kernel.loaded_modules, hidden_modules=self.other_images)
+        #: What each routine's code does (decoded once per routine).
+        self.code = RoutineCode(kernel, self.attributor)
         self.rules = expected.load()
         self.counts = Counts(objects=len(objects))
 
@@ -82,6 +89,12 @@ class Report:
         for row in found:
             self.counts.add(row)
             yield row
+        self.finish()
+
+    def finish(self) -> None:
+        """The routes the rows needed, once every row is known (the verdict line names them)."""
+        self.other_images.record_routes()
+        self.code.record_routes()
 
     def _classified_rows(self, registrations_of: RegistrationsOf, loose_of: LooseOf) -> Iterator[Row]:
         counts = self.counts
@@ -95,11 +108,11 @@ class Report:
             if self.scan.ran:
                 linked.update(reg.address for reg in listed.registrations)
                 every_list_complete &= listed.complete and record.body_readable
-            yield from rows.object_rows(record, listed, self.attributor, self.rules)
+            yield from rows.object_rows(record, listed, self.attributor, self.rules, self.code)
         if not self.scan.ran:
             return
         by_address = {record.address: record for record in self.objects}
         for registration, state in loose_of(linked):
             counts.loose += 1
             owner = int(registration.callback_object)
-            yield rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor)
+            yield rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor, self.code)
