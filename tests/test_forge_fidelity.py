@@ -138,5 +138,5 @@ def test_kernel_pe_is_a_valid_image_with_rsds(forged):
 def test_truth_is_json_and_names_every_column(forged):
     truth = json.loads(forged("rootkit", "win10")["truth"].read_text())
     columns = {"Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
-               "UnregisterWaiting", "Module", "Symbol", "Flags", "requires_scan", "scan_flags"}
+               "UnregisterWaiting", "Module", "Symbol", "Flags", "Landing", "LandingOwner", "requires_scan", "scan_flags"}
     assert all(set(row) == columns for row in truth["rows"])

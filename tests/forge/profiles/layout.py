@@ -54,6 +54,9 @@ FORGE_SYMBOLS = (
     # the dispatch routine every driver object's MajorFunction[] starts with (kernel/drivers.py), and
     # where kernel space starts (Volatility's driverscan reads it)
     "IopInvalidDeviceRequest", "MmSystemRangeStart",
+    # the images registered for exception dispatch (kernel/inverted_table.py), and the pointer
+    # through which 17763 and later read that table
+    "PsInvertedFunctionTable", "RtlpInvertedFunctionTable",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362

@@ -13,6 +13,9 @@
 - ``scale``: 2,000 objects and 20,000 registrations, for speed.
 - ``busy``: the baseline in a 4 GiB machine whose RAM is nearly all mapped and full (tens of
   thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``).
+- ``evasion``: the baseline plus routines that only look legitimate: argument gadgets, stubs in
+  int3 padding and .text slack, a registration swapped to a bare ``ret``, a hidden driver known
+  from its driver object and inverted-table entry, a manually mapped image (``evasion.py``).
 
 Every scenario gets :func:`freed_history` as well (``forge_scenario``): registrations undone, a
 callback object deleted, a driver unloaded, as on any machine that has been running a while.
@@ -28,6 +31,7 @@ from ..image.forge import ImageForge
 from ..memory.machine import DEFAULT_SEED
 from .baseline import PATCHGUARD_OBJECT, Story, baseline
 from .busy import busy
+from .evasion import evasion
 
 
 def rootkit(forge: ImageForge, unlinked: bool = False) -> Story:
@@ -189,6 +193,7 @@ SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
     "corrupt": corrupt,
     "scale": scale,
     "busy": busy,
+    "evasion": evasion,
 }
 
 
