@@ -165,6 +165,14 @@ def _module_record(module: "LoadedModule") -> Dict[str, Any]:
             {"name": s.name, "rva": s.rva, "size": s.virtual_size, "executable": s.executable}
             for s in module.image.sections
         ],
+        "exception_directory": module.image.exception_directory(),
+        "functions": [
+            {"name": f.name, "rva": f.rva, "size": len(f.body), "leaf": f.leaf, "fragment": f.fragment_rva}
+            for f in (module.image.code.functions.values() if module.image.code is not None else ())
+        ],
+        "loader_entry": module.loader_entry,
+        "driver_object": module.has_driver_object,
+        "inverted_table": module.in_inverted_table,
     }
 
 
@@ -186,6 +194,9 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
                              for module in forge.loader.unloaded],
         "driver_objects": forge.drivers.records(),
         "inverted_function_table": forge.inverted_table.records(),
+        "code_plants": [dict(address=address, argument=plant.argument, through=plant.through,
+                             landing=None if plant.landing is None else masked(plant.landing))
+                        for address, plant in sorted(forge.transfers.items())],
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
         "callback_directory": sorted(c.name for c in forge.callbacks.live_objects if c.in_directory and c.name),
         "deleted_callback_objects": [masked(c.address) for c in forge.callbacks.callback_objects if c.deleted],

@@ -174,13 +174,13 @@ class CodeReader:
 
     # -- reading -------------------------------------------------------------------------
 
-    def _window(self, address: int) -> bytes:
-        """Up to :data:`WINDOW` bytes at ``address``, fewer when the next page is not mapped;
-        raises InvalidAddressException when ``address`` itself is not."""
+    def _window(self, address: int) -> Tuple[bytes, bool]:
+        """Up to :data:`WINDOW` bytes at ``address``, and whether the next page cut them short;
+        raises InvalidAddressException when ``address`` itself is not mapped."""
         try:
-            return self._reader.read(address, WINDOW)
+            return self._reader.read(address, WINDOW), False
         except exceptions.InvalidAddressException:
-            return self._reader.read(address, PAGE_SIZE - (address & (PAGE_SIZE - 1)))
+            return self._reader.read(address, PAGE_SIZE - (address & (PAGE_SIZE - 1))), True
 
     def _pointer(self, address: int) -> int:
         return int.from_bytes(self._reader.read(address, self.pointer_size), "little")
@@ -188,16 +188,11 @@ class CodeReader:
     def instructions(self, address: int, limit: int) -> Iterator:
         """Up to ``limit`` decoded instructions from ``address`` (capstone ``CsInsn``), read a
         window at a time; stops early at undecodable bytes. Raises InvalidAddressException when
-        the first bytes cannot be read."""
+        the bytes of the next instruction are not all mapped."""
         decoder = self._decoder
         position, count = address & self._mask, 0
         while count < limit:
-            try:
-                data = self._window(position)
-            except exceptions.InvalidAddressException:
-                if position == address & self._mask:
-                    raise
-                return
+            data, cut = self._window(position)
             decoded = 0
             # capstone stops before an instruction the window cuts: the next window starts there.
             for insn in decoder.disasm(data, position):
@@ -208,6 +203,8 @@ class CodeReader:
                 if count >= limit:
                     return
             if decoded == 0:
+                if cut:
+                    raise exceptions.InvalidAddressException(self._reader.layer.name, position, "instruction cut by an unmapped page")
                 return
 
     # -- following -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ class PageReader:
     def __init__(
         self, layer: interfaces.layers.DataLayerInterface, max_pages: int = MAX_CACHED_PAGES
     ) -> None:
-        self._layer = layer
+        self.layer = layer
         self.mask: int = layer.address_mask
         self._max_pages = max_pages
         self._pages: Dict[int, Optional[bytes]] = {}
@@ -44,7 +44,7 @@ class PageReader:
             # dropping everything now and then costs little.
             self._pages.clear()
         try:
-            data: Optional[bytes] = self._layer.read(page, PAGE_SIZE)
+            data: Optional[bytes] = self.layer.read(page, PAGE_SIZE)
         except exceptions.InvalidAddressException:
             data = None
         self._pages[page] = data
@@ -62,7 +62,7 @@ class PageReader:
                 return data[start : start + length]
             # A layer whose mapped ranges are not page-granular (hand-made test layers, the
             # tail of a truncated file): ask it directly, uncached; it raises if absent.
-            return self._layer.read(address, length)
+            return self.layer.read(address, length)
         pieces = []
         position, remaining = address, length
         while remaining > 0:
@@ -70,7 +70,7 @@ class PageReader:
             take = min(remaining, page + PAGE_SIZE - position)
             data = self._page(page)
             if data is None:
-                return self._layer.read(address, length)
+                return self.layer.read(address, length)
             pieces.append(data[position - page : position - page + take])
             position += take
             remaining -= take
