@@ -3,7 +3,6 @@ Attributor asking for them only when an address lies in no listed module."""
 
 from volatility3_plugins.windows.kernelread import attribution, image_traces, loaded_modules
 from volatility3_plugins.windows.kernelread.driver_objects import DriverObjectInfo
-from volatility3_plugins.windows.kernelread.inverted_table import InvertedEntry
 
 from tests.unit import memory
 
@@ -29,16 +28,16 @@ def test_each_trace_and_the_best_name():
     traces = [
         # ghost.sys: its loader entry in pool, its driver object, its inverted-table entry
         image_traces.from_loader_entry(GHOST, 0x6000, "ghost.sys"),
-        *image_traces.from_inverted_table([InvertedEntry(GHOST, 0x7000, GHOST + 0x3000, 0x30)]),
+        *image_traces.from_inverted_table([(GHOST, 0x7000)]),
         *image_traces.from_driver_objects([DriverObjectInfo(0x1000, GHOST, 0x5000, "\\Driver\\ghost")]),
         # shade.sys: its loader entry erased; its driver object and table entry remain
         *image_traces.from_driver_objects([DriverObjectInfo(0x2000, SHADE, 0x5000, "\\Driver\\shade")]),
-        *image_traces.from_inverted_table([InvertedEntry(SHADE, 0x9000, 0, 0)]),
+        *image_traces.from_inverted_table([(SHADE, 0x9000)]),
         # a manually mapped image: its table entry only
-        *image_traces.from_inverted_table([InvertedEntry(MAPPED, 0x4000, 0, 0)]),
+        *image_traces.from_inverted_table([(MAPPED, 0x4000)]),
         # a listed driver's own traces, an entry naming no image, an unaligned base
         image_traces.from_loader_entry(LISTED, 0x8000, "listed.sys"),
-        *image_traces.from_inverted_table([InvertedEntry(NO_IMAGE, 0x4000, 0, 0), InvertedEntry(GHOST + 0x10, 0x4000, 0, 0)]),
+        *image_traces.from_inverted_table([(NO_IMAGE, 0x4000), (GHOST + 0x10, 0x4000)]),
     ]
     found = image_traces.hidden_images(kernel, listed, traces)
     assert [(m.base, m.size, m.name, m.hidden) for m in found] == [

@@ -168,6 +168,9 @@ class RoutineCode:
         else:
             lost = sum(1 for transfer in self._transfers.values() if not transfer.complete) + self._unreadable_landings
             detail = f"{decoded} routines decoded" + (f", {lost} with bytes or pointers unreadable" if lost else "")
+            if lost:
+                kernel.diagnostics.warning(f"Code of {lost} routines (or a pointer on their way) unreadable or zeros: "
+                                           "no trampoline verdict there")
             kernel.diagnostics.route(ROUTE_CODE, diagnostics.INCOMPLETE if lost else diagnostics.COMPLETE, detail)
         if kernel.pointer_size != 8:
             kernel.diagnostics.route(ROUTE_EXCEPTION_DIRECTORIES, diagnostics.NOT_ON_THIS_BUILD, "no .pdata on x86")

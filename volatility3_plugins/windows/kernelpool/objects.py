@@ -16,6 +16,7 @@ later). A freed object is no evidence of anything: such hits are rejected.
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
+from ..kernelread import driver_objects
 from ..kernelread.views import ViewError, type_size
 from .scan import PoolHit, PoolScanner, Rejected, ScanTarget
 from .state import BlockState
@@ -40,8 +41,8 @@ class ObjectKind:
 
 
 #: ``Driver`` objects: ``_DRIVER_OBJECT`` starts with ``Type`` (``IO_TYPE_DRIVER``, 4, a CSHORT).
-DRIVER_OBJECTS = ObjectKind("driver objects", (b"Driv", b"Dri\xf6"), "Driver", "IoDriverObjectType",
-                            "_DRIVER_OBJECT", (4).to_bytes(2, "little"))
+DRIVER_OBJECTS = ObjectKind(driver_objects.ROUTE_NAME, (b"Driv", b"Dri\xf6"), driver_objects.TYPE_NAME,
+                            driver_objects.TYPE_GLOBAL, "_DRIVER_OBJECT", (4).to_bytes(2, "little"))
 
 
 def body_size(kernel: "KernelContext", kind: ObjectKind) -> Optional[int]:

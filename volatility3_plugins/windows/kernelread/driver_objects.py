@@ -40,11 +40,10 @@ class DriverObjectInfo:
 
 @dataclasses.dataclass
 class DirectoryDrivers:
-    """The driver objects of ``\\Driver`` and how the walk fared."""
+    """The driver objects of ``\\Driver`` and how the walk fared (for the verdict)."""
 
     objects: List[DriverObjectInfo]
-    state: str
-    detail: str = ""
+    route: diagnostics.RouteState
 
 
 def read_driver_object(kernel: "KernelContext", body: int) -> Optional[DriverObjectInfo]:
@@ -80,13 +79,13 @@ def from_directory(kernel: "KernelContext") -> DirectoryDrivers:
     """The driver objects in ``\\Driver`` (type ``Driver`` by their headers)."""
     headers = kernel.object_headers
     if headers is None:
-        return DirectoryDrivers([], diagnostics.UNAVAILABLE, "object headers unusable")
+        return DirectoryDrivers([], diagnostics.RouteState(diagnostics.UNAVAILABLE, "object headers unusable"))
     directory, why = object_directory.find_root_directory(kernel, headers, DIRECTORY)
     if directory is None:
-        return DirectoryDrivers([], diagnostics.UNAVAILABLE, why)
+        return DirectoryDrivers([], diagnostics.RouteState(diagnostics.UNAVAILABLE, why))
     driver_index = headers.type_index(TYPE_NAME, TYPE_GLOBAL)
     if driver_index is None:
-        return DirectoryDrivers([], diagnostics.UNAVAILABLE, "the Driver object type cannot be identified")
+        return DirectoryDrivers([], diagnostics.RouteState(diagnostics.UNAVAILABLE, "the Driver object type cannot be identified"))
     walked = object_directory.directory_entries(kernel, headers, directory)
     found = []
     for entry in walked.entries:
@@ -97,4 +96,4 @@ def from_directory(kernel: "KernelContext") -> DirectoryDrivers:
     unreadable = sum(1 for entry in walked.entries if not entry.readable)
     complete = walked.complete and not unreadable
     detail = f"{len(found)} in \\{DIRECTORY}" + ("" if complete else f", {unreadable} unreadable or a chain cut")
-    return DirectoryDrivers(found, diagnostics.COMPLETE if complete else diagnostics.INCOMPLETE, detail)
+    return DirectoryDrivers(found, diagnostics.RouteState(diagnostics.COMPLETE if complete else diagnostics.INCOMPLETE, detail))

@@ -18,14 +18,14 @@ else its driver object.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from volatility3.framework import exceptions
 
 from . import diagnostics, driver_objects, inverted_table
 from .addresses import PAGE_SIZE
 from .driver_objects import DirectoryDrivers, DriverObjectInfo
-from .inverted_table import InvertedEntry, InvertedTable, read_inverted_table
+from .inverted_table import InvertedTable, read_inverted_table
 from .loaded_modules import MAX_IMAGE_SIZE, MAX_MODULES, LoadedModule, ModuleList
 
 if TYPE_CHECKING:
@@ -56,8 +56,9 @@ def from_loader_entry(base: int, size: int, name: Optional[str]) -> ImageTrace:
     return ImageTrace(base, size, LOADER_ENTRY, name, "loader" if name else None)
 
 
-def from_inverted_table(entries: Iterable[InvertedEntry]) -> List[ImageTrace]:
-    return [ImageTrace(entry.base, entry.size, INVERTED_TABLE) for entry in entries]
+def from_inverted_table(entries: Iterable[Tuple[int, int]]) -> List[ImageTrace]:
+    """Traces of the (ImageBase, SizeOfImage) of inverted-function-table entries."""
+    return [ImageTrace(base, size, INVERTED_TABLE) for base, size in entries]
 
 
 def from_driver_objects(objects: Iterable[DriverObjectInfo]) -> List[ImageTrace]:
@@ -140,9 +141,12 @@ class OtherImages:
                 routes.route(inverted_table.ROUTE_NAME, diagnostics.SKIPPED, why)
             routes.route(driver_objects.ROUTE_NAME, diagnostics.SKIPPED, why)
             return
+        for name, found in ((inverted_table.ROUTE_NAME, self._inverted.route), (driver_objects.ROUTE_NAME, self._drivers.route)):
+            if found.state in (diagnostics.INCOMPLETE, diagnostics.UNAVAILABLE):
+                routes.warning(f"{name.capitalize()} not read whole ({found.detail}): images only they show are missed")
         if self._kernel.pointer_size == 8:
-            routes.route(inverted_table.ROUTE_NAME, self._inverted.state, self._inverted.detail)
-        detail = self._drivers.detail
+            routes.route(inverted_table.ROUTE_NAME, self._inverted.route.state, self._inverted.route.detail)
+        detail = self._drivers.route.detail
         if self._pool_driver_objects is not None:
             detail += f", {self._pool_driver_objects} in pool"
-        routes.route(driver_objects.ROUTE_NAME, self._drivers.state, detail)
+        routes.route(driver_objects.ROUTE_NAME, self._drivers.route.state, detail)

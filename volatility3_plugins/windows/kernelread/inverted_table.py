@@ -35,25 +35,13 @@ TABLE_TYPE = "_INVERTED_FUNCTION_TABLE"
 ENTRY_TYPE = "_INVERTED_FUNCTION_TABLE_ENTRY"
 
 
-@dataclasses.dataclass(frozen=True)
-class InvertedEntry:
-    base: int
-    size: int
-    function_table: int
-    table_size: int
-
-
 @dataclasses.dataclass
 class InvertedTable:
-    """What the table gave: its usable entries, and the state of the route with a detail."""
+    """What the table gave: the (ImageBase, SizeOfImage) of its usable entries, and how the read
+    fared (for the verdict)."""
 
-    entries: List[InvertedEntry]
-    state: str
-    detail: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return self.state == diagnostics.COMPLETE
+    entries: List[Tuple[int, int]]
+    route: diagnostics.RouteState
 
 
 def _table_name(kernel: "KernelContext") -> Optional[str]:
@@ -82,21 +70,21 @@ def _views(kernel: "KernelContext") -> Optional[Tuple[StructView, StructView, in
 def read_inverted_table(kernel: "KernelContext") -> InvertedTable:
     """The table's entries, bounded by its array; never raises for missing memory."""
     if kernel.pointer_size != 8:
-        return InvertedTable([], diagnostics.NOT_ON_THIS_BUILD, "no inverted function table on x86")
+        return InvertedTable([], diagnostics.RouteState(diagnostics.NOT_ON_THIS_BUILD, "no inverted function table on x86"))
     address = kernel.symbols.address(SYMBOL)
     views = _views(kernel) if address is not None else None
     if address is None or views is None:
-        return InvertedTable([], diagnostics.UNAVAILABLE, f"no nt!{SYMBOL} or no layout for it")
+        return InvertedTable([], diagnostics.RouteState(diagnostics.UNAVAILABLE, f"no nt!{SYMBOL} or no layout for it"))
     header_view, entry_view, entries_offset, count = views
     header = header_view.read(kernel.reader, address)
     if not header.complete or header.zeroed:
-        return InvertedTable([], diagnostics.INCOMPLETE, "header unreadable or zeros")
+        return InvertedTable([], diagnostics.RouteState(diagnostics.INCOMPLETE, "header unreadable or zeros"))
     current, maximum = header.CurrentSize, header.MaximumSize
     if not 0 < current <= maximum <= count:
-        return InvertedTable([], diagnostics.INCOMPLETE, f"CurrentSize {current}, MaximumSize {maximum}: implausible")
+        return InvertedTable([], diagnostics.RouteState(diagnostics.INCOMPLETE, f"CurrentSize {current}, MaximumSize {maximum}: implausible"))
     if header.Epoch & 1:
-        return InvertedTable([], diagnostics.INCOMPLETE, "caught in the middle of an update (odd Epoch)")
-    found: List[InvertedEntry] = []
+        return InvertedTable([], diagnostics.RouteState(diagnostics.INCOMPLETE, "caught in the middle of an update (odd Epoch)"))
+    found: List[Tuple[int, int]] = []
     problems = 0
     lowest = kernel_half_start(kernel.pointer_size) & kernel.mask
     for index in range(current):
@@ -105,9 +93,9 @@ def read_inverted_table(kernel: "KernelContext") -> InvertedTable:
         if not record.complete or record.zeroed or base < lowest or base % PAGE_SIZE or not 0 < size <= MAX_IMAGE_SIZE:
             problems += 1
             continue
-        found.append(InvertedEntry(base, size, record.FunctionTable, record.SizeOfTable))
+        found.append((base, size))
     detail = f"{len(found)} entries" + (", overflowed" if header.Overflow else "")
     if problems:
-        return InvertedTable(found, diagnostics.INCOMPLETE, f"{detail}, {problems} unreadable or implausible")
-    return InvertedTable(found, diagnostics.COMPLETE, detail)
+        return InvertedTable(found, diagnostics.RouteState(diagnostics.INCOMPLETE, f"{detail}, {problems} unreadable or implausible"))
+    return InvertedTable(found, diagnostics.RouteState(diagnostics.COMPLETE, detail))
 
