@@ -269,7 +269,7 @@ class CodeReader:
 
     def _step(self, state: _State, insn) -> Optional[int]:
         """One instruction: the constant target of a transfer, None to go on; raises _Stop."""
-        from capstone import CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_PRIVILEGE, CS_GRP_RET, x86
+        from capstone import CS_GRP_CALL, CS_GRP_INT, CS_GRP_IRET, CS_GRP_JUMP, CS_GRP_PRIVILEGE, CS_GRP_RET, CsError, x86
 
         name = insn.id
         operands = insn.operands
@@ -311,7 +311,10 @@ class CodeReader:
         for operand in operands:
             if operand.type == x86.X86_OP_MEM and operand.access & 2:
                 raise _Stop(Transfer(NONE))
-        _read, written = insn.regs_access()
+        try:
+            _read, written = insn.regs_access()
+        except CsError:
+            raise _Stop(Transfer(NONE)) from None  # an instruction capstone cannot describe: not modelled
         for register in written:
             family = REGISTERS.get(insn.reg_name(register))
             if family is None:
