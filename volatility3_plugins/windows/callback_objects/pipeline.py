@@ -4,8 +4,9 @@
 the pool, list the objects, then, while rows stream, each object's registrations and finally the
 loose registrations); a :class:`Report` turns what they return into classified rows. It is built
 once the objects are known, so that the plugin can refuse an image before printing anything;
-:meth:`Report.rows` then yields each object's rows (every registration attributed and
-classified) and the loose registrations, and counts them for the verdict line. With a known-good
+:meth:`Report.rows` then yields each object's rows (every registration attributed, its
+routine's code examined, classified) and the loose registrations, counts them for the verdict
+line and records the routes the rows needed (hidden-image traces, code, exception directories). With a known-good
 baseline the rows are compared with it once all of them are known (an unnamed object's key needs
 all its registrations, loose ones included) and then yielded in the same order.
 """

@@ -10,7 +10,8 @@ and answer the two questions a scanner needs:
 - where do the blocks of a pool lie (:meth:`~.state.PoolMap.regions`), so the scan reads those
   ranges instead of the whole kernel half of the address space;
 - is the block whose pool header is at an address allocated, freed or unknown
-  (:meth:`~.state.PoolMap.state`).
+  (:meth:`~.state.PoolMap.state`); and which block holds an address, with its tag and state
+  (:meth:`~.state.PoolMap.block_containing`).
 
 ``open_pool_map(kernel)`` (:mod:`.maps`) picks the reader for the kernel's build:
 :mod:`.segment_heap` from build 18362, :mod:`.classic` before it. Both take a
@@ -21,5 +22,6 @@ and what the metadata cannot tell is :attr:`~.state.BlockState.UNKNOWN`, never g
 
 :mod:`.scan` is the pool-scan engine on top of them: a plugin declares its targets (tags, the
 size their structure needs, a validator) and gets back what its validators kept, each block with
-its allocation state. Nothing here imports anything of ours but :mod:`..kernelread`.
+its allocation state; :mod:`.objects` is its target for executive objects of one type (callback
+objects, driver objects). Nothing here imports anything of ours but :mod:`..kernelread`.
 """
