@@ -9,8 +9,8 @@ the candidate whose body starts with the type's signature wins, then the one nea
 end (the body ends the allocation, which is why Volatility reads objects top-down on 8 and
 later). A freed object is no evidence of anything: such hits are rejected.
 
-:data:`DRIVER_OBJECTS` is the ``Driver`` type as ``windows.driverscan`` scans for it (tags ``Driv``,
-``Dri\\xf6`` before Windows 8 with the protected bit).
+:data:`DRIVER_OBJECTS` is the ``Driver`` type as ``windows.driverscan`` scans for it (tag ``Driv``,
+``Dri\\xf6`` with the protected bit before Windows 8: only the build's own is searched).
 """
 
 import dataclasses
@@ -34,23 +34,39 @@ class ObjectKind:
     type_name: str  # the _OBJECT_TYPE's name
     #: The kernel global pointing at the _OBJECT_TYPE (else ObTypeIndexTable is searched)
     type_global: Optional[str]
-    #: The body's structure in the kernel's symbol table (None: the caller gives its size)
+    #: The body's structure in the kernel's symbol table (None: the caller gives its size), and
+    #: the structures always allocated right behind it, in the same block
     body_type: Optional[str] = None
+    trailing: Tuple[str, ...] = ()
     #: The bytes a body of this type starts with, when it has such bytes
     signature: Optional[bytes] = None
+    #: The build from which the tag lost its protected bit: ``tags`` are (the tag, the protected
+    #: tag), only the one of the kernel's build is searched (both when its build is unknown).
+    unprotected_from: Optional[int] = None
+
+    def tags_for(self, build: Optional[int]) -> Tuple[bytes, ...]:
+        if self.unprotected_from is None or build is None:
+            return self.tags
+        return self.tags[:1] if build >= self.unprotected_from else self.tags[1:]
 
 
-#: ``Driver`` objects: ``_DRIVER_OBJECT`` starts with ``Type`` (``IO_TYPE_DRIVER``, 4, a CSHORT).
+#: Windows 8 (build 9200) stopped setting the protected bit (0x80) in object pool tags.
+UNPROTECTED_TAGS_BUILD = 9200
+#: ``Driver`` objects: ``_DRIVER_OBJECT`` starts with ``Type`` (``IO_TYPE_DRIVER``, 4, a CSHORT); its
+#: ``_DRIVER_EXTENSION`` is allocated with it, right behind (``IopLoadDriver``, ``IoCreateDriver``:
+#: ``ObCreateObject(..., sizeof(DRIVER_OBJECT) + sizeof(DRIVER_EXTENSION), ...)``).
 DRIVER_OBJECTS = ObjectKind(driver_objects.ROUTE_NAME, (b"Driv", b"Dri\xf6"), driver_objects.TYPE_NAME,
-                            driver_objects.TYPE_GLOBAL, "_DRIVER_OBJECT", (4).to_bytes(2, "little"))
+                            driver_objects.TYPE_GLOBAL, "_DRIVER_OBJECT", ("_DRIVER_EXTENSION",),
+                            (4).to_bytes(2, "little"), UNPROTECTED_TAGS_BUILD)
 
 
 def body_size(kernel: "KernelContext", kind: ObjectKind) -> Optional[int]:
-    """The body's size from the kernel's symbol table; None when it lacks the type."""
+    """The bytes the body and what trails it take, from the kernel's symbol table; None when it
+    lacks a type."""
     if kind.body_type is None:
         return None
     try:
-        return type_size(kernel.context, kernel.kernel_type(kind.body_type))
+        return sum(type_size(kernel.context, kernel.kernel_type(name)) for name in (kind.body_type,) + kind.trailing)
     except ViewError:
         return None
 
@@ -65,15 +81,21 @@ def object_target(
     ``keep(body, state)``, whose result the scan keeps (it may raise :class:`Rejected`);
     ``size`` gives the body's size where ``kind`` names no structure."""
     measure = size or (lambda: body_size(kernel, kind))
+    measured: List[Optional[int]] = []  # the body's size, looked up once (a type lookup builds templates)
+
+    def body() -> Optional[int]:
+        if not measured:
+            measured.append(measure())
+        return measured[0]
 
     def needed() -> Optional[int]:
-        headers, found = kernel.object_headers, measure()
+        headers, found = kernel.object_headers, body()
         return None if headers is None or found is None else headers.body_offset + found
 
     def validate(scanner: PoolScanner, hit: PoolHit, state: BlockState) -> Any:
-        return keep(locate_body(kernel, scanner, hit, state, kind, measure()), state)
+        return keep(locate_body(kernel, scanner, hit, state, kind, body()), state)
 
-    return ScanTarget(kind.kind, kind.tags, needed, validate)
+    return ScanTarget(kind.kind, kind.tags_for(kernel.build_number), needed, validate)
 
 
 def locate_body(kernel: "KernelContext", scanner: PoolScanner, hit: PoolHit, state: BlockState, kind: ObjectKind,

@@ -184,7 +184,8 @@ class PoolScanner:
     def hits_in_kernel_half(self, images: Sequence[Tuple[int, int]], progress: Optional[constants.ProgressCallback]) -> Iterator[PoolHit]:
         """Hits anywhere in the kernel half (except loaded images): physical memory searched in
         large reads, or Volatility's scan where that is not possible."""
-        found = physical_search.physical_search(self.kernel, self.tags, self._tag_offset, self.unit, progress)
+        found = physical_search.physical_search(self.kernel, self.tags, self._tag_offset, self.unit, progress,
+                                                keep=self.header.size)
         if found is None:
             sections = without_ranges(kernel_half(self.kernel), images)
             scanner = TagScanner(self.tags, self._tag_offset, self.unit)
@@ -199,7 +200,7 @@ class PoolScanner:
                 header = (page + physical.offset) & self.kernel.mask
                 if any(base <= header < base + size for base, size in images):
                     continue
-                hit = self._hit(header, physical.tag)
+                hit = self._hit(header, physical.tag, physical.head)
                 if hit is not None:
                     yield hit
 
