@@ -12,6 +12,7 @@ from tests.volatility_harness import driverscan_rows, kernel_context, module_row
 from volatility3_plugins.common import crashdump_header
 
 FORMATS = ("raw", "dump")
+MASK48 = (1 << 48) - 1
 
 
 def listed_modules(truth):
@@ -41,6 +42,120 @@ def check_driver_directory(paths, fmt, cache):
     drivers = read_directory(context, kernel, ["Driver"])
     assert set(drivers) == {record["name"].rsplit("\\", 1)[1] for record in paths["truth_data"]["driver_objects"]}
     assert set(drivers.values()) == {"Driver"}
+
+
+def check_inverted_table(paths, fmt, cache):
+    """``nt!PsInvertedFunctionTable`` read with Volatility's objects: every image the truth says
+    keeps an entry (the kernel first from 8.1 on, the rest sorted by base), each entry's
+    ``FunctionTable`` and ``SizeOfTable`` the image's exception directory; an even ``Epoch``, no
+    ``Overflow``; on 17763 and later ``RtlpInvertedFunctionTable`` points at it. x86: no table."""
+    truth = paths["truth_data"]
+    context, kernel_name = kernel_context(paths[fmt], paths["symbols"], cache)
+    kernel = context.modules[kernel_name]
+    if truth["architecture"] == "x86":
+        assert truth["inverted_function_table"] == []
+        return
+    address = kernel.get_symbol("PsInvertedFunctionTable").address
+    if kernel.has_type("_INVERTED_FUNCTION_TABLE"):
+        table = kernel.object("_INVERTED_FUNCTION_TABLE", offset=address)
+    else:  # 7601's ISF lacks the type: the plugin's supplement table describes it
+        from volatility3_plugins.windows.kernelread import symbol_files
+
+        name = symbol_files.load_table(context, "fidelity", "kernel-supplement-x64.json", "supplement")
+        table = context.object(name + "!_INVERTED_FUNCTION_TABLE", kernel.layer_name, kernel.offset + address)
+    entries = [table.TableEntry[index] for index in range(table.CurrentSize)]
+    found = [(int(e.ImageBase) & MASK48, int(e.SizeOfImage)) for e in entries]
+    assert found == [(record["base"], record["size"]) for record in truth["inverted_function_table"]]
+    keeping = {m["base"] for m in truth["modules"] if m["inverted_table"]}
+    assert {base for base, _ in found} == keeping
+    bases = [base for base, _ in found]
+    assert bases[1:] == sorted(bases[1:]) and (truth["build"] != 7601 or bases == sorted(bases))
+    assert table.MaximumSize == 256 and table.Epoch % 2 == 0 and table.Overflow == 0
+    modules = {m["base"]: m for m in truth["modules"]}
+    for entry, (base, _size) in zip(entries, found):
+        rva, size = modules[base]["exception_directory"]
+        assert (int(entry.FunctionTable) & MASK48, int(entry.SizeOfTable)) == (base + rva, size)
+    if kernel.has_symbol("RtlpInvertedFunctionTable"):
+        pointer = kernel.object("pointer", offset=kernel.get_symbol("RtlpInvertedFunctionTable").address)
+        assert int(pointer) & MASK48 == (kernel.offset + address) & MASK48
+
+
+def _mapped_image(layer, base: int, size: int, names) -> bytes:
+    """The image at ``base`` as mapped, with only its headers and the sections named read."""
+    image = bytearray(size)
+    image[:0x1000] = layer.read(base, 0x1000)
+    headers = pefile.PE(data=bytes(image[:0x1000]), fast_load=True)
+    for section in headers.sections:
+        if section.Name.rstrip(b"\0").decode() in names:
+            length = (section.Misc_VirtualSize + 0xFFF) & ~0xFFF
+            image[section.VirtualAddress : section.VirtualAddress + length] = layer.read(base + section.VirtualAddress, length)
+    return bytes(image)
+
+
+def check_exception_directories(paths, fmt, cache):
+    """Each x64 image's exception directory, read through Volatility's layer and parsed by
+    pefile: one entry per non-leaf function and per cold fragment, sorted; each primary entry's
+    UNWIND_INFO describing MSVC's prologue, each fragment's chained to its function's entry."""
+    truth = paths["truth_data"]
+    if truth["architecture"] == "x86":
+        assert all(m["exception_directory"] is None for m in truth["modules"])
+        return
+    context, kernel_name = kernel_context(paths[fmt], paths["symbols"], cache)
+    layer = context.layers[context.modules[kernel_name].layer_name]
+    for module in truth["modules"]:
+        image = pefile.PE(data=_mapped_image(layer, module["base"], module["size"], (".rdata", ".pdata")), fast_load=True)
+        for section in image.sections:
+            section.PointerToRawData = section.VirtualAddress
+            section.PointerToRawData_adj = None
+            section.SizeOfRawData = max(section.SizeOfRawData, section.Misc_VirtualSize)
+            section.section_min_addr = section.section_max_addr = None
+        image.parse_data_directories(directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXCEPTION"]])
+        entries = image.DIRECTORY_ENTRY_EXCEPTION
+        primaries = {f["rva"]: f for f in module["functions"] if not f["leaf"]}
+        fragments = {f["fragment"]: f for f in module["functions"] if f["fragment"] is not None}
+        assert [e.struct.BeginAddress for e in entries] == sorted(set(primaries) | set(fragments)), module["name"]
+        for entry in entries:
+            unwind = entry.unwindinfo
+            begin = entry.struct.BeginAddress
+            if begin in primaries:
+                assert entry.struct.EndAddress == begin + primaries[begin]["size"]
+                assert (unwind.Version, unwind.Flags, unwind.SizeOfProlog) == (1, 0, 10)
+                codes = [(c.struct.CodeOffset, str(c)) for c in unwind.UnwindCodes]
+                assert codes == [(10, ".ALLOCSTACK 0x20"), (6, ".PUSHREG RDI"), (5, ".SAVEREG RBX, 0x30")], codes
+            else:
+                assert unwind.UNW_FLAG_CHAININFO and unwind.FunctionEntry == fragments[begin]["rva"], module["name"]
+
+
+def check_planted_code(paths, fmt, cache):
+    """The evasion plants as capstone decodes the bytes Volatility's layer reads: each gadget
+    is the instruction a gadget hunter looks for, found inside another instruction of a
+    legitimate function on x64; each stub holds its landing as an immediate."""
+    import capstone
+
+    truth = paths["truth_data"]
+    x64 = truth["architecture"] == "x64"
+    context, kernel_name = kernel_context(paths[fmt], paths["symbols"], cache)
+    layer = context.layers[context.modules[kernel_name].layer_name]
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if x64 else capstone.CS_MODE_32)
+    gadgets = {(None, True): ["jmp rcx"], (0x10, True): ["jmp qword ptr [rcx + 0x10]"],
+               (None, False): ["jmp dword ptr [esp + 4]"], (0x10, False): ["mov eax, dword ptr [esp + 4]", "jmp dword ptr [eax + 0x10]"]}
+    assert len(truth["code_plants"]) == 4
+    for plant in truth["code_plants"]:
+        decoded = [f"{i.mnemonic} {i.op_str}".strip() for i in decoder.disasm(layer.read(plant["address"], 32), plant["address"])]
+        if plant["argument"] is not None:
+            wanted = gadgets[(plant["through"], x64)]
+            assert decoded[: len(wanted)] == wanted, decoded
+        else:
+            landing = plant["landing"] | (0xFFFF000000000000 if x64 else 0)
+            assert any(f"{landing:#x}" in text for text in decoded[:3]), (decoded, hex(landing))
+    if x64:  # each gadget lies inside an instruction of its function
+        for module in truth["modules"]:
+            for function in module["functions"]:
+                start = module["base"] + function["rva"]
+                boundaries = {i.address for i in decoder.disasm(layer.read(start, function["size"]), start)}
+                for plant in truth["code_plants"]:
+                    if start < plant["address"] < start + function["size"]:
+                        assert plant["address"] not in boundaries
 
 
 def check_driver_objects(paths, fmt, cache):
@@ -79,14 +194,18 @@ def check_driver_objects(paths, fmt, cache):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
-@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES + ("evasion",))
 def test_volatility_reads_forged_modules_and_directories(forged, vol_cache, scenario, profile, fmt):
     paths = forged(scenario, profile)
     check_modules(paths, fmt, vol_cache)
     check_callback_directory(paths, fmt, vol_cache)
     check_driver_directory(paths, fmt, vol_cache)
-    if scenario == "rootkit":  # its DKOM-hidden ghost.sys: in driverscan, not in modules
+    if scenario in ("rootkit", "evasion"):  # DKOM-hidden drivers: in driverscan, not in modules
         check_driver_objects(paths, fmt, vol_cache)
+    if scenario == "evasion":
+        check_inverted_table(paths, fmt, vol_cache)
+        check_exception_directories(paths, fmt, vol_cache)
+        check_planted_code(paths, fmt, vol_cache)
 
 
 @pytest.mark.parametrize("profile", BUILTIN_PROFILES)
@@ -155,6 +274,20 @@ def test_volatility_reads_the_memory_managers_globals(forged, vol_cache, profile
     assert set(sessions.values()) == {None, 0, 1}
 
 
+@pytest.mark.parametrize("isf", real_isf_params())
+def test_real_isf_evasion_reads_back(forged, vol_cache, isf):
+    """Every real kernel ISF: the inverted function table through the build's own
+    ``_INVERTED_FUNCTION_TABLE`` (the project's supplement table on 7601, whose ISF lacks it),
+    each image's exception directory with pefile, the planted code with capstone, the hidden
+    driver with driverscan; raw image (the dump holds the same pages: test_crash_dumps)."""
+    require_real_isf(isf)
+    paths = forged("evasion", isf)
+    check_driver_objects(paths, "raw", vol_cache)
+    check_inverted_table(paths, "raw", vol_cache)
+    check_exception_directories(paths, "raw", vol_cache)
+    check_planted_code(paths, "raw", vol_cache)
+
+
 def test_kernel_pe_is_a_valid_image_with_rsds(forged):
     """pefile parses the forged kernel headers and finds the CodeView record naming the PDB."""
     paths = forged("baseline", "win10")
@@ -182,5 +315,6 @@ def test_kernel_pe_is_a_valid_image_with_rsds(forged):
 def test_truth_is_json_and_names_every_column(forged):
     truth = json.loads(forged("rootkit", "win10")["truth"].read_text())
     columns = {"Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
-               "UnregisterWaiting", "Module", "Symbol", "Flags", "Evidence", "requires_scan", "scan_flags"}
+               "UnregisterWaiting", "Module", "Symbol", "Flags", "Landing", "LandingOwner", "Evidence", "requires_scan",
+               "scan_flags"}
     assert all(set(row) == columns for row in truth["rows"])

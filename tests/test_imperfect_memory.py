@@ -262,3 +262,63 @@ def test_random_damage_never_accuses(tmp_path, vol_cache, seed, scenario, profil
         assert "cannot give a verdict" in result.stderr, (damage.log, result.stderr[-2000:])
         return
     assert_damage_never_accuses(json.loads(result.stdout), image.truth["rows_with_scan"], damage)
+
+
+# -- code, exception directories, the inverted function table (issue 18) -------------------
+
+
+def verdict_routes(result):
+    line = next(line for line in result.stderr.splitlines() if "Verdict:" in line)
+    return line.split("routes: ", 1)[1]
+
+
+def test_zeroed_code_page_under_a_routine(tmp_path, vol_cache):
+    """The page of ndis.sys holding three registered routines and the jmp rcx gadget reads as
+    zeros: no routine there can be judged by its code (the gadget's row keeps what the exception
+    directory says, mid_function, and loses trampoline and its landing); the code route is
+    incomplete; nothing untouched gains a flag."""
+    image, damage = forge("evasion", "win10")
+    ndis = next(m for m in image.forge.loader.modules if m.name == "ndis.sys")
+    gadget = ndis.code_address("ndisBindUnbindCallback", "argument")
+    damage.zero_page(gadget)
+    result = run(image, damage, tmp_path, vol_cache)
+    rows = rows_of(result)
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    row = next(row for row in rows if row["Routine"] == gadget & MASK48)
+    assert flags_of(row) == {"mid_function"} and row["Landing"] is None
+    assert "code incomplete" in verdict_routes(result)
+
+
+def test_zeroed_exception_directory(tmp_path, vol_cache):
+    """tcpip.sys's .pdata reads as zeros: no mid_function verdict in it (its gadget's row keeps
+    trampoline, from its code); the exception-directory route is incomplete."""
+    image, damage = forge("evasion", "win10")
+    tcpip = next(m for m in image.forge.loader.modules if m.name == "tcpip.sys")
+    damage.zero_page(tcpip.base + tcpip.image.pdata_rva)
+    result = run(image, damage, tmp_path, vol_cache)
+    rows = rows_of(result)
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    gadget = tcpip.code_address("TcpTimerStarvationCallback", "through")
+    assert [flags_of(row) for row in rows if row["Routine"] == gadget & MASK48] == [{"trampoline"}]
+    assert "exception directories incomplete" in verdict_routes(result)
+
+
+@pytest.mark.parametrize("cut", ["zeroed page", "odd epoch"])
+def test_cut_inverted_function_table(tmp_path, vol_cache, cut):
+    """The inverted function table lost (its page reads as zeros) or caught mid-update (an odd
+    Epoch): the image known only to it is outside_modules and no more; the hidden driver that
+    kept its driver object is still hidden_module; the route is incomplete."""
+    image, damage = forge("evasion", "win10")
+    table = image.forge.kernel.base + image.forge.layout.symbol("PsInvertedFunctionTable")
+    if cut == "zeroed page":
+        damage.zero_page(table)
+    else:
+        damage.cut_link(table + image.forge.layout.offset_of("_INVERTED_FUNCTION_TABLE", "Epoch"), 3)
+    result = run(image, damage, tmp_path, vol_cache)
+    rows = rows_of(result)
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    mapped = next(m for m in image.forge.loader.modules if m.name == "mapped.sys")
+    shade = next(m for m in image.forge.loader.modules if m.name == "shade.sys")
+    assert [(flags_of(row), row["Module"]) for row in rows if mapped.contains(row["Routine"] or 0)] == [({"outside_modules"}, None)]
+    assert [flags_of(row) for row in rows if shade.contains(row["Routine"] or 0)] == [{"outside_modules", "hidden_module"}]
+    assert "inverted function table incomplete" in verdict_routes(result)

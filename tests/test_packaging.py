@@ -28,7 +28,8 @@ def test_installed_package_runs_without_the_checkout(forged_formats, vol_cache, 
                     "--target", str(target), str(REPO)], check=True, capture_output=True)
     installed = target / "volatility3_plugins"
     assert sorted(p.name for p in (installed / "symbols" / "windows").glob("*.json")) == [
-        "callbackobjects-x64-win7.json", "callbackobjects-x64.json", "callbackobjects-x86-win7.json", "callbackobjects-x86.json"]
+        "callbackobjects-x64-win7.json", "callbackobjects-x64.json", "callbackobjects-x86-win7.json", "callbackobjects-x86.json",
+        "kernel-supplement-x64.json"]
     assert (installed / "windows" / "callback_objects" / "expected_registrants.json").is_file()
     assert (installed / "layers" / "crashdump.py").is_file()
     assert (target / "bin" / "vol-callbackobjects").is_file()
@@ -71,9 +72,10 @@ def test_readme_demo_commands_from_a_clean_clone(tmp_path):
     result = subprocess.run(["./scripts/demo"], cwd=clone, capture_output=True, text=True, timeout=900,
                             env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
     assert result.returncode == 0, result.stderr[-3000:]
+    # Columns: ... Module (9), Symbol (10), Flags (11), Landing, LandingOwner, Evidence (14).
     rows = [cells for cells in (line.split("\t") for line in result.stdout.splitlines())
-            if len(cells) == 13 and "outside_modules" in cells[11].split(",")]
-    assert rows and all(cells[12] == "complete" for cells in rows), result.stdout[-3000:]
+            if len(cells) == 15 and "outside_modules" in cells[11].split(",")]
+    assert rows and all(cells[14] == "complete" for cells in rows), result.stdout[-3000:]
     assert any(row[9] == "N/A" and int(row[5], 16) for row in rows)
 
     # The fleet demo in the same clone (its venv is built): the sweeps' summary names the two

@@ -17,9 +17,12 @@ from tests.volatility_harness import plugin_rows, run_vol
 
 PLUGIN = "windows.callbackobjects"
 COLUMNS = ["Object", "Name", "AllowMultiple", "FoundBy", "Registration", "Routine", "Context", "Busy",
-           "UnregisterWaiting", "Module", "Symbol", "Flags", "Evidence"]
-SUSPICIOUS = {"outside_modules", "hidden_module", "non_executable", "unlinked_object", "orphan_registration",
-              "bad_backlink", "multiple_on_exclusive", "bad_signature", "unexpected_registrant", "global_mismatch"}
+           "UnregisterWaiting", "Module", "Symbol", "Flags", "Landing", "LandingOwner", "Evidence"]
+SUSPICIOUS = {"outside_modules", "hidden_module", "trampoline", "non_executable", "code_cave", "mid_function",
+              "unlinked_object", "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
+              "unexpected_registrant", "global_mismatch"}
+#: The flags only the evasion scenario plants.
+CODE_FLAGS = {"trampoline", "code_cave", "mid_function"}
 
 
 def run_plugin(paths, fmt, cache, renderer="json", *args):
@@ -61,7 +64,7 @@ def assert_matches_truth(plugin_rows, truth, mode=NO_SCAN):
     assert not missing and not extra, f"missing: {missing}\nextra: {extra}"
 
 
-ROW_SCENARIOS = ["baseline", "rootkit", "corrupt", "rootkit_unlinked"]
+ROW_SCENARIOS = ["baseline", "rootkit", "corrupt", "rootkit_unlinked", "evasion"]
 #: The plugin's three ways to run: list only; scan where the allocator says blocks lie (the
 #: default); scan the whole kernel half.
 RUNS = {"no-scan": ({"no_scan": True}, NO_SCAN), "scan": ({}, SCANNING), "full-scan": ({"full_scan": True}, SCANNING)}
@@ -90,12 +93,15 @@ def test_rows_match_ground_truth(forged, vol_cache, scenario, profile, fmt):
     assert_every_run_matches_truth(forged(scenario, profile), fmt, vol_cache)
 
 
+@pytest.mark.parametrize("scenario", ["baseline", "evasion"])
 @pytest.mark.parametrize("isf", real_isf_params())
-def test_real_isf_baseline_rows_match_ground_truth(forged, vol_cache, isf):
-    """Every real build: both formats list-only; scanning reads the same pages through another
-    path, so one format per scan mode."""
+def test_real_isf_rows_match_ground_truth(forged, vol_cache, isf, scenario):
+    """Every real build, a clean system and one with every evasion planted (their code, the
+    kernel's exception directory and its inverted function table at that build's offsets): both
+    formats list-only; scanning reads the same pages through another path, so one format per
+    scan mode."""
     require_real_isf(isf)
-    paths = forged("baseline", isf)
+    paths = forged(scenario, isf)
     assert_every_run_matches_truth(paths, "raw", vol_cache, {"no-scan": RUNS["no-scan"], "full-scan": RUNS["full-scan"]})
     assert_every_run_matches_truth(paths, "dump", vol_cache, {"no-scan": RUNS["no-scan"], "scan": RUNS["scan"]})
 
@@ -126,8 +132,9 @@ def test_baseline_has_no_suspicious_flag_with_scan(forged, vol_cache, profile):
 
 
 def test_rootkit_raises_every_list_only_suspicious_flag(forged, vol_cache):
+    """The hidden driver's driver object and inverted-table entry need no scan."""
     rows = rows_of(forged("rootkit", "win10"), "dump", vol_cache, no_scan=True)
-    assert SUSPICIOUS - {"hidden_module", "orphan_registration"} <= row_flags(rows)
+    assert SUSPICIOUS - CODE_FLAGS - {"orphan_registration"} <= row_flags(rows)
 
 
 @pytest.mark.parametrize("scenario", ["rootkit", "rootkit_unlinked"])
@@ -136,8 +143,10 @@ def test_scanning_raises_every_suspicious_flag(forged, vol_cache, scenario):
     flags = row_flags(rows)
     # Cut links hide what lists reveal (bad_backlink, multiple_on_exclusive, the PatchGuard
     # registrant); the scan brings back every block, as an orphan.
-    wanted = SUSPICIOUS if scenario == "rootkit" else SUSPICIOUS - {"bad_backlink", "multiple_on_exclusive", "unexpected_registrant"}
-    assert wanted <= flags
+    wanted = SUSPICIOUS - CODE_FLAGS
+    if scenario == "rootkit_unlinked":
+        wanted -= {"bad_backlink", "multiple_on_exclusive", "unexpected_registrant"}
+    assert wanted <= flags and not flags & CODE_FLAGS
     ghost = [row for row in rows if row["Module"] == "ghost.sys"]
     assert ghost and all({"hidden_module", "outside_modules"} <= set(row["Flags"].split(",")) for row in ghost)
 
@@ -171,7 +180,7 @@ def test_csv_gives_the_same_facts_as_json(forged, vol_cache):
                 assert text in ("N/A", "-", ""), (column, text)
             elif isinstance(value, bool):
                 assert text == str(value)
-            elif isinstance(value, int) and column in ("Object", "Registration", "Routine", "Context"):
+            elif isinstance(value, int) and column in ("Object", "Registration", "Routine", "Context", "Landing"):
                 assert int(text, 16) == value
             else:
                 assert str(value) == text, (column, value, text)
@@ -202,3 +211,27 @@ def test_suspicious_option_keeps_only_rows_with_a_suspicious_flag(forged, vol_ca
     suspicious = json.loads(run_plugin(paths, "raw", vol_cache, "json", "--suspicious"))
     expected = [row for row in everything if set(row["Flags"].split(",")) & SUSPICIOUS]
     assert suspicious == expected and 0 < len(suspicious) < len(everything)
+
+
+@pytest.mark.parametrize("profile", BUILTIN_PROFILES)
+def test_evasion_shows_every_plant_with_its_landing(forged, vol_cache, profile):
+    """Each plant of the evasion scenario, as the plugin prints it (the rows equal the truth's
+    above; this pins the plants themselves, so that a truth that lost one cannot pass): two
+    argument gadgets mid-function landing in pool, a stub in int3 padding landing in pool, a
+    stub in .text slack (code_cave) landing in no module and no pool, the swapped bare ret
+    (mid_function, x64 only: x86 has no .pdata), the hidden driver known from its driver object
+    (and, x64, the image known only to the inverted function table, named by its base)."""
+    paths = forged("evasion", profile)
+    x64 = paths["truth_data"]["architecture"] == "x64"
+    rows = [row for row in rows_of(paths, "raw", vol_cache) if set(row["Flags"].split(",")) & SUSPICIOUS]
+    planted = {(row["Flags"], (row["LandingOwner"] or "").split(" ")[0]) for row in rows}
+    gadget = "trampoline,mid_function" if x64 else "trampoline"
+    expected = {(gadget, "pool"), ("trampoline", "pool"), ("trampoline,code_cave", "none"),
+                ("outside_modules,hidden_module", "")}
+    if x64:
+        expected.add(("mid_function", ""))
+    assert planted == expected, rows
+    # x86: the stub in int3 padding shows as the gadgets do (no mid_function to tell them apart).
+    assert sum(1 for row in rows if row["Flags"] == gadget) == (2 if x64 else 3)
+    hidden = {row["Module"] for row in rows if "hidden_module" in row["Flags"]}
+    assert "\\Driver\\shade" in hidden and any(name.startswith("hidden@0x") for name in hidden) == x64

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from typing import Any, Dict, List
 
+import pytest
+
 from tests.volatility_harness import REPO, kernel_context
 
 #: Modules of ours that a plugin reading only the kernel and its pool must not load.
@@ -112,3 +114,29 @@ def test_each_classmethod_against_the_ground_truth(forged, vol_cache):
         assert ("freed" in row["Flags"]) == (state == BlockState.FREED), row
     assert any(state == BlockState.FREED for _registration, state in loose)
     assert any("orphan_registration" in registrations[r.address]["Flags"] for r, _state in loose)
+
+
+@pytest.mark.parametrize("profile", ["win10", "win7", "win10x86", "win7x86"])
+def test_block_containing_names_each_block_of_the_truth(forged, vol_cache, profile):
+    """The pool map's ``block_containing``: for an address inside each non-paged block the forge
+    wrote, the block's pool header, tag and allocation state, on the segment heap (LFH and VS)
+    and the classic pool (page header chains), x64 and x86. Freed blocks whose free changed the
+    chain or the chunk (a VS chunk merged, a classic block merged or on ListHeads) are left out:
+    there the allocator holds another block now."""
+    paths = forged("baseline", profile)
+    truth = paths["truth_data"]
+    context, name = kernel_context(paths["raw"], paths["symbols"], vol_cache)
+    from volatility3.plugins.windows.kernelpool.maps import open_pool_map
+    from volatility3.plugins.windows.kernelread.context import KernelContext
+
+    pool_map = open_pool_map(KernelContext(context, name))
+    kept = {"allocated": (None,), "freed": ("lfh", "lookaside", "pending")}
+    blocks = [block for block in truth["blocks"] if block["pool"] in ("nonpaged", "nonpaged_execute")
+              and block["container"] != "big" and block["header_intact"] and block["how"] in kept[block["state"]]]
+    assert {block["state"] for block in blocks} == {"allocated", "freed"}
+    for block in blocks:
+        inside = block["body"] + (block["size"] - (block["body"] - block["header"])) // 2
+        found = pool_map.block_containing(inside)
+        assert found is not None, block
+        assert (found.address, found.tag.decode("latin-1"), str(found.state)) == (block["header"], block["tag"], block["state"]), block
+    assert pool_map.block_containing(truth["kernel_base"] + 0x1000) is None  # an image, not pool

@@ -30,13 +30,14 @@ def _reg(**changes):
 
 
 def test_vocabulary_is_the_contract():
-    assert set(flags.SUSPICIOUS) == {
-        "outside_modules", "hidden_module", "non_executable", "unlinked_object",
-        "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
+    # PHASE2's order: code-location findings first (the three of issue 18 among them).
+    assert flags.SUSPICIOUS == (
+        "outside_modules", "hidden_module", "trampoline", "non_executable", "code_cave", "mid_function",
+        "unlinked_object", "orphan_registration", "bad_backlink", "multiple_on_exclusive", "bad_signature",
         "unexpected_registrant", "global_mismatch", "not_in_baseline",
-    }
+    )
     assert set(flags.INFORMATIONAL) == {"freed", "not_in_directory", "allocation_unknown", "list_incomplete", "unreadable"}
-    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 16
+    assert len(flags.SEVERITY_ORDER) == len(set(flags.SEVERITY_ORDER)) == 19
 
 
 def test_sort_puts_suspicious_before_informational_and_dedups():
@@ -57,6 +58,9 @@ def test_clean_row_has_no_flags():
     [
         ({}, {"in_module": False, "executable": None}, ["outside_modules"]),
         ({}, {"executable": False}, ["non_executable"]),
+        ({}, {"trampoline": True}, ["trampoline"]),
+        ({}, {"mid_function": True}, ["mid_function"]),
+        ({}, {"code_cave": True}, ["code_cave"]),
         ({"found_by_list": False}, {}, ["unlinked_object"]),
         ({}, {"backlink_ok": False}, ["bad_backlink"]),
         ({"allow_multiple": False, "registration_count": 2}, {}, ["multiple_on_exclusive"]),
@@ -120,14 +124,16 @@ def test_combined_sorted_by_severity():
 
 def test_loose_registrations():
     worst = classify.RegistrationFacts(
-        backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True
+        backlink_ok=False, in_module=False, executable=False, unexpected_registrant=True, hidden_module=True,
+        trampoline=True, mid_function=True, code_cave=True,
     )
     # Freed pool is full of stale blocks, and a block the allocator cannot place is no better:
     # nothing in either is evidence.
     assert classify.classify_loose(worst, "freed", owner_list_complete=True) == [flags.FREED]
     assert classify.classify_loose(worst, "unknown", owner_list_complete=True) == [flags.ALLOCATION_UNKNOWN]
     assert classify.classify_loose(worst, "allocated", owner_list_complete=True) == [
-        flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.NON_EXECUTABLE, flags.ORPHAN_REGISTRATION
+        flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE, flags.TRAMPOLINE, flags.NON_EXECUTABLE, flags.CODE_CAVE,
+        flags.MID_FUNCTION, flags.ORPHAN_REGISTRATION
     ]
     clean = classify.RegistrationFacts(in_module=True, executable=True)
     assert classify.classify_loose(clean, "allocated", owner_list_complete=True) == [flags.ORPHAN_REGISTRATION]

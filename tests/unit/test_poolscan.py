@@ -7,7 +7,8 @@ from volatility3_plugins.schema import flags
 from volatility3_plugins.windows.callback_objects import classify, scan_targets
 from volatility3_plugins.windows.kernelpool import scan
 from volatility3_plugins.windows.kernelpool.state import BlockState
-from volatility3_plugins.windows.kernelread import attribution, diagnostics, loaded_modules, physical_search
+from volatility3_plugins.windows.kernelread import (attribution, diagnostics, driver_objects, image_traces, loaded_modules,
+                                                    physical_search)
 from volatility3_plugins.windows.kernelpool.state import Unknown
 
 from tests.unit import memory
@@ -66,14 +67,23 @@ def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_mod
     ) == [flags.OUTSIDE_MODULES, flags.HIDDEN_MODULE]
 
 
-def test_only_allocated_loader_entries_are_hidden_module_candidates():
+def test_only_allocated_loader_entries_and_driver_objects_are_image_traces():
     result = scan_targets.ScanResult(ran=True)
     result.modules = [
         scan_targets.ScannedModule(0x1000, 0x40000000, 0x3000, "ghost.sys", BlockState.ALLOCATED),
         scan_targets.ScannedModule(0x2000, 0x40000000, 0x3000, "ghost.sys", BlockState.FREED),
         scan_targets.ScannedModule(0x3000, 0x50000000, 0x3000, "unloaded.sys", BlockState.FREED),
     ]
-    assert [(m.base, m.name, m.hidden) for m in result.hidden_module_candidates()] == [(0x40000000, "ghost.sys", True)]
+    result.driver_objects = [
+        scan_targets.ScannedDriverObject(driver_objects.DriverObjectInfo(0x4000, 0x60000000, 0x5000, "\\Driver\\shade"),
+                                         BlockState.ALLOCATED),
+        scan_targets.ScannedDriverObject(driver_objects.DriverObjectInfo(0x5000, 0x70000000, 0x5000, "\\Driver\\old"),
+                                         BlockState.UNKNOWN),
+    ]
+    assert [(t.base, t.source, t.name) for t in result.image_traces()] == [
+        (0x40000000, image_traces.LOADER_ENTRY, "ghost.sys"),
+        (0x60000000, image_traces.DRIVER_OBJECT, "\\Driver\\shade"),
+    ]
 
 
 def test_hidden_modules_only_name_addresses_no_listed_module_covers():

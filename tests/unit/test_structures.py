@@ -6,6 +6,7 @@ import os
 import pytest
 
 from volatility3_plugins.windows.callback_objects import isf
+from volatility3_plugins.windows.kernelread import symbol_files
 
 from tests.unit import memory
 
@@ -59,7 +60,7 @@ def test_layout_filenames():
 def test_isf_found_without_user_path():
     for is_64bit in (True, False):
         for has_list in (True, False):
-            path = isf.find_isf(isf.Layout(is_64bit, has_list).filename)
+            path = symbol_files.find_isf(isf.Layout(is_64bit, has_list).filename)
             assert path is not None and os.path.isfile(path)
             with open(path) as handle:
                 assert json.load(handle)["metadata"]["format"].startswith("6.")

@@ -1,6 +1,7 @@
 """The columns of ``windows.callbackobjects``, in order, each with the kind of its values.
 
-Users script against the names and the order: never rename or reorder one. The plugin maps each
+Users script against the names and the order: never rename or reorder one; a new column is
+appended after the last. The plugin maps each
 kind to the TreeGrid type Volatility renders (``hex`` to ``format_hints.Hex``, ...); the
 known-good comparison and the stack read JSON outputs back by these names.
 """
@@ -33,6 +34,12 @@ UNREGISTER_WAITING = Column("UnregisterWaiting", BOOL)
 MODULE = Column("Module", TEXT, read_back=True)
 SYMBOL = Column("Symbol", TEXT, read_back=True)
 FLAGS = Column("Flags", TEXT, read_back=True)
+#: Where control really lands when the routine hands it on (an argument gadget: the context, or
+#: the pointer read through it; a stub: its fixed target); absent when it does not.
+LANDING = Column("Landing", HEX)
+#: Who owns the landing: ``module!symbol``, ``module+0xOFF``, ``pool TAG STATE``,
+#: ``argument N (per notification)`` or ``none``; absent without a landing.
+LANDING_OWNER = Column("LandingOwner", TEXT)
 #: ``complete`` or ``degraded``, the same on every row of a run: whether the image held all the
 #: evidence the verdict rests on (the verdict line says what is missing). Outputs made before it
 #: existed lack it: not needed to read one back.
@@ -54,6 +61,8 @@ COLUMNS: Tuple[Column, ...] = (
     MODULE,
     SYMBOL,
     FLAGS,
+    LANDING,
+    LANDING_OWNER,
     EVIDENCE,
 )
 #: The columns a JSON output must have to be read back.

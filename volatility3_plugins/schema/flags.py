@@ -11,8 +11,11 @@ from typing import Iterable, List
 
 # Suspicious
 OUTSIDE_MODULES = "outside_modules"
-HIDDEN_MODULE = "hidden_module"  # needs pool scanning (loader entries in pool)
+HIDDEN_MODULE = "hidden_module"  # loader entries or driver objects in pool, \\Driver, the inverted function table
+TRAMPOLINE = "trampoline"  # the routine's first instructions send control to an argument or outside every module
 NON_EXECUTABLE = "non_executable"
+CODE_CAVE = "code_cave"  # in an executable section beyond its VirtualSize, or in no section
+MID_FUNCTION = "mid_function"  # x64: strictly inside a function of the image's exception directory
 UNLINKED_OBJECT = "unlinked_object"
 ORPHAN_REGISTRATION = "orphan_registration"  # needs pool scanning
 BAD_BACKLINK = "bad_backlink"
@@ -31,7 +34,10 @@ UNREADABLE = "unreadable"
 SUSPICIOUS = (
     OUTSIDE_MODULES,
     HIDDEN_MODULE,
+    TRAMPOLINE,
     NON_EXECUTABLE,
+    CODE_CAVE,
+    MID_FUNCTION,
     UNLINKED_OBJECT,
     ORPHAN_REGISTRATION,
     BAD_BACKLINK,

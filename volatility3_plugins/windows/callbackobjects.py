@@ -49,8 +49,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     Reusing it from another plugin: the classmethods below, like those of Volatility's
     ``windows.callbacks`` and ``windows.ssdt``. Declare
     ``requirements.VersionRequirement(name="callbackobjects", component=CallbackObjects,
-    version=(3, 0, 0))``, build the run context once with :meth:`build_kernel_context` and pass
-    it as ``kernel=`` to the others (each builds one when it is None)::
+    version=(3, 2, 0))`` (or the oldest version whose additions it uses), build the run context
+    once with :meth:`build_kernel_context` and pass it as ``kernel=`` to the others (each builds
+    one when it is None)::
 
         kernel = CallbackObjects.build_kernel_context(context, kernel_module_name)
         scan = CallbackObjects.scan_pool(context, kernel_module_name, kernel=kernel)
@@ -74,7 +75,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     #        values; list_loose_registrations(linked=...); run() goes through these methods
     # 3.1.0: the Evidence column (row_values(row, evidence)); list_registrations names the object
     #        in its warnings; the run context says what the image file lacks (image_shortfalls)
-    _version = (3, 1, 0)
+    # 3.2.0: scan_pool also finds driver objects (ScanResult.driver_objects, image_traces());
+    #        rows carry Landing and LandingOwner
+    _version = (3, 2, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -90,7 +93,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             requirements.BooleanRequirement(
                 name="no_scan",
                 description="Skip pool scanning: list, directory and globals only (faster; "
-                "no orphan_registration, freed or hidden_module)",
+                "no orphan_registration or freed; hidden_module from \\Driver and the inverted function table only)",
                 default=False,
                 optional=True,
             ),
@@ -171,7 +174,7 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
         full: bool = False,
     ) -> scan_targets.ScanResult:
         """One pass over the kernel's non-paged pool for the blocks of ``kinds`` (callback
-        objects, registration blocks, loader entries), every hit validated; where the pool
+        objects, registration blocks, loader entries, driver objects), every hit validated; where the pool
         allocator's metadata says its blocks lie, else (or with ``full``) the whole kernel half,
         the images of loaded modules left out.
 
@@ -179,14 +182,15 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             context: The context to retrieve required elements (layers, symbol tables) from
             kernel_module_name: The name of the kernel module on which to operate
             config_path: Where our symbol table's configuration goes
-            kinds: Which targets to look for (``scan_targets.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``)
+            kinds: Which targets to look for (``scan_targets.OBJECTS``, ``REGISTRATIONS``, ``LOADER_ENTRIES``,
+                ``DRIVER_OBJECTS``)
             progress_callback: Receives the scan's progress
             kernel: A run context from :meth:`build_kernel_context` (built when None)
             full: Scan the whole kernel half even where the allocator says where its blocks lie
 
         Returns:
-            The validated blocks (``objects``, ``registrations``, ``modules``), each with its
-            allocation state (a ``BlockState``) from the pool allocator's metadata; ``ran`` is
+            The validated blocks (``objects``, ``registrations``, ``modules``, ``driver_objects``),
+            each with its allocation state (a ``BlockState``) from the pool allocator's metadata; ``ran`` is
             False when pool headers cannot be decoded on this kernel
         """
         kernel = kernel or cls.build_kernel_context(context, kernel_module_name, config_path)
@@ -317,6 +321,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 symbol,
             ]
         values.append(",".join(row.flags))
+        found = row.code
+        landing = found.landing if found is not None and found.landing is not None else na()
+        values += [_hex(landing), found.owner if found is not None and found.owner is not None else na()]
         values.append(evidence)
         return tuple(values)
 
@@ -371,8 +378,9 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
             )
         objects = self.list_callback_objects(self.context, name, self.config_path, scan=scan, kernel=kernel)
         found = pipeline.Report(kernel, objects, scan, known_good)
-        # Every registration is read before the first row: each row says whether the whole
-        # image's evidence is complete.
+        # Every registration is read, and every row classified (its routine's code, the images
+        # only other traces show), before the first row: each row says whether the whole
+        # image's evidence is complete, those routes included.
         found.read_registrations(
             registrations_of=lambda record: self.list_registrations(
                 self.context, name, record, self.config_path, kernel=kernel
@@ -381,5 +389,6 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
                 self.context, name, objects, scan, self.config_path, kernel=kernel, linked=linked
             ),
         )
+        found.examine()
         verdict.check_usable(found)
         return renderers.TreeGrid(COLUMNS, self._generator(kernel, found))

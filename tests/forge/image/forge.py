@@ -22,13 +22,16 @@ contents) but not what is planted.
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ..allocators.pool import PoolBlock, PoolKind
+from ..kernel.code import ExpectedTransfer, stub
 from ..kernel.drivers import DriverObjects
+from ..kernel.inverted_table import InvertedFunctionTable
 from ..kernel.machine import KernelMachine
 from ..kernel.memory_manager import MemoryManager
-from ..kernel.modules import KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
+from ..kernel.modules import ENTRY_ALLOCATED, KERNEL_CODE_SYMBOLS, LoadedModule, ModuleLoader, driver_image, kernel_image
 from ..kernel.objects import ObjectManager
 from ..kernel.processes import Process, ProcessList
 from ..memory.machine import DEFAULT_SEED
+from ..memory.physical import masked
 from ..plants.callbacks import CallbackObject, CallbackPlanter, Registration
 from ..profiles.layout import FORGE_SYMBOLS, KernelLayout
 from . import truth
@@ -66,6 +69,12 @@ class ImageForge:
         self.objects = ObjectManager(self.machine, self.kernel.base)
         # \Driver, filled with a driver object per loaded driver once the loader entries exist.
         self.drivers = DriverObjects(self.machine, self.objects, self.kernel.base)
+        # nt!PsInvertedFunctionTable (x64), written with the module list.
+        self.inverted_table = InvertedFunctionTable(self.machine, self.kernel.base)
+        # What planted code does, for the ground truth: where each planted routine sends
+        # control, and the pointers planted for gadgets that jump through their context.
+        self.transfers: Dict[int, ExpectedTransfer] = {}
+        self.code_pointers: Dict[int, int] = {}
         # The processes of a booted system (none where the layout cannot describe them).
         self.processes = ProcessList(self.machine, self.objects, self.kernel.base)
         self.processes.boot()
@@ -96,12 +105,21 @@ class ImageForge:
         path: Optional[str] = None,
         in_module_list: bool = True,
         text_size: int = 0x8000,
+        gadgets: Optional[Dict[str, str]] = None,
+        loader_entry: str = ENTRY_ALLOCATED,
+        driver_object: bool = True,
+        inverted_entry: bool = True,
     ) -> LoadedModule:
-        """Map a driver image; ``in_module_list=False`` hides it from PsLoadedModuleList."""
+        """Map a driver image; ``in_module_list=False`` hides it from PsLoadedModuleList.
+        ``gadgets``: functions whose code carries a gadget (``code.ARGUMENT_GADGET``, ...). What
+        else the loader leaves of it: ``loader_entry`` (``modules.ENTRY_ERASED``: zeroed and freed;
+        ``ENTRY_NONE``: a manually mapped image), its driver object, its inverted-table entry."""
         functions = functions or {}
         image = driver_image(name, text_size=text_size, functions=functions, exported=tuple(exported),
-                             is_64bit=self.layout.is_64bit)
-        return self.loader.load(image, path or f"{SYSTEM_ROOT}\\drivers\\{name}", functions, in_module_list=in_module_list)
+                             is_64bit=self.layout.is_64bit, gadgets=gadgets)
+        module = self.loader.load(image, path or f"{SYSTEM_ROOT}\\drivers\\{name}", functions, in_module_list=in_module_list)
+        module.loader_entry, module.has_driver_object, module.in_inverted_table = loader_entry, driver_object, inverted_entry
+        return module
 
     def add_unloaded_driver(self, name: str, functions: Optional[Dict[str, int]] = None,
                             text_size: int = 0x8000) -> LoadedModule:
@@ -114,12 +132,42 @@ class ImageForge:
     def allocate_code_outside_modules(self, size: int = 0x200, tag: bytes = b"Hook") -> int:
         """Executable code in non-paged pool, as a rootkit's shellcode: in no module at all."""
         block = self.pool.allocate(size, tag, PoolKind.NONPAGED_EXECUTE, role="shellcode")
-        if self.layout.is_64bit:
-            code = b"\x48\x83\xec\x28\x90\x90\x48\x83\xc4\x28\xc3"  # sub rsp, 28h; nop; nop; add rsp, 28h; ret
-        else:
-            code = b"\x55\x8b\xec\x90\x90\x5d\xc3"  # push ebp; mov ebp, esp; nop; nop; pop ebp; ret
-        self.machine.space.write(block.body, code)
+        self.machine.space.write(block.body, self._shellcode())
         return block.body
+
+    def allocate_unbacked_code(self) -> int:
+        """Executable code in pages of their own, in no module and no pool (memory a rootkit
+        maps for itself): the address of its first instruction."""
+        page = self.machine.allocate_system_pages(1, executable=True)
+        address = page + 0x40
+        self.machine.space.write(address, self._shellcode())
+        return address
+
+    def _shellcode(self) -> bytes:
+        """A rootkit's code: a frame and a return."""
+        if self.layout.is_64bit:
+            return b"\x48\x83\xec\x28\x90\x90\x48\x83\xc4\x28\xc3"  # sub rsp, 28h; nop; nop; add rsp, 28h; ret
+        return b"\x55\x8b\xec\x90\x90\x5d\xc3"  # push ebp; mov ebp, esp; nop; nop; pop ebp; ret
+
+    def allocate_pointer(self, target: int, offset: int, tag: bytes = b"Tabl") -> int:
+        """A non-paged pool block holding ``target`` at ``offset`` (a table a gadget jumps
+        through): the block's body."""
+        block = self.pool.allocate(offset + self.layout.pointer_size, tag, PoolKind.NONPAGED, role="pointer_table")
+        self.machine.write_pointer(block.body + offset, target)
+        self.code_pointers[masked(block.body + offset)] = target
+        return block.body
+
+    def expect_transfer(self, address: int, transfer: ExpectedTransfer) -> None:
+        """Record where the code at ``address`` sends control (a gadget found in a module)."""
+        self.transfers[masked(address)] = transfer
+
+    def write_stub(self, address: int, target: int, form: str) -> int:
+        """Patch a stub that jumps to ``target`` over the code at ``address`` (the padding or
+        slack of a mapped module, as EBalloon/Common-Registry does through an MDL); returns
+        ``address``."""
+        self.machine.space.write(address, stub(self.layout.is_64bit, target, form))
+        self.expect_transfer(address, ExpectedTransfer(landing=target))
+        return address
 
     def add_process(self, name: str, pid: int, parent_pid: int, linked: bool = True,
                     session: Optional[int] = None) -> Process:
@@ -147,6 +195,10 @@ class ImageForge:
             self._to_free.extend(callback.kernel_object.blocks)
         return callback
 
+    def swap_routine(self, registration: Registration, routine: int) -> None:
+        """Overwrite an existing registration's routine (a hijack): its block keeps the rest."""
+        self.callbacks.swap_routine(registration, routine)
+
     def register(self, callback: Optional[CallbackObject], routine: int, **options) -> Registration:
         """``ExRegisterCallback``; see :meth:`CallbackPlanter.register` for the options."""
         registration = self.callbacks.register(callback, routine, **options)
@@ -169,6 +221,7 @@ class ImageForge:
             raise RuntimeError("an ImageForge builds one image")
         self._built = True
         self._to_free += self.loader.write_module_list(self.kernel.base + self.layout.symbol("PsLoadedModuleList"))
+        self.inverted_table.write(self.kernel, self.loader.modules)
         self.drivers.create_all(self.loader.modules)
         for module in self.loader.unloaded:
             if module.name.lower().endswith(".sys"):

@@ -10,7 +10,10 @@ list-only run: rows that only pool scanning can produce carry ``requires_scan``;
 scanning can raise are listed in ``scan_flags`` of the row (they are part of ``Flags`` too, so
 a ``--no-scan`` run prints ``Flags`` minus ``scan_flags`` for the rows without
 ``requires_scan``). ``rows_with_scan`` is exactly what a default (scanning) run prints: FoundBy
-with ``scan``, rows of unlinked and freed blocks, hidden drivers named in ``Module``.
+with ``scan``, rows of unlinked and freed blocks, hidden drivers named in ``Module`` (without
+scanning a hidden driver is named only when its driver object or inverted-function-table entry
+shows it: ``routine_truth.py``). ``Landing`` and ``LandingOwner``: where a planted routine's code
+sends control (``ImageForge.transfers``), None elsewhere.
 
 ``pool`` names the build's allocator and its roots; ``blocks`` lists every pool block the forge
 wrote, with its allocation state: ``allocated``, or ``freed`` with ``how`` (``lfh``, ``vs``,
@@ -24,31 +27,17 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..memory.physical import masked
 from ..plants.callbacks import CALLBACK_SIGNATURE, CallbackObject, Registration
+from . import routine_truth
 
 if TYPE_CHECKING:
     from ..kernel.modules import LoadedModule
     from .forge import ImageForge
 
-SCAN_ONLY_FLAGS = frozenset({"hidden_module", "orphan_registration", "freed"})
-
-
-def _routine_facts(forge: "ImageForge", routine: int, scanning: bool) -> Dict[str, Any]:
-    """Module, symbol and location flags of a routine. A driver hidden from the module list is
-    named only when scanning finds its loader entry (then ``hidden_module`` and its sections
-    count); ``outside_modules`` stays either way: it means "in no listed module"."""
-    owner = forge.loader.owner_of(routine)
-    flags: List[str] = []
-    if owner is None or not owner.in_module_list:
-        flags.append("outside_modules")
-        if owner is None:
-            return {"Module": None, "Symbol": None, "flags": flags, "owner": owner}
-        flags.append("hidden_module")
-        if not scanning:
-            return {"Module": None, "Symbol": None, "flags": flags, "owner": owner}
-    section = owner.section_of(routine)
-    if section is None or not section.executable:
-        flags.append("non_executable")
-    return {"Module": owner.name, "Symbol": owner.symbol_for(routine), "flags": flags, "owner": owner}
+SCAN_ONLY_FLAGS = frozenset({"orphan_registration", "freed"})
+#: Every row's ``Evidence``: a forged image holds all its memory, and every planted corruption
+#: leaves a walk that closes (the plugin's imperfect-memory tests damage images after the truth
+#: is taken).
+EVIDENCE = "complete"
 
 
 def _object_routes(forge: "ImageForge", callback: CallbackObject, scanning: bool) -> List[str]:
@@ -85,14 +74,16 @@ def _registration_row(forge: "ImageForge", callback: Optional[CallbackObject], r
                       reported: int, object_flags: List[str], scanning: bool,
                       facts_cache: Dict[int, Dict[str, Any]]) -> Dict[str, Any]:
     if registration.routine not in facts_cache:  # a few dozen routines serve thousands of rows
-        facts_cache[registration.routine] = _routine_facts(forge, registration.routine, scanning)
+        facts_cache[registration.routine] = routine_truth.place(forge, registration.routine, scanning)
     facts = facts_cache[registration.routine]
+    control = routine_truth.control(forge, facts["owner"], registration.routine, registration.context, scanning)
     flags = list(object_flags)
+    scan_only = set(facts["scan_only"])
     if registration.freed:
         # Freed pool is full of stale blocks: nothing in it is evidence of tampering.
-        flags = ["freed"]
+        flags, scan_only = ["freed"], set()
     else:
-        flags += facts["flags"]
+        flags += facts["flags"] + control["flags"]
         if callback is not None and masked(registration.backlink) != masked(callback.address):
             flags.append("bad_backlink")
         if callback is None:
@@ -111,7 +102,10 @@ def _registration_row(forge: "ImageForge", callback: Optional[CallbackObject], r
         "Module": facts["Module"],
         "Symbol": facts["Symbol"],
         "Flags": sorted(set(flags)),
-        "scan_flags": sorted(set(flags) & SCAN_ONLY_FLAGS),
+        "Landing": control["Landing"],
+        "LandingOwner": control["LandingOwner"],
+        "Evidence": EVIDENCE,
+        "scan_flags": sorted(set(flags) & (SCAN_ONLY_FLAGS | scan_only)),
     }
 
 
@@ -121,9 +115,6 @@ def _object_columns(forge: "ImageForge", callback: CallbackObject, routes: List[
         "Name": callback.full_name,
         "AllowMultiple": callback.allow_multiple,
         "FoundBy": routes,
-        # A forged image holds all its memory, and every planted corruption leaves a walk that
-        # closes (the plugin's imperfect-memory tests damage images after the truth is taken).
-        "Evidence": "complete",
     }
 
 
@@ -152,7 +143,8 @@ def expected_rows(forge: "ImageForge", scanning: bool = False) -> List[Dict[str,
         if not visible:
             rows.append(dict(columns, Registration=None, Routine=None, Context=None, Busy=None,
                              UnregisterWaiting=None, Module=None, Symbol=None,
-                             Flags=sorted(object_flags), scan_flags=[], requires_scan=requires_scan))
+                             Flags=sorted(object_flags), Landing=None, LandingOwner=None, Evidence=EVIDENCE, scan_flags=[],
+                             requires_scan=requires_scan))
         loose += [r for r in callback.registrations if not (r.linked and r.reachable)]
     # Blocks no walk reaches (unlinked, freed, cut off by corruption): only a scan finds them.
     for registration in loose:
@@ -179,6 +171,14 @@ def _module_record(module: "LoadedModule") -> Dict[str, Any]:
             {"name": s.name, "rva": s.rva, "size": s.virtual_size, "executable": s.executable}
             for s in module.image.sections
         ],
+        "exception_directory": module.image.exception_directory(),
+        "functions": [
+            {"name": f.name, "rva": f.rva, "size": len(f.body), "leaf": f.leaf, "fragment": f.fragment_rva}
+            for f in (module.image.code.functions.values() if module.image.code is not None else ())
+        ],
+        "loader_entry": module.loader_entry,
+        "driver_object": module.has_driver_object,
+        "inverted_table": module.in_inverted_table,
     }
 
 
@@ -206,6 +206,10 @@ def ground_truth(forge: "ImageForge") -> Dict[str, Any]:
         "physical_memory_runs": [list(run) for run in forge.machine.physical.runs()],
         "driver_objects": forge.drivers.records(),
         "deleted_driver_objects": forge.drivers.deleted_records(),
+        "inverted_function_table": forge.inverted_table.records(),
+        "code_plants": [dict(address=address, argument=plant.argument, through=plant.through,
+                             landing=None if plant.landing is None else masked(plant.landing))
+                        for address, plant in sorted(forge.transfers.items())],
         "object_types": {name: index for name, index in forge.objects.type_indices.items()},
         "callback_directory": sorted(c.name for c in forge.callbacks.live_objects if c.in_directory and c.name),
         "deleted_callback_objects": [masked(c.address) for c in forge.callbacks.callback_objects if c.deleted],

@@ -96,7 +96,7 @@ class DriverObjects:
         """A driver object for every loaded ``.sys`` image; call once the loader entries exist
         (``ModuleLoader.write_module_list``), since ``DriverSection`` points at them."""
         for module in modules:
-            if module.name.lower().endswith(DRIVER_IMAGE_SUFFIX) and not module.unloaded:
+            if module.name.lower().endswith(DRIVER_IMAGE_SUFFIX) and not module.unloaded and module.has_driver_object:
                 self.create(module)
         self.objects.set_type_count("Driver", len(self.drivers))
 

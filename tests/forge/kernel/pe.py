@@ -1,16 +1,21 @@
 """Portable Executable images as the Windows loader leaves them in memory.
 
-The forge needs three things of a PE image: headers with real section headers (so a reader can
-tell executable from non-executable sections), an export directory (so a reader can name
-exported routines), and for the kernel a debug directory with the CodeView RSDS record that
-Volatility's PDB scanner uses to identify the kernel build. Images are produced already
-"mapped": every part is placed at its RVA.
+The forge needs of a PE image: headers with real section headers (so a reader can tell
+executable from non-executable sections, and a section's ``VirtualSize`` from the slack the
+mapping rounds it up to), an export directory (so a reader can name exported routines), for the
+kernel a debug directory with the CodeView RSDS record that Volatility's PDB scanner uses to
+identify the kernel build, and code where routines are with, on x64, the exception directory
+that describes it (``code.py``): unwind data after the other directories in the read-only data
+section, the ``RUNTIME_FUNCTION`` table at ``pdata_rva`` (its own ``.pdata`` section, as MSVC
+links it). Images are produced already "mapped": every part is placed at its RVA.
 """
 
 import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
+
+from .code import CodeLayout
 
 IMAGE_SCN_CNT_CODE = 0x0000_0020
 IMAGE_SCN_CNT_INITIALIZED_DATA = 0x0000_0040
@@ -26,7 +31,9 @@ WRITABLE_DATA = IMAGE_SCN_CNT_INITIALIZED_DATA | IMAGE_SCN_MEM_READ | IMAGE_SCN_
 
 IMAGE_DEBUG_TYPE_CODEVIEW = 2
 IMAGE_DIRECTORY_ENTRY_EXPORT = 0
+IMAGE_DIRECTORY_ENTRY_EXCEPTION = 3
 IMAGE_DIRECTORY_ENTRY_DEBUG = 6
+SECTION_ALIGNMENT = 0x1000
 
 MACHINE_AMD64 = 0x8664
 MACHINE_I386 = 0x014C
@@ -39,15 +46,24 @@ E_LFANEW = 0x100
 class Section:
     name: str
     rva: int
-    virtual_size: int
+    virtual_size: int  # what the section holds; the mapping rounds it up to the alignment
     characteristics: int
 
     @property
     def executable(self) -> bool:
         return bool(self.characteristics & IMAGE_SCN_MEM_EXECUTE)
 
+    @property
+    def mapped_size(self) -> int:
+        return (self.virtual_size + SECTION_ALIGNMENT - 1) & ~(SECTION_ALIGNMENT - 1)
+
     def contains(self, rva: int) -> bool:
-        return self.rva <= rva < self.rva + self.virtual_size
+        """In the section as mapped (its slack included)."""
+        return self.rva <= rva < self.rva + self.mapped_size
+
+    def in_slack(self, rva: int) -> bool:
+        """Beyond ``VirtualSize``, in what the mapping adds."""
+        return self.rva + self.virtual_size <= rva < self.rva + self.mapped_size
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,10 @@ class PeImage:
     is_64bit: bool = True
     timestamp: int = 0x5F3A1C2B
     entry_point_rva: int = 0
+    #: The functions written into the image (None: no code at all)
+    code: Optional[CodeLayout] = None
+    #: Where the RUNTIME_FUNCTION table goes (x64 images with non-leaf functions)
+    pdata_rva: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.metadata_rva is None:
@@ -93,10 +113,23 @@ class PeImage:
                 return section
         return None
 
+    def exception_directory(self) -> Optional[Tuple[int, int]]:
+        """(RVA, size) of the RUNTIME_FUNCTION table, None without one."""
+        entries = self.code.runtime_functions() if self.code is not None else []
+        if self.pdata_rva is None or not entries:
+            return None
+        return self.pdata_rva, 12 * len(entries)
+
+    def in_cave(self, rva: int) -> bool:
+        """In an executable section's slack, or outside every section."""
+        section = self.section_for(rva)
+        return section is None or (section.executable and section.in_slack(rva))
+
     # -- directories ---------------------------------------------------------------------
 
-    def _metadata(self) -> Tuple[bytes, Dict[int, Tuple[int, int]]]:
-        """Debug and export directories packed together at ``metadata_rva``."""
+    def _metadata(self) -> Tuple[bytes, Dict[int, Tuple[int, int]], bytes]:
+        """Debug and export directories and the unwind data packed together at ``metadata_rva``;
+        the RUNTIME_FUNCTION table for ``pdata_rva``."""
         assert self.metadata_rva is not None
         base = self.metadata_rva
         blob = bytearray()
@@ -114,7 +147,13 @@ class PeImage:
             export_rva = base + len(blob)
             blob += self._export_directory(export_rva)
             directories[IMAGE_DIRECTORY_ENTRY_EXPORT] = (export_rva, base + len(blob) - export_rva)
-        return bytes(blob), directories
+        table = b""
+        if self.pdata_rva is not None and self.code is not None and self.code.runtime_functions():
+            blob += bytes(-len(blob) % 4)  # UNWIND_INFO is DWORD-aligned
+            unwind, table = self.code.exception_directory(base + len(blob))
+            blob += unwind
+            directories[IMAGE_DIRECTORY_ENTRY_EXCEPTION] = (self.pdata_rva, len(table))
+        return bytes(blob), directories, table
 
     def _export_directory(self, rva: int) -> bytes:
         names = sorted(self.exports)
@@ -144,7 +183,7 @@ class PeImage:
         page[0:2] = b"MZ"
         struct.pack_into("<I", page, 0x3C, E_LFANEW)
         page[0x40:0x4E] = b"\x0e\x1f\xba\x0e\x00\xb4\x09\xcd\x21\xb8\x01\x4c\xcd\x21"
-        page[0x4E:0x75] = b"This program cannot be run in DOS mode.\r"
+        page[0x4E:0x76] = b"This program cannot be run in DOS mode.\r"  # 40 bytes: the page stays a page
 
         optional_size = 0xF0 if self.is_64bit else 0xE0
         machine = MACHINE_AMD64 if self.is_64bit else MACHINE_I386
@@ -191,11 +230,20 @@ class PeImage:
         return bytes(page)
 
     def blobs(self, image_base: int) -> List[Tuple[int, bytes]]:
-        """(RVA, bytes) pairs that make up the mapped image's non-zero content."""
+        """(RVA, bytes) pairs that make up the mapped image's non-zero content; raises
+        ValueError when two of them overlap (a routine placed over a directory, say)."""
         directories: Dict[int, Tuple[int, int]] = {}
         parts: List[Tuple[int, bytes]] = []
-        if self.metadata_rva is not None and (self.exports or self.codeview):
-            metadata, directories = self._metadata()
+        if self.metadata_rva is not None and (self.exports or self.codeview or self.pdata_rva is not None):
+            metadata, directories, table = self._metadata()
             parts.append((self.metadata_rva, metadata))
+            if table:
+                parts.append((self.pdata_rva, table))
+        if self.code is not None:
+            parts += self.code.blobs()
         parts.insert(0, (0, self.headers(image_base, directories)))
+        ordered = sorted((rva, rva + len(data)) for rva, data in parts)
+        for (_start, end), (following, _end) in zip(ordered, ordered[1:]):
+            if following < end:
+                raise ValueError(f"{self.dll_name}: image contents overlap at RVA {following:#x}")
         return parts

@@ -141,10 +141,11 @@ class Machine:
             self.space = X86AddressSpace(self.physical, self.plan.dtb)
         self._next_system_page = self.plan.system_region
 
-    def allocate_system_pages(self, count: int) -> int:
-        """Non-pool kernel memory (processor blocks, descriptor arrays): fresh mapped pages."""
+    def allocate_system_pages(self, count: int, executable: bool = False) -> int:
+        """Non-pool kernel memory (processor blocks, descriptor arrays, a rootkit's own code):
+        fresh mapped pages."""
         address = self._next_system_page
-        self.space.map_range(address, count * PAGE_SIZE, executable=False)
+        self.space.map_range(address, count * PAGE_SIZE, executable=executable)
         self._next_system_page += (count + 1) * PAGE_SIZE  # a guard page between allocations
         return address
 

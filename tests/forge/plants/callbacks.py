@@ -193,6 +193,13 @@ class CallbackPlanter:
             self.loose_registrations.append(registration)
         return registration
 
+    def swap_routine(self, registration: Registration, routine: int) -> None:
+        """A registration whose routine was overwritten in place (a hijack, or an EDR's
+        registration pointed at a bare ``ret`` to silence it)."""
+        registration.routine = routine
+        pointer = pointer_format(self.machine.layout.pointer_size)
+        self.machine.space.write(registration.address + self.layout.function, struct.pack(pointer, canonical(routine)))
+
     def point_global(self, global_name: str, callback: Optional[CallbackObject]) -> None:
         self.globals[global_name] = callback
 

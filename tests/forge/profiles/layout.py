@@ -57,6 +57,9 @@ FORGE_SYMBOLS = (
     # the kernel's view of RAM (a raw image's size is checked against it) and the unloaded-driver
     # ring Volatility's windows.unloadedmodules reads (kernel/memory_manager.py)
     "MmPhysicalMemoryBlock", "MmUnloadedDrivers", "MmLastUnloadedDriver",
+    # the images registered for exception dispatch (kernel/inverted_table.py), and the pointer
+    # through which 17763 and later read that table
+    "PsInvertedFunctionTable", "RtlpInvertedFunctionTable",
 )
 
 SEGMENT_HEAP_FIRST_BUILD = 18362

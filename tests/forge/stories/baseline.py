@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..image.forge import ImageForge
+from ..kernel.code import ARGUMENT_GADGET, THROUGH_GADGET
 from ..kernel.modules import LoadedModule
 from ..plants.callbacks import CallbackObject
 
@@ -33,6 +34,12 @@ DRIVERS: Dict[str, Dict[str, int]] = {
     "dxgkrnl.sys": {"DxgkPowerStateCallback": 0x1440, "DxgkSessionCallback": 0x1990},
 }
 EXPORTED = {"ndis.sys": ("ndisPowerStateCallback",), "tcpip.sys": ("TcpConnectionCallback",), "WdFilter.sys": ("MpProcessNotificationCallback",)}
+# Functions whose ordinary code holds, inside an instruction, the bytes of a gadget (what gadget
+# hunters find in any signed driver); only the evasion scenario registers them.
+GADGETS: Dict[str, Dict[str, str]] = {
+    "ndis.sys": {"ndisBindUnbindCallback": ARGUMENT_GADGET},
+    "tcpip.sys": {"TcpTimerStarvationCallback": THROUGH_GADGET},
+}
 
 # Objects: name -> (registrants, allow multiple). A registrant is "nt:Symbol" (a kernel
 # routine, skipped where the build lacks it) or "driver.sys:Routine".
@@ -87,7 +94,7 @@ class Story:
     def __init__(self, forge: ImageForge) -> None:
         self.forge = forge
         self.drivers: Dict[str, LoadedModule] = {
-            name: forge.add_driver(name, functions=functions, exported=EXPORTED.get(name, ()))
+            name: forge.add_driver(name, functions=functions, exported=EXPORTED.get(name, ()), gadgets=GADGETS.get(name))
             for name, functions in DRIVERS.items()
         }
         self.objects: Dict[Optional[str], CallbackObject] = {}

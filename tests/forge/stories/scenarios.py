@@ -14,6 +14,9 @@
 - ``busy``: the baseline in a 4 GiB machine whose RAM is nearly all mapped and full (tens of
   thousands of pool blocks, cache pages, decoy tags): the benchmark's image (``busy.py``);
   ``busy_server``: the same with a server's heap (at least 512 MiB from 8 GiB of RAM).
+- ``evasion``: the baseline plus routines that only look legitimate: argument gadgets, stubs in
+  int3 padding and .text slack, a registration swapped to a bare ``ret``, a hidden driver known
+  from its driver object and inverted-table entry, a manually mapped image (``evasion.py``).
 
 Every scenario gets :func:`freed_history` as well (``forge_scenario``): registrations undone, a
 callback object deleted, a driver unloaded, as on any machine that has been running a while.
@@ -29,6 +32,7 @@ from ..image.forge import ImageForge
 from ..memory.machine import DEFAULT_SEED
 from .baseline import PATCHGUARD_OBJECT, Story, baseline
 from .busy import busy, busy_server
+from .evasion import evasion
 
 
 def rootkit(forge: ImageForge, unlinked: bool = False) -> Story:
@@ -198,6 +202,7 @@ SCENARIOS: Dict[str, Callable[[ImageForge], Story]] = {
     "scale": scale,
     "busy": busy,
     "busy_server": busy_server,
+    "evasion": evasion,
 }
 
 

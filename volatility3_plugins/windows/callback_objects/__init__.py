@@ -7,6 +7,8 @@
 - ``scan_targets``: what the pool scan looks for, and how a hit is validated;
 - ``inventory``: the routes and the scan merged into one record per object, globals checked;
 - ``registrations``: an object's registrations, and the loose ones the scan found;
+- ``landing``: what a routine's code does (``trampoline``, ``mid_function``, ``code_cave``) and
+  where control lands;
 - ``classify``, ``rows``, ``expected``: facts to flags, output rows, the expected-registrant
   data;
 - ``pipeline``: the rows of an image, one at a time, and their counts;

@@ -15,16 +15,19 @@ from ...schema.flags import (
     ALLOCATION_UNKNOWN,
     BAD_BACKLINK,
     BAD_SIGNATURE,
+    CODE_CAVE,
     FREED,
     GLOBAL_MISMATCH,
     HIDDEN_MODULE,
     LIST_INCOMPLETE,
+    MID_FUNCTION,
     MULTIPLE_ON_EXCLUSIVE,
     NON_EXECUTABLE,
     NOT_IN_BASELINE,
     NOT_IN_DIRECTORY,
     ORPHAN_REGISTRATION,
     OUTSIDE_MODULES,
+    TRAMPOLINE,
     UNEXPECTED_REGISTRANT,
     UNLINKED_OBJECT,
     UNREADABLE,
@@ -70,9 +73,17 @@ class RegistrationFacts:
     module_list_incomplete: bool = False
     executable: Optional[bool] = None  # None when unknown (no section headers, no module)
     unexpected_registrant: bool = False
-    #: The routine lies in an allocated driver loader entry found by scanning, absent from a
-    #: complete module list.
+    #: The routine lies in a driver image that another trace (a loader entry or driver object
+    #: in pool or in \\Driver, an entry of the inverted function table) shows and a complete
+    #: module list lacks.
     hidden_module: bool = False
+    #: The routine's first instructions send control to an argument, or (fixed targets followed)
+    #: outside every module of a complete module list.
+    trampoline: bool = False
+    #: x64: the routine lies inside a function of its image's exception directory, not at its start.
+    mid_function: bool = False
+    #: The routine lies in an executable section beyond its VirtualSize, or in no section.
+    code_cave: bool = False
 
 
 def classify_object(facts: ObjectFacts) -> Set[str]:
@@ -104,6 +115,12 @@ def classify_routine(facts: RegistrationFacts) -> Set[str]:
         found.add(HIDDEN_MODULE)
     if facts.executable is False:
         found.add(NON_EXECUTABLE)
+    if facts.trampoline:
+        found.add(TRAMPOLINE)
+    if facts.mid_function:
+        found.add(MID_FUNCTION)
+    if facts.code_cave:
+        found.add(CODE_CAVE)
     if facts.module_list_incomplete:
         found.add(LIST_INCOMPLETE)
     return found

@@ -1,4 +1,5 @@
-"""The run context of ``windows.callbackobjects``: the kernel's, plus our two structures.
+"""The run context of ``windows.callbackobjects``: the kernel's, plus our two structures and the
+pool allocator's reader.
 
 ``_CALLBACK_OBJECT`` and ``_CALLBACK_REGISTRATION`` are in no PDB: their views are compiled from
 our own ISF (:mod:`.isf`), the file that fits the kernel (pointer size, and whether it has the
@@ -6,10 +7,13 @@ Windows 8.1 global object list). Everything else a run shares is the generic
 :class:`~..kernelread.context.KernelContext`'s.
 """
 
+import functools
 from typing import Optional
 
 from volatility3.framework import interfaces
 
+from ..kernelpool.maps import open_pool_map
+from ..kernelpool.state import PoolMap
 from ..kernelread.context import KernelContext
 from ..kernelread.views import StructView, type_name
 from . import isf
@@ -59,6 +63,12 @@ class CallbackContext(KernelContext):
             self.mask,
             booleans=["UnregisterWaiting"],
         )
+
+    @functools.cached_property
+    def pool_map(self) -> PoolMap:
+        """The reader of the kernel's pool allocator, opened once (on first use) for the scan
+        and for naming the pool blocks routines hand control to."""
+        return open_pool_map(self)
 
     @classmethod
     def build(

@@ -3,14 +3,16 @@
 ``windows.callbackobjects`` runs its public classmethods in order (build the run context, scan
 the pool, list the objects, each object's registrations and the loose registrations); a
 :class:`Report` turns what they return into classified rows. It is built once the objects are
-known; :meth:`Report.read_registrations` reads every object's registrations and the loose ones
-before any row is printed, so that the plugin can refuse an image, and say on every row whether
-the image's evidence is complete (``Evidence``), before printing anything. :meth:`Report.rows`
-then yields each object's rows (every registration attributed and classified) and the loose
-registrations, and counts them for the verdict line. The registrations are held until the rows
-are printed (a few hundred bytes each; a busy machine has a few hundred). With a known-good
-baseline the rows are compared with it once all of them are known (an unnamed object's key needs
-all its registrations, loose ones included) and then yielded in the same order.
+known; :meth:`Report.read_registrations` reads every object's registrations and the loose ones,
+and :meth:`Report.examine` classifies every row (each registration attributed, its routine's
+code examined, the known-good comparison made) and records the routes the rows needed
+(hidden-image traces, code, exception directories), all before any row is printed: the plugin
+can refuse an image, and say on every row whether the image's evidence is complete
+(``Evidence``, which those routes count in), before printing anything. :meth:`Report.rows` then
+yields the rows (each object's, then the loose registrations) and counts them for the verdict
+line. The rows are held until they are printed (a few hundred bytes each; a busy machine has a
+few hundred). With a known-good baseline the rows are compared with it once all of them are
+known (an unnamed object's key needs all its registrations, loose ones included).
 """
 
 import dataclasses
@@ -20,8 +22,10 @@ from ...schema import baseline, columns
 from ..kernelpool.state import BlockState
 from ..kernelread import diagnostics
 from ..kernelread.attribution import Attributor
+from ..kernelread.image_traces import OtherImages
 from . import classify, expected, rows
 from .inventory import CallbackObjectRecord
+from .landing import RoutineCode
 from .registrations import Registration, RegistrationList
 from .rows import Row
 
@@ -69,12 +73,19 @@ class Report:
         self.scan = scan
         #: Known-good registrations to compare with (``--baseline``); None: no comparison.
         self.known_good = known_good
-        self.attributor = Attributor(kernel, kernel.loaded_modules, hidden_modules=scan.hidden_module_candidates())
+        #: Images the module list lacks, from every other trace (read on first need).
+        self.other_images = OtherImages(kernel, kernel.loaded_modules, scan.image_traces(),
+                                        len(scan.driver_objects) if scan.ran else None)
+        self.attributor = Attributor(kernel, kernel.loaded_modules, hidden_modules=self.other_images)
+        #: What each routine's code does (decoded once per routine).
+        self.code = RoutineCode(kernel, self.attributor)
         self.rules = expected.load()
         self.counts = Counts(objects=len(objects))
         #: Each object's registrations (in the order of ``objects``) and the loose ones, once read.
         self.listed: List[RegistrationList] = []
         self.loose: List[Tuple[Registration, BlockState]] = []
+        #: Every row, classified, once :meth:`examine` ran.
+        self._examined: Optional[List[Row]] = None
 
     def read_registrations(self, registrations_of: RegistrationsOf, loose_of: LooseOf) -> None:
         """Read every object's registrations and (with a scan) the loose ones, and record how
@@ -107,24 +118,33 @@ class Report:
         """The ``Evidence`` column of every row."""
         return columns.DEGRADED if self.evidence_causes else columns.COMPLETE
 
-    def rows(self) -> Iterator[Row]:
-        """Every row: each object's, in address order, then the loose registrations grouped by
-        the object they name, with the known-good comparison's flag when a baseline is given
-        (the rows are then held until all are known). Needs :meth:`read_registrations` first."""
-        found = self._classified_rows()
+    def examine(self) -> None:
+        """Classify every row and record the routes they needed (the hidden-image traces, the
+        code, the exception directories), so that :attr:`evidence` counts those routes in before
+        the first row is printed. Needs :meth:`read_registrations` first; :meth:`rows` calls it
+        when nobody did."""
+        held = list(self._classified_rows())
         if self.known_good is not None:
-            held = list(found)
             verdicts = self.known_good.judge([row.view() for row in held])
             for row, in_baseline in zip(held, verdicts):
                 row.flags = classify.classify_baseline(row.flags, in_baseline)
-            found = iter(held)
-        for row in found:
+        self.other_images.record_routes()
+        self.code.record_routes()
+        self._examined = held
+
+    def rows(self) -> Iterator[Row]:
+        """Every row: each object's, in address order, then the loose registrations grouped by
+        the object they name, with the known-good comparison's flag when a baseline is given."""
+        if self._examined is None:
+            self.examine()
+        assert self._examined is not None
+        for row in self._examined:
             self.counts.add(row)
             yield row
 
     def _classified_rows(self) -> Iterator[Row]:
         for record, listed in zip(self.objects, self.listed):
-            yield from rows.object_rows(record, listed, self.attributor, self.rules)
+            yield from rows.object_rows(record, listed, self.attributor, self.rules, self.code)
         if not self.loose:
             return
         # A loose registration may belong to any object's list (its CallbackObject can lie):
@@ -135,4 +155,4 @@ class Report:
         by_address = {record.address: record for record in self.objects}
         for registration, state in self.loose:
             owner = int(registration.callback_object)
-            yield rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor)
+            yield rows.loose_row(by_address[owner], registration, state, every_list_complete, self.attributor, self.code)

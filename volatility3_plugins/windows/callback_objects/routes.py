@@ -9,11 +9,8 @@ it is evidence), incomplete (walked but broken: absence proves nothing) or unava
 import dataclasses
 from typing import TYPE_CHECKING, Dict, List, Optional, Set
 
-from volatility3.framework import exceptions
-
-from ..kernelread import diagnostics, lists
+from ..kernelread import diagnostics, lists, object_directory
 from ..kernelread.object_headers import HeaderInfo, ObjectHeaders
-from ..kernelread.views import ViewError, member_offset
 from . import isf
 
 if TYPE_CHECKING:
@@ -30,13 +27,10 @@ CALLBACK_DIRECTORY = "Callback"
 CALLBACK_TYPE = "Callback"
 #: The kernel global that points at the ``Callback`` object type.
 CALLBACK_TYPE_GLOBAL = "ExCallbackObjectType"
-DIRECTORY_TYPE = "Directory"
 NAME_PREFIX = "\\Callback\\"
 #: Kernel globals that point at callback objects: ``nt!ExCb<Name>`` -> ``\\Callback\\<Name>``.
 GLOBAL_PREFIX = "ExCb"
 
-HASH_BUCKETS = 37
-MAX_DIRECTORY_ENTRIES = 4096
 MAX_OBJECTS_PER_LIST = 4096
 
 
@@ -88,71 +82,12 @@ def from_callback_list(kernel: "CallbackContext", max_objects: int = MAX_OBJECTS
 # --- directory route ---------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class DirectoryWalk:
-    entries: List[HeaderInfo]
-    complete: bool
-
-
-def directory_entries(
-    kernel: "CallbackContext",
-    headers: ObjectHeaders,
-    directory_body: int,
-    max_entries: int = MAX_DIRECTORY_ENTRIES,
-) -> DirectoryWalk:
-    """Every object of one ``_OBJECT_DIRECTORY``: 37 hash buckets, each a chain of
-    ``_OBJECT_DIRECTORY_ENTRY`` through ``ChainLink``; bounded and cycle-safe. ``complete`` is
-    False when a bucket or a chain could not be read to its end."""
-    entry_view = kernel.kernel_view("_OBJECT_DIRECTORY_ENTRY", ["ChainLink", "Object"])
-    try:
-        buckets_offset = member_offset(kernel.context, kernel.kernel_type("_OBJECT_DIRECTORY"), "HashBuckets")
-    except ViewError:
-        entry_view = None
-    if entry_view is None:
-        return DirectoryWalk([], False)
-    buckets = (directory_body & kernel.mask) + buckets_offset
-    found: List[HeaderInfo] = []
-    complete = True
-    seen = set()
-    for bucket in range(HASH_BUCKETS):
-        try:
-            entry = kernel.read_pointer(buckets + bucket * kernel.pointer_size)
-        except exceptions.InvalidAddressException:
-            complete = False
-            continue
-        while entry:
-            if entry in seen:
-                # A chain that loops: every entry on it was seen; nothing is missing.
-                break
-            if len(seen) >= max_entries:
-                kernel.diagnostics.warning(f"directory {directory_body:#x}: bound of {max_entries} entries reached")
-                return DirectoryWalk(found, False)
-            seen.add(entry)
-            record = entry_view.read(kernel.reader, entry)
-            if not record.complete:
-                complete = False
-                break
-            if record.Object:
-                found.append(headers.info(record.Object))
-            entry = record.ChainLink
-    return DirectoryWalk(found, complete)
-
-
 def find_callback_directory(kernel: "CallbackContext", headers: ObjectHeaders) -> Optional[int]:
     """Body address of ``\\Callback`` (name ``Callback``, type ``Directory`` in the root)."""
-    if not kernel.symbols.has("ObpRootDirectoryObject"):
-        kernel.diagnostics.warning("No nt!ObpRootDirectoryObject: directory route skipped")
-        return None
-    root = kernel.read_global_pointer("ObpRootDirectoryObject")
-    if not root:
-        kernel.diagnostics.warning("nt!ObpRootDirectoryObject unreadable or null: directory route skipped")
-        return None
-    directory_index = headers.type_index(DIRECTORY_TYPE)
-    for entry in directory_entries(kernel, headers, root).entries:
-        if entry.name == CALLBACK_DIRECTORY and (directory_index is None or entry.type_index == directory_index):
-            return entry.body
-    kernel.diagnostics.warning("No \\Callback directory in the root directory: directory route skipped")
-    return None
+    body, why = object_directory.find_root_directory(kernel, headers, CALLBACK_DIRECTORY)
+    if body is None:
+        kernel.diagnostics.warning(f"{why}: directory route skipped")
+    return body
 
 
 @dataclasses.dataclass
@@ -180,7 +115,7 @@ def from_directory(kernel: "CallbackContext") -> Optional[DirectoryRoute]:
         kernel.diagnostics.warning("The Callback object type cannot be identified: directory route skipped")
         kernel.diagnostics.route(ROUTE_DIRECTORY, diagnostics.UNAVAILABLE, "Callback type unknown")
         return None
-    walked = directory_entries(kernel, headers, directory)
+    walked = object_directory.directory_entries(kernel, headers, directory)
     found = {entry.body: entry for entry in walked.entries if entry.readable and entry.type_index == callback_index}
     unreadable = {entry.body for entry in walked.entries if not entry.readable}
     state = diagnostics.COMPLETE if walked.complete else diagnostics.INCOMPLETE

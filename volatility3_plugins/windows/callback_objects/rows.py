@@ -16,6 +16,7 @@ from ..kernelread.views import is_absent
 from . import classify, routes
 from .expected import ExpectedRegistrants
 from .inventory import CallbackObjectRecord
+from .landing import CodeFacts, RoutineCode
 from .registrations import Registration, RegistrationList
 
 
@@ -27,6 +28,8 @@ class Row:
     registration: Optional[Registration]
     attribution: Optional[Attribution]
     flags: List[str]
+    #: What the routine's code does (None: no routine in a module, or not examined)
+    code: Optional[CodeFacts] = None
 
     @property
     def suspicious(self) -> bool:
@@ -70,9 +73,10 @@ def _nonzero(value: object) -> Optional[int]:
 
 
 def routine_facts(
-    registration: Registration, attributor: Attributor
-) -> Tuple[Optional[Attribution], classify.RegistrationFacts]:
-    """Where the routine lies, as classification input (no backlink or registrant facts).
+    registration: Registration, attributor: Attributor, code: Optional[RoutineCode] = None
+) -> Tuple[Optional[Attribution], classify.RegistrationFacts, Optional[CodeFacts]]:
+    """Where the routine lies and what its code does (with ``code``), as classification input
+    (no backlink or registrant facts).
 
     A routine of zero or that could not be read says nothing; a routine in no module of a
     module list that was not read to its end may lie in a module past the break: no
@@ -80,7 +84,7 @@ def routine_facts(
     facts = classify.RegistrationFacts(readable=not registration.zeroed)
     routine = _nonzero(registration.routine)
     if routine is None or not facts.readable:
-        return None, facts
+        return None, facts, None
     attribution = attributor.attribute(routine)
     if attribution.in_module:
         facts.in_module = True
@@ -90,7 +94,10 @@ def routine_facts(
     elif attributor.modules_available:
         facts.module_list_incomplete = True
     facts.executable = attribution.executable
-    return attribution, facts
+    found = code.examine(registration, attribution) if code is not None else None
+    if found is not None:
+        facts.trampoline, facts.mid_function, facts.code_cave = found.trampoline, found.mid_function, found.code_cave
+    return attribution, facts, found
 
 
 def object_rows(
@@ -98,8 +105,10 @@ def object_rows(
     registrations: RegistrationList,
     attributor: Attributor,
     rules: ExpectedRegistrants,
+    code: Optional[RoutineCode] = None,
 ) -> List[Row]:
-    """The rows of one object with their flags, sorted by severity."""
+    """The rows of one object with their flags, sorted by severity (``code``: the run's examiner
+    of routines' code, None to leave code unexamined)."""
     regs = registrations.registrations
     obj_facts = object_facts(record, sum(1 for reg in regs if not reg.zeroed))
     if not regs:
@@ -107,7 +116,7 @@ def object_rows(
     rows: List[Row] = []
     name = record.name if isinstance(record.name, str) else None
     for reg in regs:
-        attribution, facts = routine_facts(reg, attributor)
+        attribution, facts, found = routine_facts(reg, attributor, code)
         owner = _nonzero(reg.callback_object)
         if owner is not None:
             facts.backlink_ok = owner == record.address
@@ -118,7 +127,7 @@ def object_rows(
             # page under its loader entry) has an owner we cannot name: no evidence either way.
             if not (facts.in_module and not module_name):
                 facts.unexpected_registrant = rules.is_unexpected(name, module_name)
-        rows.append(Row(record, reg, attribution, classify.classify(obj_facts, facts)))
+        rows.append(Row(record, reg, attribution, classify.classify(obj_facts, facts), found))
     return rows
 
 
@@ -128,9 +137,10 @@ def loose_row(
     state: BlockState,
     owner_list_complete: bool,
     attributor: Attributor,
+    code: Optional[RoutineCode] = None,
 ) -> Row:
     """The row of a loose registration (found by the scan on no walked list), shown with the
     object its ``CallbackObject`` names (``record``): ``state`` is its block's allocation state,
     ``owner_list_complete`` says whether every list that could hold it was walked to its end."""
-    attribution, facts = routine_facts(registration, attributor)
-    return Row(record, registration, attribution, classify.classify_loose(facts, state, owner_list_complete))
+    attribution, facts, found = routine_facts(registration, attributor, code)
+    return Row(record, registration, attribution, classify.classify_loose(facts, state, owner_list_complete), found)

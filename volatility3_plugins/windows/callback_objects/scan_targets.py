@@ -1,17 +1,21 @@
 """What the pool scan looks for on behalf of ``windows.callbackobjects``: callback objects,
-registration blocks and loader entries that no list shows, as targets of the generic engine
-(:mod:`..kernelpool.scan`).
+registration blocks, loader entries and driver objects that no list shows, as targets of the
+generic engine (:mod:`..kernelpool.scan`), in one pass.
 
 - ``CBRe``: ``_CALLBACK_REGISTRATION`` blocks (``ExRegisterCallback``);
 - ``Call`` (``Cal\\xec`` with the protected bit on Windows 7 and older): object allocations
-  ``_POOL_HEADER | optional headers | _OBJECT_HEADER | _CALLBACK_OBJECT``;
+  ``_POOL_HEADER | optional headers | _OBJECT_HEADER | _CALLBACK_OBJECT``
+  (:func:`..kernelpool.objects.object_target`);
 - ``MmLd``: the loader's ``_LDR_DATA_TABLE_ENTRY`` blocks, the tag ``windows.modscan`` scans:
-  a driver unlinked from ``PsLoadedModuleList`` keeps its entry in pool.
+  a driver unlinked from ``PsLoadedModuleList`` keeps its entry in pool;
+- ``Driv`` (``Dri\\xf6``): driver objects, the generic target of
+  :data:`..kernelpool.objects.DRIVER_OBJECTS` (as ``windows.driverscan``): a hidden driver keeps
+  its driver object, which names its image.
 
 Every hit is validated before anyone sees it (the engine checks the pool header: aligned,
 ``BlockSize`` covering the structure and within a page, at a block start where the allocator
 knows its blocks): an object's ``InfoMask`` must place its ``_OBJECT_HEADER`` inside the block
-with the type ``Callback``; a registration's ``CallbackObject`` and ``CallbackFunction`` must be
+with the type ``Callback`` (``Driver``); a registration's ``CallbackObject`` and ``CallbackFunction`` must be
 kernel pointers; a loader entry's ``DllBase`` a page-aligned kernel address with ``MZ`` there and
 a sane ``SizeOfImage``.
 """
@@ -22,12 +26,12 @@ from typing import TYPE_CHECKING, Collection, Dict, Iterable, List, Optional, Tu
 
 from volatility3.framework import constants, exceptions
 
-from ..kernelpool import scan
+from ..kernelpool import objects, scan
 from ..kernelpool.scan import PoolHit, PoolScanner, Rejected, ScanTarget
 from ..kernelpool.state import BlockState
-from ..kernelread import diagnostics
+from ..kernelread import diagnostics, driver_objects, image_traces
 from ..kernelread.addresses import PAGE_SIZE
-from ..kernelread.loaded_modules import MAX_IMAGE_SIZE, LoadedModule, entry_view
+from ..kernelread.loaded_modules import MAX_IMAGE_SIZE, entry_view
 from ..kernelread.views import StructView, ViewError
 from . import isf, routes
 
@@ -38,7 +42,11 @@ if TYPE_CHECKING:
 OBJECTS = "objects"
 REGISTRATIONS = "registrations"
 LOADER_ENTRIES = "loader entries"
-ALL_KINDS = (OBJECTS, REGISTRATIONS, LOADER_ENTRIES)
+DRIVER_OBJECTS = objects.DRIVER_OBJECTS.kind
+ALL_KINDS = (OBJECTS, REGISTRATIONS, LOADER_ENTRIES, DRIVER_OBJECTS)
+#: Callback objects (``ExCreateCallback``): their body starts with ``Call``.
+CALLBACK_OBJECTS = objects.ObjectKind(OBJECTS, (b"Call", b"Cal\xec"), routes.CALLBACK_TYPE, routes.CALLBACK_TYPE_GLOBAL,
+                                      signature=isf.CALLBACK_SIGNATURE.to_bytes(4, "little"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +68,14 @@ class ScannedModule:
     state: BlockState
 
 
+@dataclasses.dataclass(frozen=True)
+class ScannedDriverObject:
+    """A driver object found in pool, and the image it names."""
+
+    driver: driver_objects.DriverObjectInfo
+    state: BlockState
+
+
 @dataclasses.dataclass
 class ScanResult:
     """What one pass found, validated as far as possible without the lists; empty when the
@@ -68,20 +84,20 @@ class ScanResult:
     objects: List[ScannedBlock] = dataclasses.field(default_factory=list)
     registrations: List[ScannedBlock] = dataclasses.field(default_factory=list)
     modules: List[ScannedModule] = dataclasses.field(default_factory=list)
+    driver_objects: List[ScannedDriverObject] = dataclasses.field(default_factory=list)
     rejected: Dict[str, int] = dataclasses.field(default_factory=dict)
     ran: bool = False
     #: Where it read: the allocator's regions (its name and their size) or the kernel half.
     extent: str = ""
 
-    def hidden_module_candidates(self) -> List[LoadedModule]:
-        """Allocated loader entries found in pool, one per image base; the Attributor keeps
-        those the module list does not cover. A freed entry is the remains of an unloaded
-        driver, and one of unknown state proves nothing: neither makes a hidden module."""
-        chosen: Dict[int, ScannedModule] = {}
-        for module in self.modules:
-            if module.state == BlockState.ALLOCATED:
-                chosen.setdefault(module.base, module)
-        return [LoadedModule(m.base, m.size, m.name, is_kernel=False, hidden=True) for m in chosen.values()]
+    def image_traces(self) -> List[image_traces.ImageTrace]:
+        """What the scan found of loaded images: allocated loader entries and driver objects. A
+        freed one is the remains of an unloaded driver, and one of unknown state proves nothing:
+        neither is a trace of a loaded image."""
+        found = [image_traces.from_loader_entry(m.base, m.size, m.name) for m in self.modules if m.state == BlockState.ALLOCATED]
+        return found + image_traces.from_driver_objects(
+            d.driver for d in self.driver_objects if d.state == BlockState.ALLOCATED
+        )
 
 
 class CallbackTargets:
@@ -96,21 +112,16 @@ class CallbackTargets:
 
     def targets(self, kinds: Collection[str] = ALL_KINDS) -> List[ScanTarget]:
         """The declared table of what the scan looks for, the kinds asked for only."""
+        kernel = self.kernel
         table = (
-            ScanTarget(REGISTRATIONS, (b"CBRe",), lambda: self.kernel.registration.size, self.validate_registration),
-            ScanTarget(OBJECTS, (b"Call", b"Cal\xec"), self.object_size, self.validate_object),
+            ScanTarget(REGISTRATIONS, (b"CBRe",), lambda: kernel.registration.size, self.validate_registration),
+            objects.object_target(kernel, CALLBACK_OBJECTS, ScannedBlock, lambda: kernel.callback_object.size),
             ScanTarget(LOADER_ENTRIES, (b"MmLd",), self.loader_entry_size, self.validate_loader_entry),
+            objects.object_target(kernel, objects.DRIVER_OBJECTS, self.keep_driver_object),
         )
         return [target for target in table if target.kind in kinds]
 
     # -- sizes ---------------------------------------------------------------------------
-
-    def object_size(self) -> Optional[int]:
-        """An object's optional headers aside: its ``_OBJECT_HEADER`` up to the body, and the body."""
-        headers = self.kernel.object_headers
-        if headers is None:
-            return None
-        return headers.body_offset + self.kernel.callback_object.size
 
     def loader_entry_size(self) -> Optional[int]:
         return self._loader.size if self._loader is not None else None
@@ -128,33 +139,12 @@ class CallbackTargets:
             raise Rejected("registration CallbackObject not a kernel pointer")
         return ScannedBlock(scanner.body(hit), state)
 
-    def validate_object(self, scanner: PoolScanner, hit: PoolHit, state: BlockState) -> ScannedBlock:
-        if state == BlockState.FREED:
-            # A freed object is no evidence of anything, and its registrations' rows are
-            # reported through the objects that still exist.
-            raise Rejected("object in freed pool")
-        headers = self.kernel.object_headers
-        assert headers is not None
-        callback_index = headers.type_index(routes.CALLBACK_TYPE, routes.CALLBACK_TYPE_GLOBAL)
-        body_offset = headers.body_offset
-        signature = isf.CALLBACK_SIGNATURE.to_bytes(4, "little")
-        found: List[Tuple[bool, int, int]] = []
-        candidates = headers.headers_in_block(
-            hit.header, lambda offset, length: scanner.block(hit, offset, length), scanner.header.size, hit.block_size,
-            self.kernel.callback_object.size,
-        )
-        for start, type_index in candidates:
-            if callback_index is None or type_index != callback_index:
-                continue
-            header = (hit.header + start) & self.kernel.mask
-            body = scanner.block(hit, start + body_offset, 4)
-            found.append((body == signature, start, (header + body_offset) & self.kernel.mask))
-        if not found:
-            raise Rejected("object header not of type Callback")
-        # Bytes inside optional headers can pass for a header by chance: prefer the candidate
-        # whose body carries the signature, then the one nearest the block's end (the body
-        # ends the allocation, which is why Volatility reads objects top-down on 8+).
-        return ScannedBlock(max(found)[2], state)
+    def keep_driver_object(self, body: int, state: BlockState) -> ScannedDriverObject:
+        """A driver object that names an image (``DriverStart`` set); others are no trace."""
+        found = driver_objects.read_driver_object(self.kernel, body)
+        if found is None:
+            raise Rejected("driver object without an image")
+        return ScannedDriverObject(found, state)
 
     def validate_loader_entry(self, scanner: PoolScanner, hit: PoolHit, state: BlockState) -> ScannedModule:
         view = self._loader
@@ -189,7 +179,7 @@ def scan_pool(
     """One pass of the engine for our targets of ``kinds`` (see :func:`..kernelpool.scan.scan_pool`);
     the scan route's state is recorded in the run's diagnostics."""
     try:
-        outcome = scan.scan_pool(kernel, CallbackTargets(kernel).targets(kinds), progress_callback, images, full)
+        outcome = scan.scan_pool(kernel, CallbackTargets(kernel).targets(kinds), progress_callback, images, full, kernel.pool_map)
     except ViewError as excp:
         kernel.diagnostics.warning(f"Pool headers cannot be decoded ({excp}): pool scan skipped")
         kernel.diagnostics.route(routes.ROUTE_SCAN, diagnostics.UNAVAILABLE, "pool headers cannot be decoded")
@@ -198,6 +188,7 @@ def scan_pool(
         objects=outcome.found.get(OBJECTS, []),
         registrations=outcome.found.get(REGISTRATIONS, []),
         modules=outcome.found.get(LOADER_ENTRIES, []),
+        driver_objects=outcome.found.get(DRIVER_OBJECTS, []),
         rejected=outcome.rejected,
         ran=True,
         extent=outcome.extent,
@@ -206,7 +197,7 @@ def scan_pool(
         routes.ROUTE_SCAN,
         diagnostics.COMPLETE,
         f"{outcome.extent}: {len(result.objects)} objects, {len(result.registrations)} registration blocks, "
-        f"{len(result.modules)} loader entries",
+        f"{len(result.modules)} loader entries, {len(result.driver_objects)} driver objects",
     )
     return result
 

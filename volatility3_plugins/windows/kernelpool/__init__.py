@@ -12,9 +12,10 @@ and answer the two questions a scanner needs:
 - is the block whose pool header is at an address allocated, freed or unknown
   (:meth:`~.state.PoolMap.state`);
 - every block the metadata describes, in address order (:meth:`~.state.PoolMap.batches`,
-  :meth:`~.state.PoolMap.blocks`), and the block holding an address with its neighbours
-  (:meth:`~.state.PoolMap.block_containing`, :meth:`~.state.PoolMap.neighbours`): what
-  ``windows.poolmap`` lists (:mod:`.blocks` filters, sums and describes them).
+  :meth:`~.state.PoolMap.blocks`), and the block holding an address, with its tag and state,
+  and its neighbours (:meth:`~.state.PoolMap.block_containing`,
+  :meth:`~.state.PoolMap.neighbours`): what ``windows.poolmap`` lists (:mod:`.blocks` filters,
+  sums and describes them), and who owns the landing of a callback routine.
 
 ``open_pool_map(kernel)`` (:mod:`.maps`) picks the reader for the kernel's build:
 :mod:`.segment_heap` from build 18362 (its subsegments decoded by :mod:`.subsegments`),
@@ -27,5 +28,6 @@ and what the metadata cannot tell is :attr:`~.state.BlockState.UNKNOWN`, never g
 
 :mod:`.scan` is the pool-scan engine on top of them: a plugin declares its targets (tags, the
 size their structure needs, a validator) and gets back what its validators kept, each block with
-its allocation state. Nothing here imports anything of ours but :mod:`..kernelread`.
+its allocation state; :mod:`.objects` is its target for executive objects of one type (callback
+objects, driver objects). Nothing here imports anything of ours but :mod:`..kernelread`.
 """

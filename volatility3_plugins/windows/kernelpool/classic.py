@@ -208,14 +208,15 @@ class ClassicPoolMap(BigPageEntries):
         # The header cannot tell NonPagedPoolNx from NonPagedPool (see the module docstring).
         return pool in self._pools or (pool == NONPAGED and NONPAGED_NX in self._pools)
 
-    def _page_batch(self, page: int, links: List[Link]) -> Optional[BlockBatch]:
-        """The blocks of a pool page, or None when the page is of a pool not asked for."""
+    def _page_batch(self, page: int, links: List[Link], any_pool: bool = False) -> Optional[BlockBatch]:
+        """The blocks of a pool page, or None when the page is of a pool not asked for (unless
+        ``any_pool``)."""
         in_use = [pool_type for _offset, _units, pool_type, _tag in links if pool_type & POOL_IN_USE_BIT]
         if in_use:
             pool = pool_of(in_use[0] & ~POOL_IN_USE_BIT)
         else:
             pool = PAGED if any(pool_type & 1 for _offset, _units, pool_type, _tag in links) else NONPAGED
-        if not self._wanted(pool):
+        if not any_pool and not self._wanted(pool):
             return None
         addresses, sizes, tags, states = [], [], [], []
         for offset, units, pool_type, tag in links:
@@ -266,7 +267,9 @@ class ClassicPoolMap(BigPageEntries):
             data = None
         links = tile_page(data, 0, self._chain, self._unit) if data is not None else None
         if links is not None:
-            return self._page_batch(start, links)
+            # Whatever pool the page is of: the block holding an address is asked for where
+            # control or a pointer lands, not while listing the pools asked for.
+            return self._page_batch(start, links, any_pool=True)
         for page in self.big_pages:
             if page.address <= address < page.address + page.size:
                 return big_batch(page)

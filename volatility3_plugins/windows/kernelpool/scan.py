@@ -184,7 +184,8 @@ class PoolScanner:
     def hits_in_kernel_half(self, images: Sequence[Tuple[int, int]], progress: Optional[constants.ProgressCallback]) -> Iterator[PoolHit]:
         """Hits anywhere in the kernel half (except loaded images): physical memory searched in
         large reads, or Volatility's scan where that is not possible."""
-        found = physical_search.physical_search(self.kernel, self.tags, self._tag_offset, self.unit, progress)
+        found = physical_search.physical_search(self.kernel, self.tags, self._tag_offset, self.unit, progress,
+                                                keep=self.header.size)
         if found is None:
             sections = without_ranges(kernel_half(self.kernel), images)
             scanner = TagScanner(self.tags, self._tag_offset, self.unit)
@@ -199,7 +200,7 @@ class PoolScanner:
                 header = (page + physical.offset) & self.kernel.mask
                 if any(base <= header < base + size for base, size in images):
                     continue
-                hit = self._hit(header, physical.tag)
+                hit = self._hit(header, physical.tag, physical.head)
                 if hit is not None:
                     yield hit
 
@@ -266,11 +267,13 @@ def scan_pool(
     progress_callback: Optional[constants.ProgressCallback] = None,
     images: Iterable[Tuple[int, int]] = (),
     full: bool = False,
+    pool_map: Optional[PoolMap] = None,
 ) -> ScanOutcome:
     """One pass for ``targets``: the allocator's non-paged regions, or the whole kernel half
     (loaded images ``images`` left out) when the allocator cannot say where its blocks lie or
-    ``full`` asks for it. Raises ViewError when pool headers cannot be decoded."""
-    pool_map = open_pool_map(kernel)
+    ``full`` asks for it; ``pool_map``: the run's reader of the allocator (opened when None).
+    Raises ViewError when pool headers cannot be decoded."""
+    pool_map = pool_map if pool_map is not None else open_pool_map(kernel)
     scanner = PoolScanner(kernel, targets, pool_map)
     regions = None if full else pool_map.regions()
     images = [(base, size) for base, size in images if 0 < size <= MAX_IMAGE_SIZE]

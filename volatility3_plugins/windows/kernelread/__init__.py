@@ -6,10 +6,17 @@ plugin looks for (callbacks, pool blocks, ...).
 - ``pages``, ``views``, ``symbols``: the page reader, structure views compiled from symbol
   tables, the kernel's symbols;
 - ``lists``: the bounded two-way LIST_ENTRY walker, singly linked chains and SLISTs;
-- ``object_headers``, ``loaded_modules``: objects' names and types, PsLoadedModuleList;
+- ``object_headers``, ``object_directory``, ``loaded_modules``: objects' names and types, the
+  object namespace's directories, PsLoadedModuleList;
 - ``pe_image``, ``attribution``: the PE reader, owner module and symbol of an address;
+- ``code``, ``exception_directory``: where control goes from an address (capstone), and the x64
+  exception directory's functions;
+- ``inverted_table``, ``driver_objects``, ``image_traces``: nt!PsInvertedFunctionTable, driver
+  objects, and the images the module list lacks that those traces show;
+- ``symbol_files``: the project's own ISF files (structures some builds' symbols lack);
 - ``translation``: kernel ranges read by one walk of the page tables and large physical reads,
   below Volatility's per-page translation and per-read cache (the one page-table walker);
+- ``image_extent``: what the image file lacks against the kernel's view of physical memory;
 - ``physical_search``: pool tags searched in physical memory, mapped back to kernel addresses;
 - ``diagnostics``: warnings said once and the state of each route (standard library only).
 

@@ -8,8 +8,9 @@ in-memory section headers and decide ``non_executable``.
 
 import bisect
 import dataclasses
+import functools
 import logging
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Union
 
 from . import pe_image
 from .loaded_modules import MAX_MODULES, LoadedModule, ModuleList
@@ -27,6 +28,8 @@ class Attribution:
     section: Optional[str]
     #: None when unknown (no module, or its section headers unreadable)
     executable: Optional[bool]
+    #: ``symbol`` names the address itself (a kernel symbol or an export), not ``module+0xOFFSET``
+    exact: bool = False
 
     @property
     def in_module(self) -> bool:
@@ -39,13 +42,17 @@ class Attribution:
 
 
 class Attributor:
-    """Resolves routine addresses to modules; parses each module's PE at most once."""
+    """Resolves routine addresses to modules; parses each module's PE at most once.
+
+    ``hidden_modules``: images that other traces show and the list does not (see
+    :mod:`.image_traces`), or a function giving them, called the first time an address lies in
+    no listed module (never, when every address does: :attr:`consulted_hidden` tells)."""
 
     def __init__(
         self,
         kernel: "KernelContext",
         module_list: Optional[ModuleList] = None,
-        hidden_modules: Iterable[LoadedModule] = (),
+        hidden_modules: Union[Iterable[LoadedModule], Callable[[], Iterable[LoadedModule]]] = (),
     ) -> None:
         self._kernel = kernel
         module_list = module_list if module_list is not None else kernel.loaded_modules
@@ -55,14 +62,22 @@ class Attributor:
         self.modules_complete = module_list.available and module_list.complete
         self._modules = sorted(module_list.modules, key=lambda m: m.base)
         self._bases = [m.base for m in self._modules]
-        # Driver images that scanning sees and the list does not: consulted only for an
-        # address in no listed module.
-        self._hidden = sorted(
-            (m for m in list(hidden_modules)[:MAX_MODULES] if self._listed_at(m.base) is None), key=lambda m: m.base
-        )
+        self._hidden_source = hidden_modules
         self._images: Dict[int, Optional[pe_image.PeImage]] = {}
         # Many registrations share a routine (one driver registers on many objects).
         self._attributions: Dict[int, Attribution] = {}
+
+    @functools.cached_property
+    def _hidden(self) -> List[LoadedModule]:
+        """Images other traces show and the list does not: consulted only for an address in no
+        listed module."""
+        source = self._hidden_source() if callable(self._hidden_source) else self._hidden_source
+        return sorted((m for m in list(source)[:MAX_MODULES] if self._listed_at(m.base) is None), key=lambda m: m.base)
+
+    @property
+    def consulted_hidden(self) -> bool:
+        """Some address lay in no listed module, so the other traces were asked."""
+        return "_hidden" in self.__dict__
 
     def module_at(self, address: int) -> Optional[LoadedModule]:
         listed = self._listed_at(address)
@@ -113,6 +128,7 @@ class Attributor:
             symbol = self._kernel.symbols.name_at(address)
         elif image is not None:
             symbol = image.exports.get(rva)
+        exact = symbol is not None
         if symbol is None:
             symbol = f"{module.label}+{rva:#x}"
         section_name: Optional[str] = None
@@ -124,4 +140,4 @@ class Attributor:
             else:
                 # Headers and gaps between sections are mapped without execute permission.
                 executable = False
-        return Attribution(module=module, symbol=symbol, section=section_name, executable=executable)
+        return Attribution(module=module, symbol=symbol, section=section_name, executable=executable, exact=exact)

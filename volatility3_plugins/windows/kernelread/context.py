@@ -5,9 +5,11 @@ Like ``ssdt.SSDT.build_module_collection`` builds one module collection for ever
 module and its layer, the address mask and pointer size, the build number, the page reader every
 read goes through, the run's diagnostics, the kernel's symbols and the views of kernel types
 compiled from its symbol table; and, built on first use (a failure remembered as a failure), the
-object-header decoder, the loaded-module list and what the image file lacks (``image_extent``).
-Functions take ``(kernel, address)``; nothing travels by hand. Its diagnostics collect warnings
-until ``kernel.diagnostics.flush()`` says them, one line per cause (``diagnostics``). It knows nothing of what a plugin looks for: a plugin that needs more (its own
+object-header decoder, the loaded-module list, what the image file lacks (``image_extent``), the
+code reader (one capstone decoder) and the images' exception directories. Functions take
+``(kernel, address)``; nothing travels by hand. Its diagnostics collect warnings until
+``kernel.diagnostics.flush()`` says them, one line per cause (``diagnostics``). It knows nothing
+of what a plugin looks for: a plugin that needs more (its own
 symbol table, its own views) extends it.
 """
 
@@ -25,6 +27,8 @@ from .translation import BulkReader
 from .views import StructView, ViewError, type_name
 
 if TYPE_CHECKING:
+    from .code import CodeReader
+    from .exception_directory import ExceptionDirectories
     from .image_extent import Shortfall
     from .loaded_modules import ModuleList
     from .object_headers import ObjectHeaders
@@ -37,6 +41,9 @@ MAX_NAME_BYTES = 0x1000
 #: Where every Windows kernel maps KUSER_SHARED_DATA.
 KUSER_SHARED_DATA_X64 = 0xFFFFF78000000000
 KUSER_SHARED_DATA_X86 = 0xFFDF0000
+#: This project's table of the kernel structures some ISFs lack (x64), and where its configuration goes.
+SUPPLEMENT_FILE = "kernel-supplement-x64.json"
+SUPPLEMENT_CONFIG_PATH = "kernelread"
 
 
 class KernelContext:
@@ -178,3 +185,30 @@ class KernelContext:
         from .loaded_modules import list_loaded_modules
 
         return list_loaded_modules(self)
+
+    @functools.cached_property
+    def supplement_table(self) -> Optional[str]:
+        """This project's table of kernel structures some builds' ISFs lack
+        (``symbols/windows/kernel-supplement-x64.json``), loaded on first use; None (said once)
+        when it cannot be loaded."""
+        from . import symbol_files
+
+        try:
+            return symbol_files.load_table(self.context, SUPPLEMENT_CONFIG_PATH, SUPPLEMENT_FILE, "kernelsupplement")
+        except (FileNotFoundError, exceptions.VolatilityException) as excp:
+            self.diagnostics.warning(f"Supplementary kernel symbol table unusable: {excp}")
+            return None
+
+    @functools.cached_property
+    def code(self) -> "CodeReader":
+        """The code reader: one capstone decoder for the run's mode, made on first use."""
+        from .code import CodeReader
+
+        return CodeReader(self.reader, self.pointer_size)
+
+    @functools.cached_property
+    def exception_directories(self) -> "ExceptionDirectories":
+        """The images' exception directories (x64), each read once when first asked for."""
+        from .exception_directory import ExceptionDirectories
+
+        return ExceptionDirectories(self.reader)

@@ -26,7 +26,7 @@ class LoadedModule:
     size: int
     name: Optional[str]  # BaseDllName; None when unreadable
     is_kernel: bool
-    #: Found by pool scanning (its loader entry), not in PsLoadedModuleList
+    #: Not in PsLoadedModuleList: known from another trace (:mod:`.image_traces`)
     hidden: bool = False
 
     def contains(self, address: int) -> bool:

@@ -38,7 +38,7 @@ class PageReader:
         max_pages: int = MAX_CACHED_PAGES,
         bulk: Optional["BulkReader"] = None,
     ) -> None:
-        self._layer = layer
+        self.layer = layer
         self.mask: int = layer.address_mask
         self._max_pages = max_pages
         self._pages: Dict[int, Optional[bytes]] = {}
@@ -58,7 +58,7 @@ class PageReader:
             # dropping everything now and then costs little.
             self._pages.clear()
         try:
-            data: Optional[bytes] = self._layer.read(page, PAGE_SIZE)
+            data: Optional[bytes] = self.layer.read(page, PAGE_SIZE)
         except exceptions.InvalidAddressException:
             data = None
         self._pages[page] = data
@@ -76,13 +76,13 @@ class PageReader:
                 return data[start : start + length]
             # A layer whose mapped ranges are not page-granular (hand-made test layers, the
             # tail of a truncated file): ask it directly, uncached; it raises if absent.
-            return self._layer.read(address, length)
+            return self.layer.read(address, length)
         if self._bulk is not None and length >= BULK_PAGES * PAGE_SIZE:
             data, holes = self._bulk.read(address, length)
             if not holes:
                 return data
             # Some page is missing: the layer raises for it, as for any read.
-            return self._layer.read(address, length)
+            return self.layer.read(address, length)
         pieces = []
         position, remaining = address, length
         while remaining > 0:
@@ -90,7 +90,7 @@ class PageReader:
             take = min(remaining, page + PAGE_SIZE - position)
             data = self._page(page)
             if data is None:
-                return self._layer.read(address, length)
+                return self.layer.read(address, length)
             pieces.append(data[position - page : position - page + take])
             position += take
             remaining -= take

@@ -1,13 +1,14 @@
-"""Section headers and export names of a PE image read from memory, parsed with pefile.
+"""Section headers, export names and the exception directory's place of a PE image read from
+memory, parsed with pefile.
 
 Only the headers page and the export directory range are read, each with a bounded size, so
 a hostile ``SizeOfImage`` or export directory size cannot make the plugin read (or allocate)
-without limit.
+without limit (the exception directory itself is read by :mod:`.exception_directory`).
 """
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import pefile
 
@@ -23,6 +24,7 @@ MAX_EXPORT_DIRECTORY_SIZE = 4 * 1024 * 1024
 #: The export range is parsed in a sparse image buffer as large as its end RVA: bound it.
 MAX_EXPORT_END_RVA = 64 * 1024 * 1024
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
+IMAGE_DIRECTORY_ENTRY_EXCEPTION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +33,17 @@ class Section:
     start: int  # RVA
     end: int  # RVA, exclusive, rounded up to the section alignment as mapped
     characteristics: int
+    #: Bytes the section really holds (``VirtualSize``, else ``SizeOfRawData``); the mapping
+    #: rounds it up to ``end``: what lies between is slack, zeros the loader leaves.
+    virtual_size: int = 0
 
     @property
     def executable(self) -> bool:
         return bool(self.characteristics & IMAGE_SCN_MEM_EXECUTE)
+
+    @property
+    def virtual_end(self) -> int:
+        return self.start + self.virtual_size
 
 
 @dataclasses.dataclass
@@ -42,12 +51,24 @@ class PeImage:
     sections: List[Section]
     #: export RVA -> name (named exports only; forwarders excluded: they are not code here)
     exports: Dict[int, str] = dataclasses.field(default_factory=dict)
+    #: (RVA, size in bytes) of the exception directory (``.pdata``); None when the header has none
+    exception_directory: Optional[Tuple[int, int]] = None
+    is_64bit: bool = True
 
     def section_at(self, rva: int) -> Optional[Section]:
         for section in self.sections:
             if section.start <= rva < section.end:
                 return section
         return None
+
+    def in_cave(self, rva: int) -> bool:
+        """Whether ``rva`` lies where the image holds no code of its own although it may be
+        executable: in an executable section beyond its ``VirtualSize`` (the slack up to the
+        section alignment), or outside every section (headers, gaps)."""
+        section = self.section_at(rva)
+        if section is None:
+            return True
+        return section.executable and rva >= section.virtual_end
 
 
 def _align_up(value: int, alignment: int) -> int:
@@ -86,25 +107,35 @@ def read_pe_image(
                 start=raw.VirtualAddress,
                 end=raw.VirtualAddress + _align_up(mapped, alignment),
                 characteristics=raw.Characteristics,
+                virtual_size=mapped,
             )
         )
-    image = PeImage(sections=sections)
+    image = PeImage(sections=sections, is_64bit=pe.OPTIONAL_HEADER.Magic == 0x20B,
+                    exception_directory=_directory(pe, IMAGE_DIRECTORY_ENTRY_EXCEPTION))
     if with_exports:
         image.exports = _read_exports(pe, layer, base, size_of_image)
     return image
+
+
+def _directory(pe: "pefile.PE", index: int) -> Optional[Tuple[int, int]]:
+    """(RVA, size) of a data directory, None when absent or empty."""
+    try:
+        directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[index]
+    except IndexError:
+        return None
+    if not directory.VirtualAddress or not directory.Size:
+        return None
+    return directory.VirtualAddress, directory.Size
 
 
 def _read_exports(
     pe: "pefile.PE", layer: interfaces.layers.DataLayerInterface, base: int, size_of_image: int
 ) -> Dict[int, str]:
     export_index = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"]
-    try:
-        directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[export_index]
-    except IndexError:
+    directory = _directory(pe, export_index)
+    if directory is None:
         return {}
-    rva, size = directory.VirtualAddress, directory.Size
-    if not rva or not size:
-        return {}
+    rva, size = directory
     if (
         size > MAX_EXPORT_DIRECTORY_SIZE
         or rva + size > MAX_EXPORT_END_RVA

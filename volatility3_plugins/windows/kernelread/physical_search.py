@@ -38,6 +38,9 @@ class PhysicalHit:
     frame: int  # physical page number
     offset: int  # of the pool header in the page
     tag: bytes
+    #: The first bytes at the hit (as many as the caller kept: its pool header), read with the
+    #: search: a hit whose header already rules it out costs no read through the page tables.
+    head: bytes = b""
 
 
 def search_tags(
@@ -112,9 +115,11 @@ def physical_search(
     tag_offset: int,
     unit: int,
     progress: Optional[Callable[[float, str], None]] = None,
+    keep: int = 0,
 ) -> Optional[List[PhysicalHit]]:
-    """Every pool-header position in physical memory that carries one of ``tags``; None when
-    this layer is not searched this way."""
+    """Every pool-header position in physical memory that carries one of ``tags``, with the
+    ``keep`` bytes that start there (within its chunk, copied: the chunk's buffer is reused);
+    None when this layer is not searched this way."""
     bulk = kernel.bulk
     if bulk is None or tag_offset % 4 or unit % 4:
         return None
@@ -123,8 +128,8 @@ def physical_search(
         bulk.physical.reader(), bulk.physical.runs, tags, tag_offset, unit, CHUNK, progress,
         "Searching physical memory for pool tags",
     )
-    for header, tag, _data, _offset in found:
-        hits.append(PhysicalHit(header >> 12, header & (PAGE_SIZE - 1), tag))
+    for header, tag, data, offset in found:
+        hits.append(PhysicalHit(header >> 12, header & (PAGE_SIZE - 1), tag, bytes(data[offset : offset + keep])))
         if len(hits) >= MAX_HITS:
             kernel.diagnostics.warning(f"More than {MAX_HITS} pool-tag hits in physical memory: the rest not searched")
             return hits
