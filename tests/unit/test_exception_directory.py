@@ -106,4 +106,4 @@ def test_each_table_is_read_once_and_failures_are_reported():
     assert tables.position(module, IMAGE, 0x1001) == ed.INSIDE
     other = LoadedModule(BASE + 0x100000, SIZE, "paged.sys", False)
     assert tables.position(other, None, 0x1001) == ed.UNKNOWN  # its headers could not be read
-    assert tables.valid() == 1 and tables.failed() == ["paged.sys: headers unreadable"]
+    assert tables.valid() == 1 and tables.failures() == [("paged.sys", "headers unreadable")]

@@ -19,7 +19,7 @@ and never raises a flag.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
 from volatility3.framework import exceptions, renderers
 
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 ROUTE_CODE = "code"
 ROUTE_EXCEPTION_DIRECTORIES = "exception directories"
+#: Warnings (causes; their subjects are the routines and images concerned).
+CAPSTONE_MISSING = "capstone cannot be imported: routines not decoded (no trampoline verdict)"
+CODE_UNREADABLE = "Routine code (or a pointer on its way) unreadable or zeros: no trampoline verdict there"
+EXCEPTION_DIRECTORY_UNUSABLE = "Exception directories unusable: no mid_function verdict there"
 #: The argument a registration stores (its CallbackContext), and those each notification passes.
 CONTEXT_ARGUMENT = 0
 NOTIFICATION_ARGUMENTS = (1, 2)
@@ -69,7 +73,8 @@ class RoutineCode:
         self._transfers: Dict[int, code.Transfer] = {}
         self._owners: Dict[int, str] = {}
         self._facts: Dict[Tuple[int, object], CodeFacts] = {}
-        self._unreadable_landings = 0
+        #: Routines whose landing could not be read (the context, or a pointer through it).
+        self._unreadable_landings: Set[int] = set()
 
     def examine(self, registration: Registration, attribution: Optional[Attribution]) -> Optional[CodeFacts]:
         """The code facts of a readable registration's routine; None when it lies in no module
@@ -112,7 +117,7 @@ class RoutineCode:
                 return False, None, None  # no such argument: nothing a notification passes
             landing = self._through_context(context, transfer.through)
             if landing is None:
-                self._unreadable_landings += 1
+                self._unreadable_landings.add(routine)
                 where = "the context" if transfer.through is None else f"the pointer at context+{transfer.through:#x}"
                 return True, renderers.UnreadableValue(), f"{where} unreadable"
             return True, landing, self.owner(landing)
@@ -159,25 +164,26 @@ class RoutineCode:
     def record_routes(self) -> None:
         """The code route (capstone decoding) and the exception-directory route, as the rows
         needed them: incomplete only when a routine's bytes, a pointer on its way or the table
-        of an image holding a routine could not be read."""
+        of an image holding a routine could not be read. Each routine or image that could not be
+        is a subject of one warning."""
         kernel = self.kernel
         decoded = len(self._transfers)
         if decoded and not kernel.code.available:
-            kernel.diagnostics.warning("capstone cannot be imported: routines not decoded (no trampoline verdict)")
+            kernel.diagnostics.warning(CAPSTONE_MISSING)
             kernel.diagnostics.route(ROUTE_CODE, diagnostics.UNAVAILABLE, "capstone not installed")
         else:
-            lost = sum(1 for transfer in self._transfers.values() if not transfer.complete) + self._unreadable_landings
-            detail = f"{decoded} routines decoded" + (f", {lost} with bytes or pointers unreadable" if lost else "")
-            if lost:
-                kernel.diagnostics.warning(f"Code of {lost} routines (or a pointer on their way) unreadable or zeros: "
-                                           "no trampoline verdict there")
+            lost = sorted({routine for routine, transfer in self._transfers.items() if not transfer.complete}
+                          | self._unreadable_landings)
+            for routine in lost:
+                kernel.diagnostics.warning(CODE_UNREADABLE, self.owner(routine))
+            detail = f"{decoded} routines decoded" + (f", {len(lost)} with bytes or pointers unreadable" if lost else "")
             kernel.diagnostics.route(ROUTE_CODE, diagnostics.INCOMPLETE if lost else diagnostics.COMPLETE, detail)
         if kernel.pointer_size != 8:
             kernel.diagnostics.route(ROUTE_EXCEPTION_DIRECTORIES, diagnostics.NOT_ON_THIS_BUILD, "no .pdata on x86")
             return
         tables = kernel.exception_directories
-        failed = tables.failed()
-        detail = f"{tables.valid()} modules" + (f"; {'; '.join(failed[:3])}" if failed else "")
-        if failed:
-            kernel.diagnostics.warning("Exception directories unusable: " + "; ".join(failed) + " (no mid_function verdict there)")
-        kernel.diagnostics.route(ROUTE_EXCEPTION_DIRECTORIES, diagnostics.INCOMPLETE if failed else diagnostics.COMPLETE, detail)
+        failures = tables.failures()
+        for label, problem in failures:
+            kernel.diagnostics.warning(EXCEPTION_DIRECTORY_UNUSABLE, label, problem)
+        detail = f"{tables.valid()} modules" + (f", {len(failures)} unusable" if failures else "")
+        kernel.diagnostics.route(ROUTE_EXCEPTION_DIRECTORIES, diagnostics.INCOMPLETE if failures else diagnostics.COMPLETE, detail)

@@ -196,7 +196,7 @@ class KernelContext:
         try:
             return symbol_files.load_table(self.context, SUPPLEMENT_CONFIG_PATH, SUPPLEMENT_FILE, "kernelsupplement")
         except (FileNotFoundError, exceptions.VolatilityException) as excp:
-            self.diagnostics.warning(f"Supplementary kernel symbol table unusable: {excp}")
+            self.diagnostics.warning("Supplementary kernel symbol table unusable", SUPPLEMENT_FILE, str(excp))
             return None
 
     @functools.cached_property

@@ -173,9 +173,9 @@ class ExceptionDirectories:
             return UNKNOWN
         return position(self._reader, module.base, found.table, rva)
 
-    def failed(self) -> List[str]:
-        """``label: problem`` of each table asked for that could not be read or did not validate."""
-        return [f"{label}: {read.problem}" for label, read in self.tables.values() if read.state in (UNREADABLE, INVALID)]
+    def failures(self) -> List[Tuple[str, str]]:
+        """(label, problem) of each table asked for that could not be read or did not validate."""
+        return [(label, read.problem) for label, read in self.tables.values() if read.state in (UNREADABLE, INVALID)]
 
     def valid(self) -> int:
         return sum(1 for _label, read in self.tables.values() if read.state == VALID)

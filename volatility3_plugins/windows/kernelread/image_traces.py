@@ -36,6 +36,8 @@ LOADER_ENTRY = "loader entry"
 INVERTED_TABLE = "inverted function table"
 DRIVER_OBJECT = "driver object"
 SIZE_ORDER = (LOADER_ENTRY, INVERTED_TABLE, DRIVER_OBJECT)
+#: The warning when a trace could not be read whole (its subject: the route).
+TRACES_INCOMPLETE = "Traces of hidden images not read whole: images only they show are missed"
 #: A loader entry's name (BaseDllName), then a driver object's (DriverName).
 NAME_ORDER = ("loader", "driver")
 
@@ -132,21 +134,21 @@ class OtherImages:
 
     def record_routes(self) -> None:
         """Each route's state; ``skipped`` when no address needed them (never read)."""
-        routes = self._kernel.diagnostics
+        said = self._kernel.diagnostics
         if self._kernel.pointer_size != 8:
-            routes.route(inverted_table.ROUTE_NAME, diagnostics.NOT_ON_THIS_BUILD, "no inverted function table on x86")
+            said.route(inverted_table.ROUTE_NAME, diagnostics.NOT_ON_THIS_BUILD, "no inverted function table on x86")
         if self._inverted is None or self._drivers is None:
             why = "no routine outside the listed modules"
             if self._kernel.pointer_size == 8:
-                routes.route(inverted_table.ROUTE_NAME, diagnostics.SKIPPED, why)
-            routes.route(driver_objects.ROUTE_NAME, diagnostics.SKIPPED, why)
+                said.route(inverted_table.ROUTE_NAME, diagnostics.SKIPPED, why)
+            said.route(driver_objects.ROUTE_NAME, diagnostics.SKIPPED, why)
             return
         for name, found in ((inverted_table.ROUTE_NAME, self._inverted.route), (driver_objects.ROUTE_NAME, self._drivers.route)):
-            if found.state in (diagnostics.INCOMPLETE, diagnostics.UNAVAILABLE):
-                routes.warning(f"{name.capitalize()} not read whole ({found.detail}): images only they show are missed")
+            if found.state in diagnostics.DEGRADING:
+                said.warning(TRACES_INCOMPLETE, name, found.detail)
         if self._kernel.pointer_size == 8:
-            routes.route(inverted_table.ROUTE_NAME, self._inverted.route.state, self._inverted.route.detail)
+            said.route(inverted_table.ROUTE_NAME, self._inverted.route.state, self._inverted.route.detail)
         detail = self._drivers.route.detail
         if self._pool_driver_objects is not None:
             detail += f", {self._pool_driver_objects} in pool"
-        routes.route(driver_objects.ROUTE_NAME, self._drivers.route.state, detail)
+        said.route(driver_objects.ROUTE_NAME, self._drivers.route.state, detail)

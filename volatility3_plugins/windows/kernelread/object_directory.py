@@ -59,7 +59,8 @@ def directory_entries(
                 # A chain that loops: every entry on it was seen; nothing is missing.
                 break
             if len(seen) >= max_entries:
-                kernel.diagnostics.warning(f"directory {directory_body:#x}: bound of {max_entries} entries reached")
+                kernel.diagnostics.warning(f"Object directories past the bound of {max_entries} entries: the rest not read",
+                                           f"directory {directory_body:#x}")
                 return DirectoryWalk(found, False)
             seen.add(entry)
             record = entry_view.read(kernel.reader, entry)
