@@ -30,6 +30,10 @@ LINES = [
                 evidence=("crash dump truncated (461 of 4,608 pages missing: 1.8 MiB, 10%)",
                           "module list incomplete (8 modules)",
                           "registrations incomplete (18 lists, 14 not walked to their end)")),
+    # A detail may hold "; " (inside its parentheses): the line still splits where it should.
+    VerdictLine(19041, None, 31, 49, 8, 8, {"unlinked_object": 1},
+                routes=("code incomplete (34 routines decoded; 2 unreadable)",),
+                evidence=("code incomplete (34 routines decoded; 2 unreadable)",)),
 ]
 
 
@@ -52,10 +56,10 @@ def test_the_demo_line_reads_back_whole():
 
 
 def test_evidence_is_said_after_the_suspicious_rows_and_lines_without_it_still_parse():
-    degraded = verdict_line.format(LINES[-1])
+    degraded = verdict_line.format(LINES[-2])
     assert "; 0 suspicious rows; evidence degraded (crash dump truncated (461 of 4,608 pages missing: 1.8 MiB, " in degraded
     assert verdict_line.parse(degraded).degraded
-    complete = verdict_line.parse(verdict_line.format(LINES[-2]))
+    complete = verdict_line.parse(verdict_line.format(LINES[-3]))
     assert complete.evidence == () and not complete.degraded
     older = verdict_line.parse(DEMO)
     assert older.evidence is None and not older.degraded, "a line of an older plugin says nothing of its evidence"

@@ -110,22 +110,27 @@ def locate(text: str) -> Optional[str]:
     return text[start:] if start >= 0 else None
 
 
-def _split_routes(text: str) -> Tuple[str, ...]:
-    """``a complete (x, y), b skipped`` as its routes (or causes): commas inside parentheses are
-    details."""
-    routes: List[str] = []
+def _split_outside_parentheses(text: str, separator: str) -> Tuple[str, ...]:
+    """``text`` split at each ``separator`` outside parentheses (what is inside is a detail)."""
+    pieces: List[str] = []
     depth, start = 0, 0
     for index, char in enumerate(text):
         if char == "(":
             depth += 1
         elif char == ")":
             depth -= 1
-        elif depth == 0 and text.startswith(", ", index):
-            routes.append(text[start:index])
-            start = index + 2
+        elif depth == 0 and text.startswith(separator, index):
+            pieces.append(text[start:index])
+            start = index + len(separator)
     if text:
-        routes.append(text[start:])
-    return tuple(routes)
+        pieces.append(text[start:])
+    return tuple(pieces)
+
+
+def _split_routes(text: str) -> Tuple[str, ...]:
+    """``a complete (x, y), b skipped`` as its routes (or causes): commas inside parentheses are
+    details."""
+    return _split_outside_parentheses(text, ", ")
 
 
 def _parse_flags(text: Optional[str], into: Dict[str, int]) -> bool:
@@ -144,7 +149,7 @@ def parse(text: str) -> Optional[VerdictLine]:
     if found is None:
         return None
     head, separator, routes = found[len(PREFIX):].partition(_ROUTES)
-    parts = head.split("; ")
+    parts = list(_split_outside_parentheses(head, "; "))  # a cause's detail may hold "; "
     if not separator or len(parts) < 4:
         return None
     identity = _IDENTITY.fullmatch(parts[0])
