@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
 from volatility3.framework import exceptions, renderers
 
+from ..kernelpool.blocks import tag_text
 from ..kernelpool.state import BlockState
 from ..kernelread import code, diagnostics, exception_directory
 from ..kernelread.attribution import Attribution, Attributor
@@ -54,13 +55,6 @@ class CodeFacts:
     code_cave: bool = False
     landing: Optional[Value] = None
     owner: Optional[str] = None
-
-
-def tag_text(tag: Optional[bytes]) -> str:
-    """A pool tag as text: printable ASCII kept, other bytes as ``\\xNN``."""
-    if tag is None:
-        return "?"
-    return "".join(chr(byte) if 0x20 <= byte < 0x7F else f"\\x{byte:02x}" for byte in tag)
 
 
 class RoutineCode:
@@ -156,7 +150,7 @@ class RoutineCode:
         if block is not None:
             if block.tag is None and block.state == BlockState.UNKNOWN:
                 return f"pool {BlockState.UNKNOWN}"  # where the allocator's metadata does not decode
-            return f"pool {tag_text(block.tag)} {block.state}"
+            return f"pool {tag_text(block.tag) or '?'} {block.state}"
         return "none" if self.attributor.modules_complete else "unknown"
 
     # -- the routes ----------------------------------------------------------------------

@@ -19,14 +19,12 @@ from volatility3.framework import exceptions
 
 from ..kernelread.addresses import PAGE_SIZE
 from ..kernelread.object_headers import Name
-from .headers import block_unit
+from .headers import PROTECTED_BIT, block_unit
 from .state import BIG_PAGE, LARGE, Block, BlockBatch, BlockState
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
 
-#: Windows 7 and older set the top bit of a protected object's tag (``Cal\xec`` for ``Call``).
-PROTECTED_BIT = 0x8000_0000
 
 
 def tag_text(tag: Optional[bytes]) -> Optional[str]:

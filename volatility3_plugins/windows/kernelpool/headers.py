@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 #: Vista and later store the pool type plus one in ``PoolType`` and clear this bit on every free
 #: (``MARK_POOL_HEADER_FREED``): an allocated non-paged block reads 2, freed 0; paged 3, freed 1.
 POOL_IN_USE_BIT = 0x2
+#: Windows 7 and older set the top bit of a protected object's tag (``Cal\xec`` for ``Call``);
+#: Windows 8 (build 9200) stopped setting it.
+PROTECTED_BIT = 0x8000_0000
 
 
 #: What a scan reads of a pool header; the classic reader's page chains need the links too.

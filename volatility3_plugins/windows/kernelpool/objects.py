@@ -50,7 +50,8 @@ class ObjectKind:
         return self.tags[:1] if build >= self.unprotected_from else self.tags[1:]
 
 
-#: Windows 8 (build 9200) stopped setting the protected bit (0x80) in object pool tags.
+#: Windows 8 (build 9200) stopped setting the protected bit (:data:`.headers.PROTECTED_BIT`) in
+#: object pool tags.
 UNPROTECTED_TAGS_BUILD = 9200
 #: ``Driver`` objects: ``_DRIVER_OBJECT`` starts with ``Type`` (``IO_TYPE_DRIVER``, 4, a CSHORT); its
 #: ``_DRIVER_EXTENSION`` is allocated with it, right behind (``IopLoadDriver``, ``IoCreateDriver``:
