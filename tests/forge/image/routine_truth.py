@@ -87,8 +87,10 @@ def landing_owner(forge: "ImageForge", address: int, scanning: bool) -> str:
         name = label(module, scanning)
         exact = module.exact_symbol(address)
         return f"{name}!{exact}" if exact is not None else module.symbol_for(address, name)
+    # Every block the forge allocated, big-pool allocations too (the plugin names the block from
+    # the pool map's enumeration, which reads nt!PoolBigPageTable).
     for block in forge.pool.blocks:
-        if block.container != "big" and block.header <= address < block.header + block.size:
+        if block.header <= address < block.header + block.size:
             tag = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in block.tag)
             return f"pool {tag} {block.state}"
     return "none"
