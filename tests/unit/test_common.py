@@ -109,4 +109,9 @@ def test_page_tables_walked_over_bytes_count_what_lies_past_the_file():
     assert page_tables.low_stub_dtb(read) == pml4
     missing, total = page_tables.pages_past(read, pml4, page_tables.X64, len(image), page_tables.X64_KERNEL_HALF)
     assert (missing, total) == (1, 6), "PML4, PDPT, PD, PT and two write-back pages, one missing"
+    # The cheap first look reads no last-level table: every table lies in the file here...
+    assert not page_tables.tables_past(read, pml4, page_tables.X64, len(image), page_tables.X64_KERNEL_HALF)
+    # ... and a page table past the end is seen without reading it.
+    struct.pack_into("<Q", image, pd + 8, 0x70000 | 3)
+    assert page_tables.tables_past(reader(bytes(image)), pml4, page_tables.X64, len(image), page_tables.X64_KERNEL_HALF)
     assert page_tables.low_stub_dtb(reader(bytes(0x200000))) is None

@@ -63,10 +63,11 @@ UNCACHED_BITS = 0x18
 PAT_PAGE, PAT_LARGE = 0x80, 0x1000
 
 
-def _walk(read: Read, dtb: int, paging: Paging, lowest: int, leaves: bool) -> Iterator[Tuple]:
+def _walk(read: Read, dtb: int, paging: Paging, lowest: int, leaves: bool, last_tables: bool = True) -> Iterator[Tuple]:
     """Mappings as :func:`mappings` yields them, except that with ``leaves`` False a last-level
     table is yielded whole, as ``(virtual, None, entries, False, True)``: counting its entries in
-    one pass is what keeps a walk of gigabytes of mappings fast."""
+    one pass is what keeps a walk of gigabytes of mappings fast; with ``last_tables`` False the
+    last-level tables are entered (yielded as tables) but not read."""
     frame_mask = ((1 << paging.physical_bits) - 1) & ~(PAGE_SIZE - 1)
     code = "Q" if paging.entry_size == 8 else "I"
     shifts = []
@@ -101,7 +102,8 @@ def _walk(read: Read, dtb: int, paging: Paging, lowest: int, leaves: bool) -> It
                 yield address, (target & ~(span - 1)) >> 12, span >> 12, False, not entry & (UNCACHED_BITS | PAT_LARGE)
             elif not (level == 0 and target == self_map):
                 yield address, target >> 12, 1, True, True
-                yield from walk(target, level + 1, address)
+                if last_tables or level + 1 < last_level:
+                    yield from walk(target, level + 1, address)
 
     yield 0, dtb >> 12, 1, True, True
     yield from walk(dtb & ~(paging.top_size - 1) & ((1 << paging.physical_bits) - 1), 0, 0)
@@ -134,6 +136,19 @@ def pages_past(read: Read, dtb: int, paging: Paging, file_size: int, lowest: int
         total += count
         missing += max(0, min(count, first + count - limit))
     return missing, total
+
+
+def tables_past(read: Read, dtb: int, paging: Paging, file_size: int, lowest: int = 0) -> bool:
+    """Whether a page table, or a write-back large page, of the mappings at or above ``lowest``
+    lies past the end of a file of ``file_size`` bytes: the cheap first look of
+    :func:`pages_past`. The last-level tables are not read (a few hundred pages are, not the
+    thousands that map gigabytes), so a whole image costs milliseconds; the tables lie all over
+    RAM, so a file cut short almost always leaves some of them past its end."""
+    limit = file_size // PAGE_SIZE
+    for _virtual, first, count, _table, write_back in _walk(read, dtb, paging, lowest, leaves=True, last_tables=False):
+        if write_back and first + count > limit:
+            return True
+    return False
 
 
 def truncation_text(missing: int, total: int, file_size: int) -> str:

@@ -9,9 +9,11 @@ kernel in a raw image), and never stacks anything:
 
 - a file that is certainly no memory image (``common/file_kind.py``: empty, smaller than a page,
   text, an archive or compressed file, a user-mode minidump, random data) is named as such;
-- a raw x64 Windows image (no header, the processor start block in its first megabyte): the
-  pages its kernel's page tables map write-back (``common/page_tables.py``) that lie past the end
-  of the file are counted, and said when there are any, whether or not a kernel is found next.
+- a raw x64 Windows image (no header, the processor start block in its first megabyte): when
+  some of its kernel's page tables lie past the end of the file (a look at the upper levels only,
+  milliseconds on any image), the pages those tables map write-back (``common/page_tables.py``)
+  past the end are counted and said, whether or not a kernel is found next. A cut that leaves
+  every page table in the file is said by the plugin's own check (``kernelread/image_extent.py``).
 """
 
 import logging
@@ -33,6 +35,10 @@ def raw_truncation(read: page_tables.Read, file_size: int) -> Optional[str]:
     None when it lacks nothing or has no start block."""
     dtb = page_tables.low_stub_dtb(read)
     if dtb is None or dtb >= file_size:
+        return None
+    # The stacker runs before every plugin on every raw image: only a file that leaves some page
+    # table past its end pays for counting every page its tables map.
+    if not page_tables.tables_past(read, dtb, page_tables.X64, file_size, page_tables.X64_KERNEL_HALF):
         return None
     missing, total = page_tables.pages_past(read, dtb, page_tables.X64, file_size, page_tables.X64_KERNEL_HALF)
     return page_tables.truncation_text(missing, total, file_size) if missing else None
