@@ -103,7 +103,7 @@ def _raw_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Shortfal
         return None
     end = max(first + count for first, count in runs) * PAGE_SIZE
     detail = (f"the raw image ends at {size_text(file_size)}, before the RAM the kernel describes "
-              f"(nt!{DESCRIPTOR_SYMBOL}: {len(runs)} runs up to {size_text(end)}): "
+              f"(nt!{DESCRIPTOR_SYMBOL}: {len(runs)} run{'s' if len(runs) != 1 else ''} up to {size_text(end)}): "
               f"{missing_pages_text(missing, total)} of RAM lie past the end of the file")
     # A crash dump's truncation is said by the crash-dump layer; a raw image's only here.
     kernel.diagnostics.warning(detail[0].upper() + detail[1:])
