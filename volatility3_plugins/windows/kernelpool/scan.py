@@ -65,6 +65,11 @@ class ScanTarget:
     body_size: Callable[[], Optional[int]]
     #: What a hit holds (kept under ``kind``); raises :class:`Rejected` for a block that is not one.
     validate: Callable[["PoolScanner", PoolHit, BlockState], Any]
+    #: A first look at a hit that needs no allocation state (raises :class:`Rejected`), asked
+    #: before the allocator is: a tag found by chance is then rejected without decoding the
+    #: metadata of its subsegment (thousands of noise blocks carry an object tag on a busy
+    #: machine). What :attr:`validate` keeps must not depend on the order of the two.
+    screen: Optional[Callable[["PoolScanner", PoolHit], None]] = None
 
 
 @dataclasses.dataclass
@@ -234,6 +239,12 @@ class PoolScanner:
                 if counts[target.kind] == MAX_HITS_PER_KIND + 1:
                     self.kernel.diagnostics.warning(f"More than {MAX_HITS_PER_KIND} {target.kind} pool hits: rest ignored")
                 continue
+            if target.screen is not None:
+                try:
+                    target.screen(self, hit)
+                except Rejected as why:
+                    outcome.reject(str(why))
+                    continue
             state = self.pool_map.state(hit.header, hit.pool_type)
             if state == BlockState.NOT_A_BLOCK:
                 # Inside a block the allocator knows, not at its start: data, not a pool header.
