@@ -215,12 +215,19 @@ class PoolScanner:
         a buffer the next read reuses) or are read."""
         if header % self.unit:
             return None
-        block = bytes(data[offset : offset + MAX_BLOCK])
-        if len(block) < self.header.size:
-            try:
-                block = self.kernel.reader.read(header, self.header.size)
-            except exceptions.InvalidAddressException:
+        available = len(data) - offset
+        if available >= self.header.size:
+            # The size first, from the bytes at hand: most hits on a busy heap are too small for
+            # their tag's structure, and copying a page for each costs more than the check.
+            size = self._block_size.unpack(data, offset) * self.unit
+            if size < self._minimum[tag] or size > MAX_BLOCK:
                 return None
+            block = bytes(data[offset : offset + size])
+            return PoolHit(header, tag, size, self._pool_type.unpack(block), block)
+        try:
+            block = self.kernel.reader.read(header, self.header.size)
+        except exceptions.InvalidAddressException:
+            return None
         size = self._block_size.unpack(block) * self.unit
         if size < self._minimum[tag] or size > MAX_BLOCK:
             return None
