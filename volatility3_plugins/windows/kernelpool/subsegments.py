@@ -239,18 +239,23 @@ class SubsegmentDecoder:
         states: List[BlockState] = []
         start = region.start
         link_over_tag = self._pointer > self.tag_offset
+        chunk_header, tag_at = self.chunk_header, self.tag_offset - start
+        allocated_state, freed_state = BlockState.ALLOCATED, BlockState.FREED
         for chunk_start, chunk_end, allocated in zip(chunks.starts, chunks.ends, chunks.allocated):
+            header = chunk_start + chunk_header
             if allocated:
-                header = self.pool_header_of(chunk_start, chunk_end, data, start)
-                tag: Optional[int] = int.from_bytes(data[header - start + self.tag_offset : header - start + self.tag_offset + 4], "little")
-                state = BlockState.ALLOCATED
-                if header in delayed or chunk_start + self.chunk_header in delayed:
-                    state = BlockState.FREED
+                if header % PAGE_SIZE + (chunk_end - header) > PAGE_SIZE:
+                    # The block would cross a page after the chunk header: its pool header may
+                    # be at the next page.
+                    header = self.pool_header_of(chunk_start, chunk_end, data, start)
+                tag: Optional[int] = int.from_bytes(data[header + tag_at : header + tag_at + 4], "little")
+                state = allocated_state
+                if delayed and (header in delayed or chunk_start + chunk_header in delayed):
+                    state = freed_state
                     if link_over_tag:
                         tag = None
             else:
-                header = chunk_start + self.chunk_header
-                tag, state = None, BlockState.FREED
+                tag, state = None, freed_state
             addresses.append(header)
             sizes.append(chunk_end - header)
             tags.append(tag)
