@@ -206,6 +206,23 @@ class PageTables:
         run_virtual = run_physical = run_length = -1
         for kind, virtual, value, extra in self.descend(start, end):
             if kind == LAST:
+                first_page = virtual + (extra.start << 12)  # type: ignore[attr-defined]
+                if first_page >= start and virtual + (extra.stop << 12) <= end:  # type: ignore[attr-defined]
+                    # Every page of this table's slice lies whole in the range (a bulk read's
+                    # usual case): the same runs without clipping each page to the range.
+                    page = first_page - PAGE_SIZE
+                    for entry in value[extra.start : extra.stop]:  # type: ignore[index, attr-defined]
+                        page += PAGE_SIZE
+                        if not entry & PRESENT and not (transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION):
+                            continue
+                        address = entry & frame_mask
+                        if run_virtual + run_length == page and run_physical + run_length == address:
+                            run_length += PAGE_SIZE
+                            continue
+                        if run_length > 0:
+                            found.append((run_virtual, run_physical, run_length))
+                        run_virtual, run_physical, run_length = page, address, PAGE_SIZE
+                    continue
                 for index, entry in enumerate(value[extra.start : extra.stop], extra.start):  # type: ignore[index, attr-defined]
                     if not entry & PRESENT and not (transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION):
                         continue

@@ -269,13 +269,16 @@ class BulkReader:
         holes: List[Tuple[int, int]] = []
         cursor = start
         single = self.physical.single_file()
+        # (descriptor, file offset of physical 0, first and end physical address) as locals.
+        descriptor, delta, lowest, highest = single if single is not None else (-1, 0, 1, 0)
+        preadv = os.preadv
         view = memoryview(buffer)
         for virtual, address, size in self.tables.runs(start, length):
             if virtual > cursor:
                 holes.append((cursor, virtual - cursor))
-            if single is not None and single[2] <= address and address + size <= single[3]:
+            if lowest <= address and address + size <= highest:
                 # One run of the file holds physical memory: a positioned read (the hot loop).
-                os.preadv(single[0], [view[virtual - start : virtual - start + size]], address + single[1])
+                preadv(descriptor, [view[virtual - start : virtual - start + size]], address + delta)
             else:
                 self.physical.read_into(buffer, virtual - start, address, size)
             cursor = virtual + size
