@@ -198,19 +198,22 @@ class SubsegmentDecoder:
         offset = (self.vs_header + granule - 1) // granule * granule
         base = canonical(region.start, self._pointer)
         start = region.start
-        smallest = self.chunk_header + granule
+        chunk_header = self.chunk_header
+        smallest = chunk_header + granule
         previous = None
-        while offset + self.chunk_header <= length:
-            decoded = int.from_bytes(data[offset : offset + width], "little") ^ (base + offset) ^ key
+        add_start, add_end, add_allocated = starts.append, ends.append, allocated.append
+        from_bytes = int.from_bytes
+        while offset + chunk_header <= length:
+            decoded = from_bytes(data[offset : offset + width], "little") ^ (base + offset) ^ key
             size = ((decoded >> size_shift) & size_mask) * granule
             if size < smallest or offset + size > length:
                 break
             if previous is not None and ((decoded >> previous_shift) & previous_mask) * granule != previous:
                 break
             previous = size
-            starts.append((start + offset) & mask)
-            ends.append((start + offset + size) & mask)
-            allocated.append(bool((decoded >> allocated_shift) & allocated_mask & 1))
+            add_start((start + offset) & mask)
+            add_end((start + offset + size) & mask)
+            add_allocated((decoded >> allocated_shift) & allocated_mask & 1 == 1)
             offset += size
         chunks.walked_to = (region.start + offset) & mask
         return chunks
@@ -241,6 +244,8 @@ class SubsegmentDecoder:
         link_over_tag = self._pointer > self.tag_offset
         chunk_header, tag_at = self.chunk_header, self.tag_offset - start
         allocated_state, freed_state = BlockState.ALLOCATED, BlockState.FREED
+        add_address, add_size, add_tag, add_state = addresses.append, sizes.append, tags.append, states.append
+        from_bytes = int.from_bytes
         for chunk_start, chunk_end, allocated in zip(chunks.starts, chunks.ends, chunks.allocated):
             header = chunk_start + chunk_header
             if allocated:
@@ -248,7 +253,7 @@ class SubsegmentDecoder:
                     # The block would cross a page after the chunk header: its pool header may
                     # be at the next page.
                     header = self.pool_header_of(chunk_start, chunk_end, data, start)
-                tag: Optional[int] = int.from_bytes(data[header + tag_at : header + tag_at + 4], "little")
+                tag: Optional[int] = from_bytes(data[header + tag_at : header + tag_at + 4], "little")
                 state = allocated_state
                 if delayed and (header in delayed or chunk_start + chunk_header in delayed):
                     state = freed_state
@@ -256,10 +261,10 @@ class SubsegmentDecoder:
                         tag = None
             else:
                 tag, state = None, freed_state
-            addresses.append(header)
-            sizes.append(chunk_end - header)
-            tags.append(tag)
-            states.append(state)
+            add_address(header)
+            add_size(chunk_end - header)
+            add_tag(tag)
+            add_state(state)
         if chunks.walked_to < region.end:
             addresses.append(chunks.walked_to)
             sizes.append(region.end - chunks.walked_to)
