@@ -59,6 +59,28 @@ def test_hits_need_a_block_size_that_holds_their_structure():
     assert hits[0].data == bytes(chunk[0x100:0x140])
 
 
+def test_a_screen_rejects_before_the_allocator_is_asked_and_keeps_what_validate_keeps():
+    kernel, _layer = memory.make_kernel()
+    asked = []
+
+    class Recording(Unknown):
+        def state(self, header, pool_type=None):
+            asked.append(header)
+            return BlockState.ALLOCATED
+
+    def screen(scanner, hit):
+        if hit.data[0x10:0x14] != b"good":
+            raise scan.Rejected("not good")
+
+    target = scan.ScanTarget("things", (b"Thng",), lambda: 0x10, lambda scanner, hit, state: (hit.header, state), screen)
+    scanner = scan.PoolScanner(kernel, [target], Recording("test"))
+    hits = [scan.PoolHit(BASE + offset, b"Thng", 0x20, 2, bytes(0x10) + body + bytes(0xC))
+            for offset, body in ((0x100, b"good"), (0x200, b"bad!"), (0x300, b"good"))]
+    outcome = scanner.run(hits)
+    assert outcome.found["things"] == [(BASE + 0x100, BlockState.ALLOCATED), (BASE + 0x300, BlockState.ALLOCATED)]
+    assert asked == [BASE + 0x100, BASE + 0x300] and outcome.rejected == {"not good": 1}
+
+
 def test_registration_in_hidden_module_keeps_outside_modules_and_adds_hidden_module():
     clean_object = classify.ObjectFacts(True, True, diagnostics.COMPLETE, True, True, True, False, True, 1)
     assert classify.classify(

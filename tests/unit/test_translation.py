@@ -1,6 +1,7 @@
 """Kernel ranges read in bulk (kernelread/translation.py) give exactly what Volatility's own
 layers read: hand-made page tables with 4 KiB, 2 MiB (PAT bit set) and transition pages, a
-page table whose entries are all alike (no table, for Volatility), PAE and 2-level paging."""
+page table whose entries are all alike (no table, for Volatility), PAE and 2-level paging. The
+walk is common/page_tables.py's, the one the file check counts a raw image's pages with."""
 
 import struct
 
@@ -8,6 +9,7 @@ import pytest
 from volatility3.framework import contexts, exceptions
 from volatility3.framework.layers import intel, physical
 
+from volatility3_plugins.common import page_tables
 from volatility3_plugins.windows.kernelread.pages import PageReader
 from volatility3_plugins.windows.kernelread.translation import BulkReader
 
@@ -92,6 +94,23 @@ def test_x64_pages_large_pages_transition_and_alike_tables():
     assert bulk.read(base + PAGE, 4) == ((0x11).to_bytes(4, "little"), [])  # transition: in memory
     assert bulk.read(base + 2 * PAGE, 4)[1] == [(base + 2 * PAGE, 4)]  # prototype: not
     assert bulk.read(base + 0x400000, PAGE)[1] == [(base + 0x400000, PAGE)]
+
+
+def test_one_walker_maps_what_volatility_maps_and_counts_what_a_file_lacks():
+    ram = _x64_memory()
+    context, layer = _layer(ram, intel.WindowsIntel32e, 0x1000)
+    tables = BulkReader.for_layer(context, layer).tables
+    assert isinstance(tables, page_tables.PageTables)
+    base, length = 0x800000000000, 0x600000
+    mapped = {page for offset, size, _m, _n, _l in layer.mapping(base, length, ignore_errors=True)
+              for page in range(offset, offset + size, PAGE)}
+    leaves = {page for virtual, _p, span in tables.leaves(base, base + length) for page in range(virtual, virtual + span, PAGE)}
+    assert leaves == mapped
+    # The file check walks the same tables by the same rules: five tables entered (the alike one
+    # included, its entries no pages), the 4 KiB and transition pages and the no-execute one
+    # (the PAT large page is not write-back); only the no-execute page's frame lies past 0x12000.
+    read = lambda offset, size: bytes(ram[offset : offset + size])  # noqa: E731
+    assert page_tables.pages_past(read, 0x1000, tables.paging, 0x12000, 1 << 47) == (1, 8)
 
 
 def test_not_windows_transition_is_not_valid():

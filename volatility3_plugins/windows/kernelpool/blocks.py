@@ -106,17 +106,58 @@ class TagSummary:
             self.unknown_bytes += size
 
 
+#: Busy bits (one byte each, 0 or 1) to free bits.
+_FREE = bytes([1]) + bytes(255)
+#: LFH slots whose columns wait to be counted together (memory: a few hundred kilobytes).
+_PENDING = 1 << 15
+
+
 def summarise(batches: Iterable[BlockBatch], wanted: BlockFilter = BlockFilter()) -> List[TagSummary]:
     """Per tag and pool, the blocks and bytes in each state, most allocated bytes first.
 
     Counted column by column: every (pool, tag, state, size) of a batch goes into one counter
     at C speed, and the few thousand distinct keys are summed and filtered at the end."""
     counted: Dict[Tuple[str, Optional[int], BlockState, int], int] = collections.Counter()
+    # A batch whose blocks share one size and whose states are busy bits (an LFH subsegment's,
+    # most of a server's heap) is counted by its tags alone, allocated and freed apart, into
+    # counters kept per (pool, size): no key tuple built per block. Its columns wait, joined
+    # with those of the same (pool, size), until ``_PENDING`` blocks are waiting in all: a
+    # subsegment holds a few dozen slots, and a counter's update costs more than that many.
+    by_size: Dict[Tuple[str, int], Tuple[collections.Counter, collections.Counter]] = {}
+    pending: Dict[Tuple[str, int], Tuple[List[int], bytearray]] = {}
+    waiting = 0
+
+    def flush() -> None:
+        for key, (tags, busy) in pending.items():
+            counters = by_size.get(key)
+            if counters is None:
+                counters = by_size[key] = (collections.Counter(), collections.Counter())
+            counters[0].update(itertools.compress(tags, busy))
+            counters[1].update(itertools.compress(tags, busy.translate(_FREE)))
+        pending.clear()
+
     for batch in batches:
         if not wanted.wants_pool(batch.pool):
             continue
+        busy = getattr(batch.states, "busy", None)
+        if isinstance(busy, bytes) and isinstance(batch.sizes, int):
+            columns = pending.get((batch.pool, batch.sizes))
+            if columns is None:
+                columns = pending[batch.pool, batch.sizes] = ([], bytearray())
+            columns[0].extend(batch.tags)
+            columns[1].extend(busy)
+            waiting += len(busy)
+            if waiting >= _PENDING:
+                flush()
+                waiting = 0
+            continue
         sizes = itertools.repeat(batch.sizes) if isinstance(batch.sizes, int) else batch.sizes
         counted.update(zip(itertools.repeat(batch.pool), batch.tags, batch.states, sizes))  # type: ignore[attr-defined]
+    flush()
+    for (pool, size), (allocated, freed) in by_size.items():
+        for state, counter in ((BlockState.ALLOCATED, allocated), (BlockState.FREED, freed)):
+            for tag, count in counter.items():
+                counted[pool, tag, state, size] += count
     totals: Dict[Tuple[Optional[int], str], TagSummary] = {}
     for (pool, tag, state, size), count in counted.items():
         if (wanted.states and state not in wanted.states) or not wanted.wants_tag(tag):

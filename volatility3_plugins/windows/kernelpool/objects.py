@@ -96,16 +96,26 @@ def object_target(
     def validate(scanner: PoolScanner, hit: PoolHit, state: BlockState) -> Any:
         return keep(locate_body(kernel, scanner, hit, state, kind, body()), state)
 
-    return ScanTarget(kind.kind, kind.tags_for(kernel.build_number), needed, validate)
+    def screen(scanner: PoolScanner, hit: PoolHit) -> None:
+        find_body(kernel, scanner, hit, kind, body())
+
+    return ScanTarget(kind.kind, kind.tags_for(kernel.build_number), needed, validate, screen)
 
 
 def locate_body(kernel: "KernelContext", scanner: PoolScanner, hit: PoolHit, state: BlockState, kind: ObjectKind,
                 size: Optional[int]) -> int:
-    """The body address of the object of ``kind`` in the block of ``hit``; raises Rejected.
-    Where its header can lie is :meth:`~..kernelread.object_headers.ObjectHeaders.headers_in_block`'s
-    answer, the placement ``windows.poolmap`` reads objects with too."""
+    """The body address of the object of ``kind`` in the block of ``hit`` (:func:`find_body`),
+    a freed block holding none; raises Rejected."""
     if state == BlockState.FREED:
         raise Rejected("object in freed pool")
+    return find_body(kernel, scanner, hit, kind, size)
+
+
+def find_body(kernel: "KernelContext", scanner: PoolScanner, hit: PoolHit, kind: ObjectKind, size: Optional[int]) -> int:
+    """The body address of the object of ``kind`` in the block of ``hit``, whatever the block's
+    state; raises Rejected. Where its header can lie is
+    :meth:`~..kernelread.object_headers.ObjectHeaders.headers_in_block`'s answer, the placement
+    ``windows.poolmap`` reads objects with too."""
     headers = kernel.object_headers
     if headers is None or size is None:
         raise Rejected("object headers unusable")

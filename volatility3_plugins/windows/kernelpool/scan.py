@@ -65,6 +65,11 @@ class ScanTarget:
     body_size: Callable[[], Optional[int]]
     #: What a hit holds (kept under ``kind``); raises :class:`Rejected` for a block that is not one.
     validate: Callable[["PoolScanner", PoolHit, BlockState], Any]
+    #: A first look at a hit that needs no allocation state (raises :class:`Rejected`), asked
+    #: before the allocator is: a tag found by chance is then rejected without decoding the
+    #: metadata of its subsegment (thousands of noise blocks carry an object tag on a busy
+    #: machine). What :attr:`validate` keeps must not depend on the order of the two.
+    screen: Optional[Callable[["PoolScanner", PoolHit], None]] = None
 
 
 @dataclasses.dataclass
@@ -210,12 +215,19 @@ class PoolScanner:
         a buffer the next read reuses) or are read."""
         if header % self.unit:
             return None
-        block = bytes(data[offset : offset + MAX_BLOCK])
-        if len(block) < self.header.size:
-            try:
-                block = self.kernel.reader.read(header, self.header.size)
-            except exceptions.InvalidAddressException:
+        available = len(data) - offset
+        if available >= self.header.size:
+            # The size first, from the bytes at hand: most hits on a busy heap are too small for
+            # their tag's structure, and copying a page for each costs more than the check.
+            size = self._block_size.unpack(data, offset) * self.unit
+            if size < self._minimum[tag] or size > MAX_BLOCK:
                 return None
+            block = bytes(data[offset : offset + size])
+            return PoolHit(header, tag, size, self._pool_type.unpack(block), block)
+        try:
+            block = self.kernel.reader.read(header, self.header.size)
+        except exceptions.InvalidAddressException:
+            return None
         size = self._block_size.unpack(block) * self.unit
         if size < self._minimum[tag] or size > MAX_BLOCK:
             return None
@@ -234,6 +246,12 @@ class PoolScanner:
                 if counts[target.kind] == MAX_HITS_PER_KIND + 1:
                     self.kernel.diagnostics.warning(f"More than {MAX_HITS_PER_KIND} {target.kind} pool hits: rest ignored")
                 continue
+            if target.screen is not None:
+                try:
+                    target.screen(self, hit)
+                except Rejected as why:
+                    outcome.reject(str(why))
+                    continue
             state = self.pool_map.state(hit.header, hit.pool_type)
             if state == BlockState.NOT_A_BLOCK:
                 # Inside a block the allocator knows, not at its start: data, not a pool header.

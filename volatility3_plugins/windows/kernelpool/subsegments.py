@@ -24,6 +24,9 @@ offset and width from the kernel's symbol table:
 """
 
 import dataclasses
+import functools
+import itertools
+import operator
 from typing import TYPE_CHECKING, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from ..kernelread.addresses import PAGE_SIZE, canonical
@@ -48,6 +51,11 @@ class BusyStates(Sequence[BlockState]):
 
     def __init__(self, busy: bytes) -> None:
         self._busy = busy
+
+    @property
+    def busy(self) -> bytes:
+        """One byte a slot: 1 busy (allocated), 0 free."""
+        return self._busy
 
     def __len__(self) -> int:
         return len(self._busy)
@@ -159,12 +167,13 @@ class SubsegmentDecoder:
         base = region.start + first
         if not crossing and 0 not in heads:
             return BlockBatch(region.pool, LFH, range(base, base + count * size, size), size, tags, BusyStates(busy))
-        indices = [index for index in range(count) if busy[index] or heads[index]]  # free and headerless: never used
+        # Kept: slots busy or with a header (free and headerless: never used), within a page;
+        # one flag a slot, the columns then filtered at C speed.
+        kept = bytes(map(operator.or_, busy, map(bool, heads)))
         if crossing:
-            indices = [index for index in indices
-                       if (first + index * size) // PAGE_SIZE == (first + index * size + size - 1) // PAGE_SIZE]
-        return BlockBatch(region.pool, LFH, [base + index * size for index in indices], size,
-                          [tags[index] for index in indices], BusyStates(bytes(busy[index] for index in indices)))
+            kept = bytes(map(operator.and_, kept, _within_page(first % PAGE_SIZE, size, count)))
+        return BlockBatch(region.pool, LFH, list(itertools.compress(range(base, base + count * size, size), kept)), size,
+                          list(itertools.compress(tags, kept)), BusyStates(bytes(itertools.compress(busy, kept))))
 
     # -- VS ------------------------------------------------------------------------------
 
@@ -189,19 +198,22 @@ class SubsegmentDecoder:
         offset = (self.vs_header + granule - 1) // granule * granule
         base = canonical(region.start, self._pointer)
         start = region.start
-        smallest = self.chunk_header + granule
+        chunk_header = self.chunk_header
+        smallest = chunk_header + granule
         previous = None
-        while offset + self.chunk_header <= length:
-            decoded = int.from_bytes(data[offset : offset + width], "little") ^ (base + offset) ^ key
+        add_start, add_end, add_allocated = starts.append, ends.append, allocated.append
+        from_bytes = int.from_bytes
+        while offset + chunk_header <= length:
+            decoded = from_bytes(data[offset : offset + width], "little") ^ (base + offset) ^ key
             size = ((decoded >> size_shift) & size_mask) * granule
             if size < smallest or offset + size > length:
                 break
             if previous is not None and ((decoded >> previous_shift) & previous_mask) * granule != previous:
                 break
             previous = size
-            starts.append((start + offset) & mask)
-            ends.append((start + offset + size) & mask)
-            allocated.append(bool((decoded >> allocated_shift) & allocated_mask & 1))
+            add_start((start + offset) & mask)
+            add_end((start + offset + size) & mask)
+            add_allocated((decoded >> allocated_shift) & allocated_mask & 1 == 1)
             offset += size
         chunks.walked_to = (region.start + offset) & mask
         return chunks
@@ -230,22 +242,29 @@ class SubsegmentDecoder:
         states: List[BlockState] = []
         start = region.start
         link_over_tag = self._pointer > self.tag_offset
+        chunk_header, tag_at = self.chunk_header, self.tag_offset - start
+        allocated_state, freed_state = BlockState.ALLOCATED, BlockState.FREED
+        add_address, add_size, add_tag, add_state = addresses.append, sizes.append, tags.append, states.append
+        from_bytes = int.from_bytes
         for chunk_start, chunk_end, allocated in zip(chunks.starts, chunks.ends, chunks.allocated):
+            header = chunk_start + chunk_header
             if allocated:
-                header = self.pool_header_of(chunk_start, chunk_end, data, start)
-                tag: Optional[int] = int.from_bytes(data[header - start + self.tag_offset : header - start + self.tag_offset + 4], "little")
-                state = BlockState.ALLOCATED
-                if header in delayed or chunk_start + self.chunk_header in delayed:
-                    state = BlockState.FREED
+                if header % PAGE_SIZE + (chunk_end - header) > PAGE_SIZE:
+                    # The block would cross a page after the chunk header: its pool header may
+                    # be at the next page.
+                    header = self.pool_header_of(chunk_start, chunk_end, data, start)
+                tag: Optional[int] = from_bytes(data[header + tag_at : header + tag_at + 4], "little")
+                state = allocated_state
+                if delayed and (header in delayed or chunk_start + chunk_header in delayed):
+                    state = freed_state
                     if link_over_tag:
                         tag = None
             else:
-                header = chunk_start + self.chunk_header
-                tag, state = None, BlockState.FREED
-            addresses.append(header)
-            sizes.append(chunk_end - header)
-            tags.append(tag)
-            states.append(state)
+                tag, state = None, freed_state
+            add_address(header)
+            add_size(chunk_end - header)
+            add_tag(tag)
+            add_state(state)
         if chunks.walked_to < region.end:
             addresses.append(chunks.walked_to)
             sizes.append(region.end - chunks.walked_to)
@@ -264,6 +283,14 @@ class SubsegmentDecoder:
         if header in delayed or start in delayed:
             return BlockState.FREED
         return BlockState.ALLOCATED
+
+
+@functools.lru_cache(maxsize=256)
+def _within_page(first: int, size: int, count: int) -> bytes:
+    """One flag a slot of ``size`` bytes from ``first`` (its offset in a page): 1 when the slot
+    lies within one page."""
+    return bytes((first + index * size) // PAGE_SIZE == (first + index * size + size - 1) // PAGE_SIZE
+                 for index in range(count))
 
 
 def unknown_batch(region: Region, allocator: str) -> BlockBatch:

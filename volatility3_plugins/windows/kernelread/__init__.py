@@ -15,7 +15,8 @@ plugin looks for (callbacks, pool blocks, ...).
   objects, and the images the module list lacks that those traces show;
 - ``symbol_files``: the project's own ISF files (structures some builds' symbols lack);
 - ``translation``: kernel ranges read by one walk of the page tables and large physical reads,
-  below Volatility's per-page translation and per-read cache (the one page-table walker);
+  below Volatility's per-page translation and per-read cache (the Volatility glue of the one
+  page-table walker, ``common/page_tables.py``);
 - ``image_extent``: what the image file lacks against the kernel's view of physical memory;
 - ``physical_search``: pool tags searched in physical memory, mapped back to kernel addresses;
 - ``diagnostics``: warnings said once and the state of each route (standard library only).

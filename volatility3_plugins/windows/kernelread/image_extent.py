@@ -114,8 +114,7 @@ def _mapped_shortfall(kernel: "KernelContext", file_size: int) -> Optional[Short
     paging = paging_of(kernel.layer, kernel.context)
     if paging is None:
         return None
-    walked = page_tables.Paging(tuple(paging.levels), paging.entry_size, paging.physical_bits, paging.transition)
-    missing, total = page_tables.pages_past(PhysicalReader(kernel.context, paging.physical).read, paging.dtb, walked,
+    missing, total = page_tables.pages_past(PhysicalReader(kernel.context, paging.physical).read, paging.dtb, paging.format,
                                             file_size, kernel_half_start(kernel.pointer_size))
     if not missing:
         return None

@@ -15,8 +15,10 @@ For layers that are not Intel paging over a physical layer, :func:`physical_sear
 and the caller scans through Volatility.
 """
 
+import array
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple
+import functools
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 
 #: Bytes read from the physical layer at once.
 CHUNK = 4 << 20
+#: The array type code of a 4-byte word (None where no type has four bytes: memory views gather).
+_WORD = next((code for code in "IL" if array.array(code).itemsize == 4), None)
 #: Hits kept before the search stops (a real system has thousands of each tag, not millions).
 MAX_HITS = 4_000_000
 
@@ -48,14 +52,63 @@ def search_tags(
 ) -> Iterator[Tuple[int, bytes]]:
     """(physical address of the pool header, tag) of every tag at a header position in ``data``
     (which starts at ``base``, a multiple of ``unit``)."""
-    words = memoryview(data)[: len(data) - len(data) % unit].cast("I")
-    gathered = words[tag_offset // 4 :: unit // 4].tobytes()
-    for tag in tags:
-        position = gathered.find(tag)
+    whole = memoryview(data)[: len(data) - len(data) % unit]
+    if _WORD is not None:
+        # An array's strided slice copies the words about twice as fast as a strided memory
+        # view's tobytes (0.21 against 0.37 ms a megabyte here), the array's copy included.
+        words = array.array(_WORD)
+        words.frombytes(whole)
+        gathered = words[tag_offset // 4 :: unit // 4].tobytes()
+    else:
+        gathered = whole.cast("I")[tag_offset // 4 :: unit // 4].tobytes()
+    for needle, group in _needles(tuple(tags)):
+        if len(group) == 1:
+            tag = group[0]
+            position = gathered.find(tag)
+            while position >= 0:
+                if position % 4 == 0:
+                    yield base + (position // 4) * unit, tag
+                position = gathered.find(tag, position + 1)
+            continue
+        # Tags that differ only in their last byte ("Call" and its protected "Cal\xec"): one
+        # search for what they share, each hit then told apart (yielded tag by tag, as before).
+        found: Dict[bytes, List[int]] = {tag: [] for tag in group}
+        position = gathered.find(needle)
         while position >= 0:
             if position % 4 == 0:
-                yield base + (position // 4) * unit, tag
-            position = gathered.find(tag, position + 1)
+                hits = found.get(gathered[position : position + 4])
+                if hits is not None:
+                    hits.append(base + (position // 4) * unit)
+            position = gathered.find(needle, position + 1)
+        for tag in group:
+            for header in found[tag]:
+                yield header, tag
+
+
+@functools.lru_cache(maxsize=64)
+def _needles(tags: Tuple[bytes, ...]) -> List[Tuple[bytes, Tuple[bytes, ...]]]:
+    """(what to search for, the tags it finds) for ``tags``, in their order: 4-byte tags that
+    share their first three bytes searched together by those three (a search of the gathered
+    words costs the same for three bytes as for four), any other tag on its own. Every tag's
+    hits still come out in ``tags``' order."""
+    shared: Dict[bytes, List[bytes]] = {}
+    for tag in tags:
+        if len(tag) == 4:
+            shared.setdefault(tag[:3], []).append(tag)
+    result: List[Tuple[bytes, Tuple[bytes, ...]]] = []
+    done = set()
+    for tag in tags:
+        if tag in done:
+            continue
+        group = shared.get(tag[:3], []) if len(tag) == 4 else []
+        if len(group) > 1 and len(set(group)) == len(group):
+            # Yielded in tags' order: the group's tags must be adjacent there.
+            if list(tags[tags.index(group[0]) : tags.index(group[0]) + len(group)]) == group:
+                result.append((tag[:3], tuple(group)))
+                done.update(group)
+                continue
+        result.append((tag, (tag,)))
+    return result
 
 
 def search_ranges(

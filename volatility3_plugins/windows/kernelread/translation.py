@@ -9,46 +9,33 @@ of physical memory, which are read straight from the layers below the physical l
 file, or the file under a crash dump's layer, through its own mapping, built once): no per-page
 call into Volatility's translation, and no per-read cache holding what was read.
 
-The translation is Volatility's own, rule for rule (``volatility3.framework.layers.intel``):
-an entry is valid when present or, on Windows layers, in transition (bit 11 set, prototype bit
-10 clear); a large page drops its PAT bit (12) and keeps the address bits below its size; a
-page-table page whose entries are all the same is not a table (Volatility's guard against the
-repeated entries Windows 10 maps). Layers that are not Intel paging over linearly mapped layers,
-or that have swap layers, are not read this way (:meth:`BulkReader.for_layer` gives None): the
-caller reads through Volatility as usual.
-
-:class:`PageTables` also walks the whole kernel half for :mod:`.physical_search` (frames mapped
-back to virtual pages): one page-table walker for both.
+The walk itself is the project's one page-table walker (``common/page_tables.py``, Volatility's
+rules rule for rule: transition pages, the PAT bit of large pages, tables whose entries are all
+alike are no table); this module is its Volatility glue: the paging of a layer
+(:func:`paging_of`), the physical reader below the layers' caches (:class:`PhysicalReader`), the
+bulk reader of kernel ranges (:class:`BulkReader`) and the frames mapped back to kernel pages for
+the full scan (:func:`kernel_mappings`). Layers that are not Intel paging over linearly mapped
+layers, or that have swap layers, are not read this way (:meth:`BulkReader.for_layer` gives
+None): the caller reads through Volatility as usual.
 """
 
-import array
 import bisect
 import dataclasses
 import os
 import urllib.parse
 import urllib.request
 import weakref
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from volatility3.framework import interfaces
 from volatility3.framework.layers import intel, linear, physical
 
+from ...common import page_tables
 from .addresses import PAGE_SIZE, kernel_half_start
 
 if TYPE_CHECKING:
     from .context import KernelContext
 
-#: Page-table pages kept (4 KiB each): the tables of 2 GiB of 4 KiB pages.
-MAX_CACHED_TABLES = 1024
-#: Windows keeps standby pages mapped by transition PTEs: present bit clear, bit 11 set, bit 10
-#: (prototype) clear; their contents are in memory (Volatility's ``WindowsMixin``).
-TRANSITION = 1 << 11
-PROTOTYPE = 1 << 10
-LARGE_PAGE = 1 << 7
-PAT_LARGE = 1 << 12
-
-#: (virtual address, physical address, length) of a mapped piece of a virtual range.
-Run = Tuple[int, int, int]
 Buffer = Union[bytearray, memoryview]
 
 
@@ -69,18 +56,15 @@ def local_file(layer: interfaces.layers.DataLayerInterface) -> Optional[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Paging:
-    """What a page-table walk needs of an Intel layer."""
+class LayerPaging:
+    """What a page-table walk needs of an Intel layer: the layer below, the root, the format."""
 
     physical: interfaces.layers.DataLayerInterface
     dtb: int
-    levels: Sequence[Tuple[int, bool]]  # (index bits, large pages allowed) per level, top first
-    entry_size: int
-    physical_bits: int
-    transition: bool
+    format: page_tables.Paging
 
 
-def paging_of(layer: interfaces.layers.DataLayerInterface, context: interfaces.context.ContextInterface) -> Optional[Paging]:
+def paging_of(layer: interfaces.layers.DataLayerInterface, context: interfaces.context.ContextInterface) -> Optional[LayerPaging]:
     """The paging of an Intel layer over another layer; None for anything else."""
     if not isinstance(layer, intel.Intel):
         return None
@@ -90,14 +74,12 @@ def paging_of(layer: interfaces.layers.DataLayerInterface, context: interfaces.c
     except (KeyError, TypeError):
         return None
     wide = isinstance(layer, (intel.Intel32e, intel.IntelPAE))
-    return Paging(
-        physical,
-        dtb,
-        [(bits, large) for _name, bits, large in layer.structure],
+    return LayerPaging(physical, dtb, page_tables.Paging(
+        tuple((bits, large) for _name, bits, large in layer.structure),
         8 if wide else 4,
         getattr(layer, "_maxphyaddr", 52),
         isinstance(layer, intel.WindowsMixin),
-    )
+    ))
 
 
 class PhysicalReader:
@@ -255,130 +237,11 @@ def read_uncached(
     return bytes(output)
 
 
-class PageTables:
-    """The page tables of one address space, read through a :class:`PhysicalReader`, each table
-    page read whole once and kept (bounded)."""
-
-    def __init__(self, paging: Paging, physical: PhysicalReader) -> None:
-        self.paging = paging
-        self._physical = physical
-        self._code = "Q" if paging.entry_size == 8 else "I"
-        self._frame_mask = ((1 << paging.physical_bits) - 1) & ~(PAGE_SIZE - 1)
-        self._shifts: List[int] = []
-        shift = 12
-        for bits, _large in reversed(paging.levels):
-            self._shifts.insert(0, shift)
-            shift += bits
-        self.top_shift = shift  # bits of the address space
-        # The top table is as large as its entries (PAE: a 32-byte PDPT; otherwise a page).
-        top_size = (1 << paging.levels[0][0]) * paging.entry_size
-        self.top = paging.dtb & ~(top_size - 1) & ((1 << paging.physical_bits) - 1)
-        self._tables: Dict[Tuple[int, int], Optional[array.array]] = {}
-
-    def _valid(self, entry: int) -> bool:
-        return bool(entry & 1) or (self.paging.transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION)
-
-    def _table(self, address: int, level: int) -> Optional[array.array]:
-        key = (address, level)
-        try:
-            return self._tables[key]
-        except KeyError:
-            pass
-        if len(self._tables) >= MAX_CACHED_TABLES:
-            self._tables.clear()  # walks are local: dropping everything now and then costs little
-        count = 1 << self.paging.levels[level][0]
-        size = count * self.paging.entry_size
-        data = self._physical.read(address, size)
-        entries: Optional[array.array] = array.array(self._code)
-        entries.frombytes(data)
-        # Volatility's rule: a table whose entries are all alike is no table.
-        if count > 1 and data == data[: self.paging.entry_size] * count:
-            entries = None
-        self._tables[key] = entries
-        return entries
-
-    def _leaf_physical(self, entry: int, span: int) -> int:
-        if span > PAGE_SIZE and entry & PAT_LARGE:
-            entry -= PAT_LARGE
-        return entry & self._frame_mask
-
-    def leaves(self, start: int, end: int, skip_self_map: bool = False) -> Iterator[Tuple[int, int, int]]:
-        """(virtual, physical, span) of every valid leaf entry (a page or a large page) that
-        covers part of [start, end), in address order; ``skip_self_map`` leaves out the
-        top-level entry that maps the tables themselves."""
-        return self._leaves(self.top, 0, 0, start, end, skip_self_map)
-
-    def _level(self, table: int, level: int, base: int, start: int,
-               end: int) -> Optional[Tuple[array.array, int, bool, bool, range]]:
-        """What a walk needs of the table at ``table``, of level ``level``, mapping from ``base``:
-        its entries, the bits each maps, whether it is the last level, whether it may map large
-        pages, and the indices that cover part of [start, end); None when it is no table."""
-        entries = self._table(table, level)
-        if entries is None:
-            return None
-        shift = self._shifts[level]
-        indices = range(max(0, (start - base) >> shift), min(len(entries) - 1, (end - 1 - base) >> shift) + 1)
-        return entries, shift, level == len(self.paging.levels) - 1, self.paging.levels[level][1], indices
-
-    def _leaves(self, table: int, level: int, base: int, start: int, end: int,
-                skip_self_map: bool) -> Iterator[Tuple[int, int, int]]:
-        found = self._level(table, level, base, start, end)
-        if found is None:
-            return
-        entries, shift, last, large_allowed, indices = found
-        self_map = self.paging.dtb & self._frame_mask if skip_self_map and level == 0 else None
-        for index in indices:
-            entry = entries[index]
-            if not entry & 1 and not self._valid(entry):
-                continue
-            virtual = base + (index << shift)
-            if last or (large_allowed and entry & LARGE_PAGE):
-                yield virtual, self._leaf_physical(entry, 1 << shift), 1 << shift
-                continue
-            target = entry & self._frame_mask
-            if target != self_map:
-                yield from self._leaves(target, level + 1, virtual, start, end, skip_self_map)
-
-    def runs(self, start: int, length: int) -> List[Run]:
-        """The mapped pieces of [start, start + length), in order, each as long as virtual and
-        physical memory stay contiguous (one descent, appending as it goes: this is the hot
-        path of every bulk read)."""
-        found: List[Run] = []
-        self._runs(self.top, 0, 0, start, start + length, found)
-        return found
-
-    def _runs(self, table: int, level: int, base: int, start: int, end: int, found: List[Run]) -> None:
-        level_found = self._level(table, level, base, start, end)
-        if level_found is None:
-            return
-        entries, shift, last, large_allowed, indices = level_found
-        span = 1 << shift
-        frame_mask = self._frame_mask
-        transition = self.paging.transition
-        for index in indices:
-            entry = entries[index]
-            if not entry & 1 and not (transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION):
-                continue
-            virtual = base + (index << shift)
-            if last or (large_allowed and entry & LARGE_PAGE):
-                address = self._leaf_physical(entry, span) if not last else entry & frame_mask
-                low = virtual if virtual > start else start
-                high = virtual + span if virtual + span < end else end
-                address += low - virtual
-                if found:
-                    previous = found[-1]
-                    if previous[0] + previous[2] == low and previous[1] + previous[2] == address:
-                        found[-1] = (previous[0], previous[1], previous[2] + high - low)
-                        continue
-                found.append((low, address, high - low))
-            else:
-                self._runs(entry & frame_mask, level + 1, virtual, start, end, found)
-
 class BulkReader:
     """Kernel virtual ranges read by one translation and large physical reads (see the module
     docstring)."""
 
-    def __init__(self, tables: PageTables, physical: PhysicalReader, mask: int) -> None:
+    def __init__(self, tables: page_tables.PageTables, physical: PhysicalReader, mask: int) -> None:
         self.tables = tables
         self.physical = physical
         self.mask = mask
@@ -394,7 +257,7 @@ class BulkReader:
         if paging is None or len(layer.dependencies) > 1:
             return None
         physical = PhysicalReader(context, paging.physical)
-        return cls(PageTables(paging, physical), physical, layer.address_mask)
+        return cls(page_tables.PageTables(physical.read, paging.dtb, paging.format), physical, layer.address_mask)
 
     def read(self, start: int, length: int, into: Optional[bytearray] = None) -> Tuple[Buffer, List[Tuple[int, int]]]:
         """The bytes of [start, start + length) (zeros where nothing is mapped) and the
@@ -406,13 +269,16 @@ class BulkReader:
         holes: List[Tuple[int, int]] = []
         cursor = start
         single = self.physical.single_file()
+        # (descriptor, file offset of physical 0, first and end physical address) as locals.
+        descriptor, delta, lowest, highest = single if single is not None else (-1, 0, 1, 0)
+        preadv = os.preadv
         view = memoryview(buffer)
         for virtual, address, size in self.tables.runs(start, length):
             if virtual > cursor:
                 holes.append((cursor, virtual - cursor))
-            if single is not None and single[2] <= address and address + size <= single[3]:
+            if lowest <= address and address + size <= highest:
                 # One run of the file holds physical memory: a positioned read (the hot loop).
-                os.preadv(single[0], [view[virtual - start : virtual - start + size]], address + single[1])
+                preadv(descriptor, [view[virtual - start : virtual - start + size]], address + delta)
             else:
                 self.physical.read_into(buffer, virtual - start, address, size)
             cursor = virtual + size
