@@ -30,6 +30,7 @@ from .state import BlockState, PoolMap, Region
 
 if TYPE_CHECKING:
     from ..kernelread.context import KernelContext
+    from ..kernelread.translation import Buffer
 
 vollog = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class PoolScanner:
         """Hits anywhere in the kernel half (except loaded images): physical memory searched in
         large reads, or Volatility's scan where that is not possible."""
         found = physical_search.physical_search(self.kernel, self.tags, self._tag_offset, self.unit, progress,
-                                                keep=self.header.size)
+                                                keep=self.header.size, accept=self._may_hold)
         if found is None:
             sections = without_ranges(kernel_half(self.kernel), images)
             scanner = TagScanner(self.tags, self._tag_offset, self.unit)
@@ -209,6 +210,14 @@ class PoolScanner:
                 if hit is not None:
                     yield hit
 
+    def _may_hold(self, tag: bytes, data: "Buffer", offset: int) -> bool:
+        """Whether the pool header at ``data[offset]`` gives a size that can hold ``tag``'s
+        structure (True where the header is not all there: the hit is read later)."""
+        if len(data) - offset < self.header.size:
+            return True
+        size = self._block_size.unpack(data, offset) * self.unit
+        return self._minimum[tag] <= size <= MAX_BLOCK
+
     def _hit(self, header: int, tag: bytes, data: bytes = b"", offset: int = 0) -> Optional[PoolHit]:
         """The hit at ``header`` if its pool header's size can hold the tag's structure; the block's
         bytes come from ``data`` (where ``data[offset]`` is the header; copied: ``data`` may be
@@ -219,18 +228,18 @@ class PoolScanner:
         if available >= self.header.size:
             # The size first, from the bytes at hand: most hits on a busy heap are too small for
             # their tag's structure, and copying a page for each costs more than the check.
-            size = self._block_size.unpack(data, offset) * self.unit
-            if size < self._minimum[tag] or size > MAX_BLOCK:
+            if not self._may_hold(tag, data, offset):
                 return None
+            size = self._block_size.unpack(data, offset) * self.unit
             block = bytes(data[offset : offset + size])
             return PoolHit(header, tag, size, self._pool_type.unpack(block), block)
         try:
             block = self.kernel.reader.read(header, self.header.size)
         except exceptions.InvalidAddressException:
             return None
-        size = self._block_size.unpack(block) * self.unit
-        if size < self._minimum[tag] or size > MAX_BLOCK:
+        if not self._may_hold(tag, block, 0):
             return None
+        size = self._block_size.unpack(block) * self.unit
         return PoolHit(header, tag, size, self._pool_type.unpack(block), block[:size])
 
     # -- the pass ------------------------------------------------------------------------

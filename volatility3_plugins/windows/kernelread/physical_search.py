@@ -8,17 +8,17 @@ positions a pool header can hold them (every ``unit`` bytes: the 4-byte words at
 offset are gathered by a strided memory view and searched with ``bytes.find``), and the few
 frames holding a hit are mapped back to kernel virtual addresses by one walk of the page tables
 (the kernel half only, large pages included, the page-table self-map skipped:
-:func:`.translation.kernel_mappings`). Peak memory stays flat: one chunk at a time, and only the
-hits are kept.
+:func:`.translation.kernel_mappings`). Memory grows with the hits the caller finds plausible, not
+with the image: one chunk is read at a time, and a hit the caller's first look rejects (a pool
+header too small for its tag's structure, on a busy machine most of them) is never kept.
 
 For layers that are not Intel paging over a physical layer, :func:`physical_search` returns None
 and the caller scans through Volatility.
 """
 
 import array
-import dataclasses
 import functools
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions
 
@@ -37,14 +37,22 @@ _WORD = next((code for code in "IL" if array.array(code).itemsize == 4), None)
 MAX_HITS = 4_000_000
 
 
-@dataclasses.dataclass(frozen=True)
-class PhysicalHit:
+class PhysicalHit(NamedTuple):
+    """A tag at a pool-header position of physical memory. A tuple, not a dataclass: a full scan
+    of a busy machine keeps hundreds of thousands of them until they are mapped back."""
+
     frame: int  # physical page number
     offset: int  # of the pool header in the page
     tag: bytes
     #: The first bytes at the hit (as many as the caller kept: its pool header), read with the
     #: search: a hit whose header already rules it out costs no read through the page tables.
     head: bytes = b""
+
+
+#: Whether to keep a hit: (tag, the chunk read, the header's offset in it) -> keep. The caller's
+#: cheap first look (a pool header whose size cannot hold the tag's structure, say), asked
+#: before a hit is copied and kept, so that memory grows with the plausible hits only.
+Accept = Callable[[bytes, "Buffer", int], bool]
 
 
 def search_tags(
@@ -169,10 +177,11 @@ def physical_search(
     unit: int,
     progress: Optional[Callable[[float, str], None]] = None,
     keep: int = 0,
+    accept: Optional[Accept] = None,
 ) -> Optional[List[PhysicalHit]]:
-    """Every pool-header position in physical memory that carries one of ``tags``, with the
-    ``keep`` bytes that start there (within its chunk, copied: the chunk's buffer is reused);
-    None when this layer is not searched this way."""
+    """Every pool-header position in physical memory that carries one of ``tags`` (and that
+    ``accept``, when given, keeps), with the ``keep`` bytes that start there (within its chunk,
+    copied: the chunk's buffer is reused); None when this layer is not searched this way."""
     bulk = kernel.bulk
     if bulk is None or tag_offset % 4 or unit % 4:
         return None
@@ -182,6 +191,8 @@ def physical_search(
         "Searching physical memory for pool tags",
     )
     for header, tag, data, offset in found:
+        if accept is not None and not accept(tag, data, offset):
+            continue
         hits.append(PhysicalHit(header >> 12, header & (PAGE_SIZE - 1), tag, bytes(data[offset : offset + keep])))
         if len(hits) >= MAX_HITS:
             kernel.diagnostics.warning(f"More than {MAX_HITS} pool-tag hits in physical memory: the rest not searched")
