@@ -358,7 +358,8 @@ ANALYSIS = """
   a Python translation of every page.
 - The forced full scan (`--full-scan`) reads physical memory in 4 MiB sequential pieces, looks
   for the tags only where a pool header keeps them, and maps the few hits back through one walk
-  of the page tables: about 4 GiB at well over 400 MB/s, in flat memory.
+  of the page tables: about 4 GiB at well over 400 MB/s; memory grows with the hits whose pool
+  header can hold their tag's structure, not with the image.
 - Volatility's translation layers cache their last 512 `read()` results; the scans read around
   that cache (through the layers' mappings), or the default run alone would hold 300 MB.
 - `--no-scan` builds only what its rows need: two object-type indices instead of the type map,
