@@ -223,30 +223,29 @@ class PageTables:
                             found.append((run_virtual, run_physical, run_length))
                         run_virtual, run_physical, run_length = page, address, PAGE_SIZE
                     continue
+                # A table the range starts or ends inside: each page clipped to the range.
+                pieces: List[Run] = []
                 for index, entry in enumerate(value[extra.start : extra.stop], extra.start):  # type: ignore[index, attr-defined]
                     if not entry & PRESENT and not (transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION):
                         continue
                     page = virtual + (index << 12)
                     low = page if page > start else start
                     high = page + PAGE_SIZE if page + PAGE_SIZE < end else end
-                    address = (entry & frame_mask) | (low - page)
-                    if run_virtual + run_length == low and run_physical + run_length == address:
-                        run_length += high - low
-                        continue
-                    if run_length > 0:
-                        found.append((run_virtual, run_physical, run_length))
-                    run_virtual, run_physical, run_length = low, address, high - low
+                    pieces.append((low, (entry & frame_mask) | (low - page), high - low))
             elif kind == LEAF:
                 span: int = extra  # type: ignore[assignment]
                 low = virtual if virtual > start else start
                 high = virtual + span if virtual + span < end else end
-                address = self.large_physical(value) | (low - virtual)  # type: ignore[arg-type]
+                pieces = [(low, self.large_physical(value) | (low - virtual), high - low)]  # type: ignore[arg-type]
+            else:
+                continue
+            for low, address, size in pieces:
                 if run_virtual + run_length == low and run_physical + run_length == address:
-                    run_length += high - low
+                    run_length += size
                     continue
                 if run_length > 0:
                     found.append((run_virtual, run_physical, run_length))
-                run_virtual, run_physical, run_length = low, address, high - low
+                run_virtual, run_physical, run_length = low, address, size
         if run_length > 0:
             found.append((run_virtual, run_physical, run_length))
         return found
