@@ -211,12 +211,15 @@ class PoolScanner:
                     yield hit
 
     def _may_hold(self, tag: bytes, data: "Buffer", offset: int) -> bool:
-        """Whether the pool header at ``data[offset]`` gives a size that can hold ``tag``'s
-        structure (True where the header is not all there: the hit is read later)."""
-        if len(data) - offset < self.header.size:
-            return True
+        """Whether the pool header at ``data[offset]`` can hold ``tag``'s structure (True where
+        the header is not all there: the hit is read later)."""
+        return len(data) - offset < self.header.size or self._plausible_size(tag, data, offset) is not None
+
+    def _plausible_size(self, tag: bytes, data: "Buffer", offset: int) -> Optional[int]:
+        """The block size the whole pool header at ``data[offset]`` gives, None when it cannot
+        hold ``tag``'s structure."""
         size = self._block_size.unpack(data, offset) * self.unit
-        return self._minimum[tag] <= size <= MAX_BLOCK
+        return size if self._minimum[tag] <= size <= MAX_BLOCK else None
 
     def _hit(self, header: int, tag: bytes, data: bytes = b"", offset: int = 0) -> Optional[PoolHit]:
         """The hit at ``header`` if its pool header's size can hold the tag's structure; the block's
@@ -228,18 +231,18 @@ class PoolScanner:
         if available >= self.header.size:
             # The size first, from the bytes at hand: most hits on a busy heap are too small for
             # their tag's structure, and copying a page for each costs more than the check.
-            if not self._may_hold(tag, data, offset):
+            size = self._plausible_size(tag, data, offset)
+            if size is None:
                 return None
-            size = self._block_size.unpack(data, offset) * self.unit
             block = bytes(data[offset : offset + size])
             return PoolHit(header, tag, size, self._pool_type.unpack(block), block)
         try:
             block = self.kernel.reader.read(header, self.header.size)
         except exceptions.InvalidAddressException:
             return None
-        if not self._may_hold(tag, block, 0):
+        size = self._plausible_size(tag, block, 0)
+        if size is None:
             return None
-        size = self._block_size.unpack(block) * self.unit
         return PoolHit(header, tag, size, self._pool_type.unpack(block), block[:size])
 
     # -- the pass ------------------------------------------------------------------------
