@@ -19,32 +19,30 @@ from typing import List
 
 import pytest
 
+from tests.forge.stories.damage import truncate
+from tests.test_crash_dumps import DUMP_TYPE_OFFSET, patched_copy
 from tests.volatility_harness import kernel_context
 from volatility3_plugins.schema import verdict_line
 
 BIN = Path(sys.executable).parent
 COMMAND = str(BIN / "vol-callbackobjects")
-PAGE = 0x1000
-DUMP_TYPE_OFFSET_X64 = 0xF98
 MISSING = re.compile(r"[\d,]+ of [\d,]+ pages")
 
 
 def cut(source: Path, target: Path, fraction: float) -> Path:
     shutil.copyfile(source, target)
-    with open(target, "r+b") as handle:
-        handle.truncate(int(source.stat().st_size * fraction) & ~(PAGE - 1))
+    truncate(target, fraction)
     return target
 
 
-def run(args: List[str], cache: Path, **kwargs) -> subprocess.CompletedProcess:
-    cache.mkdir(parents=True, exist_ok=True)
+def run(args: List[str], **kwargs) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([COMMAND, *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
 def plugin(image: Path, symbols: Path, cache: Path) -> subprocess.CompletedProcess:
     return run(["-q", "-r", "json", "--offline", "--cache-path", str(cache), "-s", str(symbols), "-f", str(image),
-                "windows.callbackobjects"], cache)
+                "windows.callbackobjects"])
 
 
 @pytest.mark.parametrize("fraction", [0.9, 0.5])
@@ -84,17 +82,13 @@ def test_a_sweep_gives_each_image_its_true_status_and_reason(forged_formats, vol
     shutil.copyfile(paths["raw"], folder / "good.raw")
     cut(paths["dump"], folder / "cut90.dmp", 0.9)
     cut(paths["raw"], folder / "cut50.raw", 0.5)
-    triage = folder / "triage.dmp"
-    shutil.copyfile(paths["dump"], triage)
-    with open(triage, "r+b") as handle:
-        handle.seek(DUMP_TYPE_OFFSET_X64)
-        handle.write(struct.pack("<I", 4))
+    patched_copy(paths["dump"], folder / "triage.dmp", DUMP_TYPE_OFFSET[64], struct.pack("<I", 4))
     (folder / "empty.raw").write_bytes(b"")
     (folder / "random.raw").write_bytes(os.urandom(1 << 20))
     (folder / "notes.raw").write_text("not a memory image\n" * 500)
     out = tmp_path / "swept"
     result = run(["sweep", str(folder), "--out", str(out), "--jobs", "2", "--",
-                  "--offline", "--cache-path", str(vol_cache), "-s", str(paths["symbols"])], vol_cache)
+                  "--offline", "--cache-path", str(vol_cache), "-s", str(paths["symbols"])])
     assert result.returncode == 1, result.stderr[-3000:]
     expected = {
         "good.raw": ("ok", None),
@@ -132,8 +126,8 @@ def test_volshell_opens_a_debugger_engine_dump(forged_formats, vol_cache):
     assert any(first), "the forge writes code at the routine"
     script = f"db({routine:#x}, 8)\n"
     options = ["-q", "--offline", "--cache-path", str(vol_cache), "-s", str(paths["symbols"]), "-f", str(paths["kernel"]), "-w"]
-    ours = run(["volshell", *options], vol_cache, input=script)
-    plugin_dir = run(["plugin-dir"], vol_cache).stdout.strip()
+    ours = run(["volshell", *options], input=script)
+    plugin_dir = run(["plugin-dir"]).stdout.strip()
     plain = subprocess.run([str(BIN / "volshell"), "-p", plugin_dir, *options], input=script, capture_output=True,
                            text=True, timeout=300)
     for result in (ours, plain):
@@ -142,16 +136,16 @@ def test_volshell_opens_a_debugger_engine_dump(forged_formats, vol_cache):
 
 
 def test_bad_inputs_get_one_clear_line(tmp_path, vol_cache):
-    overview = run(["-h"], vol_cache)
+    overview = run(["-h"])
     head = overview.stdout.splitlines()[:8]
     assert any(" sweep " in line for line in head) and any(" stack " in line for line in head)
     assert any("windows.callbackobjects" in line for line in head) and any(" volshell " in line for line in head)
-    baseline = run(["-f", str(tmp_path / "x.raw"), "windows.callbackobjects", "--baseline", "--no-scan"], vol_cache)
+    baseline = run(["-f", str(tmp_path / "x.raw"), "windows.callbackobjects", "--baseline", "--no-scan"])
     assert baseline.returncode == 2 and baseline.stderr.strip().count("\n") == 0
     assert "--baseline needs at least one path" in baseline.stderr
     empty = tmp_path / "empty.raw"
     empty.write_bytes(b"")
-    for command in ([COMMAND], [str(BIN / "vol"), "-p", run(["plugin-dir"], vol_cache).stdout.strip()]):
+    for command in ([COMMAND], [str(BIN / "vol"), "-p", run(["plugin-dir"]).stdout.strip()]):
         result = subprocess.run([*command, "-q", "--offline", "--cache-path", str(vol_cache), "-f", str(empty),
                                  "windows.callbackobjects"], capture_output=True, text=True, timeout=300)
         said = [line for line in result.stderr.splitlines() if "empty file" in line]

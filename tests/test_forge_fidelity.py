@@ -8,11 +8,11 @@ import pytest
 
 from tests.conftest import BUILTIN_PROFILES, SCENARIO_NAMES, real_isf_params, require_real_isf
 from tests.forge.profiles.layout import KNOWN_BUILDS, KernelLayout
+from tests.unit.memory import MASK48
 from tests.volatility_harness import driverscan_rows, kernel_context, module_rows, read_directory, vol_json, volatility_plugin_rows
 from volatility3_plugins.common import crashdump_header
 
 FORMATS = ("raw", "dump")
-MASK48 = (1 << 48) - 1
 
 
 def listed_modules(truth):

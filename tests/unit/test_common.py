@@ -51,14 +51,12 @@ def test_the_layout_of_every_type_ends_where_the_file_does_and_a_cut_is_counted(
 
 
 def test_headers_that_describe_no_layout_say_why():
-    physical = memory()
     with pytest.raises(crashdump_header.DumpFormatError, match="cut short"):
         crashdump_header.read_first_header(reader(b"PAGEDU64" + bytes(100)))
     assert crashdump_header.read_first_header(reader(b"MZ" + bytes(0x3000))) is None
     header = crashdump_header.FirstHeader(64, 0x2000, 4, None, None)
     with pytest.raises(crashdump_header.DumpFormatError, match="DumpType 4"):
         crashdump_header.page_layout(reader(b""), header, 0x2000)
-    del physical
 
 
 def test_sizes_are_said_as_a_responder_reads_them():

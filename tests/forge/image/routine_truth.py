@@ -19,8 +19,8 @@ from ..memory.physical import masked
 if TYPE_CHECKING:
     from .forge import ImageForge
 
-#: The arguments a callback routine receives: the registration's context, then two per notification.
-CONTEXT_ARGUMENT = 0
+#: The arguments a callback routine receives after the registration's context (argument 0): two
+#: per notification.
 NOTIFICATION_ARGUMENTS = (1, 2)
 
 

@@ -21,6 +21,7 @@ independently of the plugin's own supplement table. No table on x86.
 
 from typing import Dict, List, Sequence
 
+from ..memory.physical import masked
 from .machine import KernelMachine
 from .modules import LoadedModule
 
@@ -89,6 +90,5 @@ class InvertedFunctionTable:
 
     def records(self) -> List[Dict[str, int]]:
         """The ground truth's view (``inverted_function_table``): the entries in table order."""
-        mask = (1 << 48) - 1
-        return [{"module": module.name, "base": module.base & mask, "size": module.size} for module in self.entries]
+        return [{"module": module.name, "base": masked(module.base), "size": module.size} for module in self.entries]
 
