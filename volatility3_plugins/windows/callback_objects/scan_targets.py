@@ -161,12 +161,7 @@ class CallbackTargets:
                 raise Rejected("loader entry whose image has no MZ header")
         except exceptions.InvalidAddressException:
             raise Rejected("loader entry whose image is not mapped") from None
-        name = None
-        if all(record.readable(f"BaseDllName.{f}") for f in ("Length", "MaximumLength", "Buffer")):
-            name = self.kernel.read_unicode(
-                record["BaseDllName.Length"], record["BaseDllName.MaximumLength"], record["BaseDllName.Buffer"]
-            )
-        return ScannedModule(entry, base, size, name, state)
+        return ScannedModule(entry, base, size, self.kernel.record_unicode(record, "BaseDllName"), state)
 
 
 def scan_pool(

@@ -24,7 +24,7 @@ from .diagnostics import Diagnostics
 from .pages import PageReader
 from .symbols import KernelSymbols
 from .translation import BulkReader
-from .views import StructView, ViewError, type_name
+from .views import Record, StructView, ViewError, type_name
 
 if TYPE_CHECKING:
     from .code import CodeReader
@@ -105,6 +105,13 @@ class KernelContext:
         end = text.find("\x00")
         # A buffer of zeros (a page the acquisition could not read) is no name at all.
         return (text if end < 0 else text[:end]) or None
+
+    def record_unicode(self, record: Record, member: str) -> Optional[str]:
+        """The text of ``record``'s ``UNICODE_STRING`` member ``member`` (:meth:`read_unicode`);
+        None when its counts or buffer pointer were not read."""
+        if not all(record.readable(f"{member}.{field}") for field in ("Length", "MaximumLength", "Buffer")):
+            return None
+        return self.read_unicode(record[f"{member}.Length"], record[f"{member}.MaximumLength"], record[f"{member}.Buffer"])
 
     # -- kernel types --------------------------------------------------------------------
 

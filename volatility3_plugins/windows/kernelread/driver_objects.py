@@ -58,20 +58,14 @@ def read_driver_object(kernel: "KernelContext", body: int) -> Optional[DriverObj
     record = view.read(kernel.reader, body)
     if record.zeroed or not record.readable("DriverStart") or not record.readable("DriverSize") or not record.DriverStart:
         return None
-    name = None
-    if all(record.readable(f"DriverName.{f}") for f in ("Length", "MaximumLength", "Buffer")):
-        name = kernel.read_unicode(record["DriverName.Length"], record["DriverName.MaximumLength"], record["DriverName.Buffer"])
+    name = kernel.record_unicode(record, "DriverName")
     loader_name = None
     loader = entry_view(kernel)
     if loader is not None and record.readable("DriverSection") and record.DriverSection:
         entry = loader.read(kernel.reader, record.DriverSection)
         # The entry must still describe this image: a freed and reused block names another.
-        if entry.readable("DllBase") and entry.DllBase == record.DriverStart and all(
-            entry.readable(f"BaseDllName.{f}") for f in ("Length", "MaximumLength", "Buffer")
-        ):
-            loader_name = kernel.read_unicode(
-                entry["BaseDllName.Length"], entry["BaseDllName.MaximumLength"], entry["BaseDllName.Buffer"]
-            )
+        if entry.readable("DllBase") and entry.DllBase == record.DriverStart:
+            loader_name = kernel.record_unicode(entry, "BaseDllName")
     return DriverObjectInfo(body & kernel.mask, record.DriverStart, record.DriverSize, name, loader_name)
 
 

@@ -78,12 +78,7 @@ def list_loaded_modules(kernel: "KernelContext") -> ModuleList:
             continue
         if not base or not 0 < size <= MAX_IMAGE_SIZE:
             continue
-        name = None
-        if all(record.readable(f"BaseDllName.{f}") for f in ("Length", "MaximumLength", "Buffer")):
-            name = kernel.read_unicode(
-                record["BaseDllName.Length"], record["BaseDllName.MaximumLength"], record["BaseDllName.Buffer"]
-            )
-        found.append(LoadedModule(base, size, name, base == kernel.base))
+        found.append(LoadedModule(base, size, kernel.record_unicode(record, "BaseDllName"), base == kernel.base))
     if not found:
         kernel.diagnostics.warning("PsLoadedModuleList is unreadable or empty: routines not attributed")
         kernel.diagnostics.route(ROUTE_NAME, diagnostics.UNAVAILABLE, "unreadable or empty")

@@ -126,7 +126,7 @@ class ObjectHeaders:
         record = self._object_type.read(self._kernel.reader, address)
         if not record.complete or record.zeroed:
             return None
-        name = self._kernel.read_unicode(record["Name.Length"], record["Name.MaximumLength"], record["Name.Buffer"])
+        name = self._kernel.record_unicode(record, "Name")
         return (record.Index, name) if name is not None else None
 
     def type_name(self, index: int) -> Optional[str]:
@@ -258,5 +258,5 @@ class ObjectHeaders:
         record = self._name_info.read(self._kernel.reader, header - offset)
         if not record.complete:
             return renderers.UnreadableValue()
-        text = self._kernel.read_unicode(record["Name.Length"], record["Name.MaximumLength"], record["Name.Buffer"])
+        text = self._kernel.record_unicode(record, "Name")
         return renderers.UnreadableValue() if text is None else text
