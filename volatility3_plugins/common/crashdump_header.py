@@ -180,6 +180,11 @@ class PageLayout:
         """Pages the layout places (partly or wholly) past the end of a file of ``file_size`` bytes."""
         return self.pages - sum(count for _, count, _ in self.pages_inside(file_size))
 
+    def truncation(self, file_size: int) -> Optional["Truncation"]:
+        """What a file of ``file_size`` bytes lacks of these pages; None when it holds them all."""
+        missing = self.missing_pages(file_size)
+        return Truncation(missing, self.pages, self.end, file_size) if missing else None
+
 
 def page_layout(read: Read, header: FirstHeader, file_size: int) -> PageLayout:
     """The page layout of a dump of DumpType 1, 5, 6 (32 and 64 bit) or 8, 9, 10 (64 bit);
@@ -309,9 +314,7 @@ def truncation(read: Read, file_size: int) -> Optional[Truncation]:
     header = read_first_header(read)
     if header is None:
         return None
-    layout = page_layout(read, header, file_size)
-    missing = layout.missing_pages(file_size)
-    return Truncation(missing, layout.pages, layout.end, file_size) if missing else None
+    return page_layout(read, header, file_size).truncation(file_size)
 
 
 def layer_reader(layer) -> Read:

@@ -108,10 +108,6 @@ class PageTables:
         self.top = dtb & ~(paging.top_size - 1) & ((1 << paging.physical_bits) - 1)
         self._tables: Dict[int, Optional[array.array]] = {}
 
-    def valid(self, entry: int) -> bool:
-        """Volatility's rule: present or, on Windows, in transition."""
-        return bool(entry & PRESENT) or (self.paging.transition and entry & (TRANSITION | PROTOTYPE) == TRANSITION)
-
     def table(self, address: int, level: int) -> Optional[array.array]:
         """The entries of the table at ``address`` (of ``level``); None when it is no table:
         read as a page, as Volatility reads it, and all alike or not read whole."""

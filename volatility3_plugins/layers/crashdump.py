@@ -135,9 +135,9 @@ def settle_segments(layout: crashdump_header.PageLayout, file_size: int, source:
             settled[-1] = (last[0], last[1], last[2] + inside, last[2] + inside)
         else:
             settled.append((address, offset, inside, inside))
-    missing = layout.missing_pages(file_size)
-    if missing:
-        truncation_warning(source, crashdump_header.Truncation(missing, layout.pages, layout.end, file_size))
+    truncated = layout.truncation(file_size)
+    if truncated is not None:
+        truncation_warning(source, truncated)
     if overlapping:
         _say_once(logging.WARNING, source, f"{source}: the crash dump lists {overlapping} pages more than once; the first copy is used")
     return settled
@@ -149,7 +149,6 @@ class _ExtendedDumpTypes:
 
     volatility_layer: Type[crash.WindowsCrashDump32Layer]
     dump_type: int
-    headerpages: int
     _base_layer: str
     _segments: List[Segment]
 

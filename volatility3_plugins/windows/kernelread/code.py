@@ -462,14 +462,4 @@ class CodeReader:
         return None
 
 
-def describe(transfer: Transfer) -> str:
-    """A short text for logs."""
-    if transfer.kind == ARGUMENT:
-        through = "" if transfer.through is None else f" through [+{transfer.through:#x}]"
-        return f"to argument {transfer.argument}{through}"
-    if transfer.kind == FIXED:
-        return f"to {transfer.landing:#x} after {transfer.hops} jump(s)" + (" (bounded)" if transfer.bounded else "")
-    return transfer.kind + (f" ({transfer.detail})" if transfer.detail else "")
-
-
-__all__: List[str] = ["CodeReader", "Transfer", "describe", "NONE", "ARGUMENT", "FIXED", "UNRESOLVED", "UNREADABLE"]
+__all__: List[str] = ["CodeReader", "Transfer", "NONE", "ARGUMENT", "FIXED", "UNRESOLVED", "UNREADABLE"]

@@ -53,7 +53,6 @@ class PeImage:
     exports: Dict[int, str] = dataclasses.field(default_factory=dict)
     #: (RVA, size in bytes) of the exception directory (``.pdata``); None when the header has none
     exception_directory: Optional[Tuple[int, int]] = None
-    is_64bit: bool = True
 
     def section_at(self, rva: int) -> Optional[Section]:
         for section in self.sections:
@@ -110,7 +109,7 @@ def read_pe_image(
                 virtual_size=mapped,
             )
         )
-    image = PeImage(sections=sections, is_64bit=pe.OPTIONAL_HEADER.Magic == 0x20B,
+    image = PeImage(sections=sections,
                     exception_directory=_directory(pe, IMAGE_DIRECTORY_ENTRY_EXCEPTION))
     if with_exports:
         image.exports = _read_exports(pe, layer, base, size_of_image)
