@@ -322,3 +322,25 @@ def test_cut_inverted_function_table(tmp_path, vol_cache, cut):
     assert [(flags_of(row), row["Module"]) for row in rows if mapped.contains(row["Routine"] or 0)] == [({"outside_modules"}, None)]
     assert [flags_of(row) for row in rows if shade.contains(row["Routine"] or 0)] == [{"outside_modules", "hidden_module"}]
     assert "inverted function table incomplete" in verdict_routes(result)
+
+
+@pytest.mark.parametrize("profile", ["win10", "win10x86"])
+def test_zeroed_image_headers(tmp_path, vol_cache, profile):
+    """afd.sys's PE headers read as zeros (a page lost, or wiped by whoever hides in the image):
+    the stub in its .text slack keeps what its code says (trampoline, its landing) and loses
+    code_cave, which only the section table can tell; the image-headers route is incomplete, so
+    every row's evidence is degraded; nothing gains a flag."""
+    image, damage = forge("evasion", profile)
+    afd = next(m for m in image.forge.loader.modules if m.name == "afd.sys")
+    damage.zero_page(afd.base)
+    result = run(image, damage, tmp_path, vol_cache)
+    rows = rows_of(result)
+    assert_damage_never_accuses(rows, image.truth["rows_with_scan"], damage)
+    planted = [row for row in image.truth["rows_with_scan"] if "code_cave" in flags_of(row) and afd.contains(row["Routine"])]
+    assert len(planted) == 1
+    found = [row for row in rows if key(row) == key(planted[0])]
+    assert [flags_of(row) for row in found] == [flags_of(planted[0]) - {"code_cave"}]
+    assert found[0]["Landing"] == planted[0]["Landing"]
+    assert "image headers incomplete (" in verdict_routes(result)
+    assert {row["Evidence"] for row in rows} == {"degraded"}
+    assert "Image headers unreadable or no PE" in result.stderr and "afd.sys" in result.stderr

@@ -34,11 +34,14 @@ if TYPE_CHECKING:
     from .context import CallbackContext
 
 ROUTE_CODE = "code"
+ROUTE_IMAGE_HEADERS = "image headers"
 ROUTE_EXCEPTION_DIRECTORIES = "exception directories"
 #: Warnings (causes; their subjects are the routines and images concerned).
 CAPSTONE_MISSING = "capstone cannot be imported: routines not decoded (no trampoline verdict)"
 CODE_UNREADABLE = "Routine code (or a pointer on its way) unreadable or zeros: no trampoline verdict there"
 EXCEPTION_DIRECTORY_UNUSABLE = "Exception directories unusable: no mid_function verdict there"
+IMAGE_HEADERS_UNREADABLE = ("Image headers unreadable or no PE: no non_executable, mid_function or code_cave "
+                            "verdict there")
 #: The argument a registration stores (its CallbackContext), and those each notification passes.
 CONTEXT_ARGUMENT = 0
 NOTIFICATION_ARGUMENTS = (1, 2)
@@ -156,10 +159,10 @@ class RoutineCode:
     # -- the routes ----------------------------------------------------------------------
 
     def record_routes(self) -> None:
-        """The code route (capstone decoding) and the exception-directory route, as the rows
-        needed them: incomplete only when a routine's bytes, a pointer on its way or the table
-        of an image holding a routine could not be read. Each routine or image that could not be
-        is a subject of one warning."""
+        """The code route (capstone decoding), the image-headers route and the exception-directory
+        route, as the rows needed them: incomplete only when a routine's bytes, a pointer on its
+        way, or the headers or table of an image holding a routine or landing could not be read.
+        Each routine or image that could not be is a subject of one warning."""
         kernel = self.kernel
         decoded = len(self._transfers)
         if decoded and not kernel.code.available:
@@ -172,6 +175,13 @@ class RoutineCode:
                 kernel.diagnostics.warning(CODE_UNREADABLE, self.owner(routine))
             detail = f"{decoded} routines decoded" + (f", {len(lost)} with bytes or pointers unreadable" if lost else "")
             kernel.diagnostics.route(ROUTE_CODE, diagnostics.INCOMPLETE if lost else diagnostics.COMPLETE, detail)
+        # An image whose headers cannot be read has no sections and no exception directory to
+        # judge by: said here, once, instead of as a table that could not be read.
+        asked, headerless = self.attributor.image_headers()
+        for label in headerless:
+            kernel.diagnostics.warning(IMAGE_HEADERS_UNREADABLE, label)
+        detail = f"{asked} images" + (f", {len(headerless)} unreadable" if headerless else "")
+        kernel.diagnostics.route(ROUTE_IMAGE_HEADERS, diagnostics.INCOMPLETE if headerless else diagnostics.COMPLETE, detail)
         if kernel.pointer_size != 8:
             kernel.diagnostics.route(ROUTE_EXCEPTION_DIRECTORIES, diagnostics.NOT_ON_THIS_BUILD, "no .pdata on x86")
             return

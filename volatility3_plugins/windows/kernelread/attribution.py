@@ -10,7 +10,7 @@ import bisect
 import dataclasses
 import functools
 import logging
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import pe_image
 from .loaded_modules import MAX_MODULES, LoadedModule, ModuleList
@@ -63,7 +63,8 @@ class Attributor:
         self._modules = sorted(module_list.modules, key=lambda m: m.base)
         self._bases = [m.base for m in self._modules]
         self._hidden_source = hidden_modules
-        self._images: Dict[int, Optional[pe_image.PeImage]] = {}
+        #: image base -> (its module, its parsed headers; None when they could not be read)
+        self._images: Dict[int, Tuple[LoadedModule, Optional[pe_image.PeImage]]] = {}
         # Many registrations share a routine (one driver registers on many objects).
         self._attributions: Dict[int, Attribution] = {}
 
@@ -102,14 +103,21 @@ class Attributor:
 
     def image(self, module: LoadedModule) -> Optional[pe_image.PeImage]:
         if module.base not in self._images:
-            self._images[module.base] = pe_image.read_pe_image(
+            self._images[module.base] = module, pe_image.read_pe_image(
                 self._kernel,
                 module.base,
                 module.size,
                 # The kernel's names come from its ISF, which also names non-exported code.
                 with_exports=not module.is_kernel,
             )
-        return self._images[module.base]
+        return self._images[module.base][1]
+
+    def image_headers(self) -> Tuple[int, List[str]]:
+        """(how many images were asked about, the labels of those whose PE headers could not
+        be read or are no PE): an address there has no section (no ``executable`` verdict) and
+        no export name."""
+        unreadable = [module.label for module, image in self._images.values() if image is None]
+        return len(self._images), unreadable
 
     def attribute(self, address: int) -> Attribution:
         found = self._attributions.get(address)

@@ -161,13 +161,11 @@ class ExceptionDirectories:
         self._reader = reader
         self.tables: Dict[int, Tuple[str, TableRead]] = {}  # image base -> (its label, the read)
 
-    def position(self, module: "LoadedModule", image: Optional[PeImage], rva: int) -> str:
-        """Where ``rva`` lies in ``module`` (whose parsed headers are ``image``, None when they
-        could not be read)."""
+    def position(self, module: "LoadedModule", image: PeImage, rva: int) -> str:
+        """Where ``rva`` lies in ``module``, whose parsed headers are ``image`` (an image whose
+        headers could not be read has no exception directory to ask: its caller says so)."""
         if module.base not in self.tables:
-            found = TableRead(UNREADABLE, problem="headers unreadable") if image is None else \
-                read_table(self._reader, module.base, module.size, image)
-            self.tables[module.base] = (module.label, found)
+            self.tables[module.base] = (module.label, read_table(self._reader, module.base, module.size, image))
         found = self.tables[module.base][1]
         if found.table is None:
             return UNKNOWN
