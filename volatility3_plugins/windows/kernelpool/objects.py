@@ -14,7 +14,7 @@ later). A freed object is no evidence of anything: such hits are rejected.
 """
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ..kernelread import driver_objects
 from ..kernelread.views import ViewError, type_size
@@ -78,9 +78,10 @@ def object_target(
     keep: Callable[[int, BlockState], Any],
     size: Optional[Callable[[], Optional[int]]] = None,
 ) -> ScanTarget:
-    """The scan target of ``kind``: each block is validated by :func:`locate_body` and handed to
-    ``keep(body, state)``, whose result the scan keeps (it may raise :class:`Rejected`);
-    ``size`` gives the body's size where ``kind`` names no structure."""
+    """The scan target of ``kind``: each block is screened by :func:`find_body`, a freed one is
+    rejected, and the body found is handed to ``keep(body, state)``, whose result the scan keeps
+    (it may raise :class:`Rejected`); ``size`` gives the body's size where ``kind`` names no
+    structure."""
     measure = size or (lambda: body_size(kernel, kind))
     measured: List[Optional[int]] = []  # the body's size, looked up once (a type lookup builds templates)
 
@@ -93,22 +94,21 @@ def object_target(
         headers, found = kernel.object_headers, body()
         return None if headers is None or found is None else headers.body_offset + found
 
+    # The body the screen found for the hit it looked at last: the scan validates each hit
+    # right after screening it, and decoding the object headers once is enough.
+    screened: Dict[int, int] = {}
+
     def validate(scanner: PoolScanner, hit: PoolHit, state: BlockState) -> Any:
-        return keep(locate_body(kernel, scanner, hit, state, kind, body()), state)
+        if state == BlockState.FREED:
+            raise Rejected("object in freed pool")
+        found = screened.get(hit.header)
+        return keep(found if found is not None else find_body(kernel, scanner, hit, kind, body()), state)
 
     def screen(scanner: PoolScanner, hit: PoolHit) -> None:
-        find_body(kernel, scanner, hit, kind, body())
+        screened.clear()
+        screened[hit.header] = find_body(kernel, scanner, hit, kind, body())
 
     return ScanTarget(kind.kind, kind.tags_for(kernel.build_number), needed, validate, screen)
-
-
-def locate_body(kernel: "KernelContext", scanner: PoolScanner, hit: PoolHit, state: BlockState, kind: ObjectKind,
-                size: Optional[int]) -> int:
-    """The body address of the object of ``kind`` in the block of ``hit`` (:func:`find_body`),
-    a freed block holding none; raises Rejected."""
-    if state == BlockState.FREED:
-        raise Rejected("object in freed pool")
-    return find_body(kernel, scanner, hit, kind, size)
 
 
 def find_body(kernel: "KernelContext", scanner: PoolScanner, hit: PoolHit, kind: ObjectKind, size: Optional[int]) -> int:
