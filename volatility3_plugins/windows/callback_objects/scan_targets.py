@@ -24,14 +24,13 @@ import dataclasses
 import functools
 from typing import TYPE_CHECKING, Collection, Dict, Iterable, List, Optional, Tuple
 
-from volatility3.framework import constants, exceptions
+from volatility3.framework import constants
 
 from ..kernelpool import objects, scan
 from ..kernelpool.scan import PoolHit, PoolScanner, Rejected, ScanTarget
 from ..kernelpool.state import BlockState
 from ..kernelread import diagnostics, driver_objects, image_traces
-from ..kernelread.addresses import PAGE_SIZE
-from ..kernelread.loaded_modules import MAX_IMAGE_SIZE, entry_view
+from ..kernelread.loaded_modules import entry_view
 from ..kernelread.views import StructView, ViewError
 from . import isf, routes
 
@@ -154,13 +153,9 @@ class CallbackTargets:
         if not record.readable("DllBase") or not record.readable("SizeOfImage"):
             raise Rejected("loader entry unreadable")
         base, size = record.DllBase, record.SizeOfImage
-        if not base or base % PAGE_SIZE or not 0 < size <= MAX_IMAGE_SIZE:
-            raise Rejected("loader entry with an implausible image range")
-        try:
-            if self.kernel.reader.read(base, 2) != b"MZ":
-                raise Rejected("loader entry whose image has no MZ header")
-        except exceptions.InvalidAddressException:
-            raise Rejected("loader entry whose image is not mapped") from None
+        problem = image_traces.image_problem(self.kernel, base, size)
+        if problem is not None:
+            raise Rejected(f"loader entry {problem}")
         return ScannedModule(entry, base, size, self.kernel.record_unicode(record, "BaseDllName"), state)
 
 

@@ -78,13 +78,17 @@ def hidden_label(base: int) -> str:
     return f"hidden@{base:#x}"
 
 
-def _plausible(kernel: "KernelContext", trace: ImageTrace) -> bool:
-    if not trace.base or trace.base % PAGE_SIZE or not 0 < trace.size <= MAX_IMAGE_SIZE:
-        return False
+def image_problem(kernel: "KernelContext", base: int, size: int) -> Optional[str]:
+    """Why no image lies at ``base`` with ``size`` bytes, as a trace gives them (an implausible
+    range, nothing mapped there, no MZ header); None when one does."""
+    if not base or base % PAGE_SIZE or not 0 < size <= MAX_IMAGE_SIZE:
+        return "with an implausible image range"
     try:
-        return kernel.reader.read(trace.base, 2) == b"MZ"
+        if kernel.reader.read(base, 2) != b"MZ":
+            return "whose image has no MZ header"
     except exceptions.InvalidAddressException:
-        return False
+        return "whose image is not mapped"
+    return None
 
 
 def hidden_images(kernel: "KernelContext", listed: ModuleList, traces: Iterable[ImageTrace]) -> List[LoadedModule]:
@@ -97,7 +101,7 @@ def hidden_images(kernel: "KernelContext", listed: ModuleList, traces: Iterable[
     for base in sorted(by_base):
         if any(module.contains(base) for module in listed.modules):
             continue
-        usable = [trace for trace in by_base[base] if _plausible(kernel, trace)]
+        usable = [trace for trace in by_base[base] if image_problem(kernel, trace.base, trace.size) is None]
         if not usable:
             continue
         sized = min(usable, key=lambda trace: SIZE_ORDER.index(trace.source))
