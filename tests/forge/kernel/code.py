@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Tuple
 
 #: int3 bytes kept after a function beyond its 16-byte alignment, where there is room.
 PADDING = 0x20
+#: Bytes of a RUNTIME_FUNCTION (BeginAddress, EndAddress, UnwindData).
+RUNTIME_FUNCTION_SIZE = 12
 #: A routine with less room than this gets the smallest leaf body.
 NON_LEAF_ROOM = 0x40
 INT3 = 0xCC
@@ -120,6 +122,11 @@ class Function:
         return self.rva + self.marks[mark]
 
 
+def _ret_offset(body: bytes) -> int:
+    """Where the return that ends ``body`` starts: x86 stdcall's ``ret 0Ch`` is three bytes."""
+    return len(body) - (3 if body.endswith(b"\xc2\x0c\x00") else 1)
+
+
 def _body(template: _Template, rva: int, gadget: Optional[str]) -> Tuple[bytes, Dict[str, int]]:
     """A non-leaf body at ``rva`` whose call goes to its own start."""
     marks: Dict[str, int] = {}
@@ -131,7 +138,7 @@ def _body(template: _Template, rva: int, gadget: Optional[str]) -> Tuple[bytes, 
     body += template.after_gadget
     body += struct.pack("<i", rva - (rva + len(body) + 4))  # call rel32 back to the start
     body += template.epilogue
-    marks[RET] = len(body) - (3 if template is X86 else 1)
+    marks[RET] = _ret_offset(bytes(body))
     return bytes(body), marks
 
 
@@ -149,7 +156,7 @@ class CodeLayout:
         template = self.template
         if leaf is None:
             leaf = gadget is None and _stable(name) % 4 == 0
-        body, marks = _body(template, rva, gadget) if not leaf else (template.leaf, {RET: len(template.leaf) - (3 if template is X86 else 1)})
+        body, marks = _body(template, rva, gadget) if not leaf else (template.leaf, {RET: _ret_offset(template.leaf)})
         if len(body) + 1 > room or (not leaf and room < NON_LEAF_ROOM):
             if gadget is not None:
                 raise ValueError(f"{name}: {room:#x} bytes are too few for a function carrying a gadget")
@@ -159,7 +166,7 @@ class CodeLayout:
                 body = template.tiny_leaf
             else:
                 body = b"\xc3"  # a bare return: all a symbol this close to the next leaves room for
-            leaf, marks = True, {RET: len(body) - (3 if body.endswith(b"\xc2\x0c\x00") else 1)}
+            leaf, marks = True, {RET: _ret_offset(body)}
         aligned = (len(body) + 15) & ~15
         padding = max(0, min(room - len(body), aligned - len(body) + PADDING))
         function = Function(name, rva, body, leaf, padding, marks)
@@ -195,6 +202,10 @@ class CodeLayout:
     def extent(self) -> List[Tuple[int, int]]:
         """(start, end) RVAs of what is written, padding included."""
         return [(rva, rva + len(data)) for rva, data in self.blobs()]
+
+    def table_size(self) -> int:
+        """Bytes of the RUNTIME_FUNCTION table (12 bytes an entry; 0 on x86)."""
+        return RUNTIME_FUNCTION_SIZE * len(self.runtime_functions())
 
     def runtime_functions(self) -> List[Tuple[int, int, Optional[int]]]:
         """(BeginAddress, EndAddress, RVA of the parent's entry for a fragment) of every entry,

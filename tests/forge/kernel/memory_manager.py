@@ -56,9 +56,9 @@ LARGE_INTEGER = 8
 
 @dataclass(frozen=True)
 class UnloadedDriverLayout:
-    """The WRK's ``UNLOADED_DRIVERS`` for one build (see the module docstring)."""
+    """The WRK's ``UNLOADED_DRIVERS`` for one build (see the module docstring): offsets of its
+    members after ``Name`` (a UNICODE_STRING at 0), and its size."""
 
-    name: int
     start: int
     end: int
     time: int
@@ -70,7 +70,7 @@ class UnloadedDriverLayout:
         end = start + pointer_size
         time = -(-(end + pointer_size) // LARGE_INTEGER) * LARGE_INTEGER
         size = -(-(time + LARGE_INTEGER) // max(pointer_size, LARGE_INTEGER)) * max(pointer_size, LARGE_INTEGER)
-        return cls(0, start, end, time, size)
+        return cls(start, end, time, size)
 
 
 class MemoryManager:
@@ -137,11 +137,11 @@ class MemoryManager:
             machine.space.write(buffer.body, name)
             machine.write_struct(address, "_UNICODE_STRING",
                                  {"Length": len(name), "MaximumLength": len(name) + 2, "Buffer": canonical(buffer.body)})
+            end = driver.base + driver.size // PAGE_SIZE * PAGE_SIZE
             machine.write_pointer(address + entry.start, driver.base)
-            machine.write_pointer(address + entry.end, driver.base + driver.size // PAGE_SIZE * PAGE_SIZE)
+            machine.write_pointer(address + entry.end, end)
             machine.space.write(address + entry.time, UNLOAD_TIME.to_bytes(LARGE_INTEGER, "little"))
-            self.unloaded.append({"name": driver.name, "entry": address, "start": driver.base,
-                                  "end": driver.base + driver.size // PAGE_SIZE * PAGE_SIZE})
+            self.unloaded.append({"name": driver.name, "entry": address, "start": driver.base, "end": end})
         machine.space.write(self.kernel_base + layout.symbol("MmLastUnloadedDriver"), len(drivers).to_bytes(4, "little"))
 
     # -- sessions ------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def kernel_image(layout: KernelLayout) -> PeImage:
     counters = {"code": 0, "data": 0}
     for start, end, kind in spans:
         if kind in ONE_PAGE_SECTIONS:
-            table = 12 * len(code.runtime_functions()) if kind == "pdata" else 0
+            table = code.table_size() if kind == "pdata" else 0
             sections.append(Section("." + kind, start, table or end - start, READ_ONLY_DATA))
             continue
         names = CODE_SECTION_NAMES if kind == "code" else DATA_SECTION_NAMES
@@ -200,7 +200,7 @@ def driver_image(
     sections += [data, init]
     code.add(DRIVER_ENTRY, init.rva, init.virtual_size, leaf=False)
     if is_64bit:
-        sections[2] = Section(".pdata", pdata_rva, 12 * len(code.runtime_functions()), READ_ONLY_DATA)
+        sections[2] = Section(".pdata", pdata_rva, code.table_size(), READ_ONLY_DATA)
     exports = {routine: functions[routine] for routine in exported}
     return PeImage(name, init.rva + 0x1000, sections, exports, is_64bit=is_64bit,
                    entry_point_rva=init.rva, code=code, pdata_rva=pdata_rva)

@@ -115,10 +115,10 @@ class PeImage:
 
     def exception_directory(self) -> Optional[Tuple[int, int]]:
         """(RVA, size) of the RUNTIME_FUNCTION table, None without one."""
-        entries = self.code.runtime_functions() if self.code is not None else []
-        if self.pdata_rva is None or not entries:
+        size = self.code.table_size() if self.code is not None else 0
+        if self.pdata_rva is None or not size:
             return None
-        return self.pdata_rva, 12 * len(entries)
+        return self.pdata_rva, size
 
     def in_cave(self, rva: int) -> bool:
         """In an executable section's slack, or outside every section."""
