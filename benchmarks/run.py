@@ -113,24 +113,19 @@ def vol_command(image: Path, symbols: Path, cache: Path, plugin: str, args: Sequ
     ]
 
 
-#: Where the runs keep the plugin's compiled bytecode (set by main, under --out): outside the
-#: source tree, which stays clean, but kept between runs as an installed plugin's is.
-BYTECODE_CACHE: Optional[Path] = None
+def keep_bytecode(folder: Path) -> None:
+    """Have every run from now on keep its compiled bytecode in ``folder`` (``PYTHONPYCACHEPREFIX``;
+    the warm-up run compiles it), outside the source tree, which stays clean: Volatility runs from
+    its installed, compiled modules, and so does a plugin once installed or run once from a
+    checkout. Without it every run of ours would compile its ~70 modules again (~0.1 s here)
+    while ``windows.modules`` compiles nothing: not what a user waits for."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(folder)
 
 
 def measure(command: List[str]) -> Tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of one run of ``command``.
-
-    Python's bytecode is cached (``PYTHONPYCACHEPREFIX``) and the warm-up run compiles it: Volatility
-    runs from its installed, compiled modules, and so does a plugin once installed or run once
-    from a checkout. Without the cache every run of ours would compile its ~70 modules again
-    (~0.1 s here) while ``windows.modules`` compiles nothing: not what a user waits for."""
+    """(wall seconds, peak RSS in MiB) of one run of ``command`` (in this process's environment)."""
     env = dict(os.environ)
-    if BYTECODE_CACHE is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(BYTECODE_CACHE)
-    else:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
     if os.path.exists(TIME):
         with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
             completed = subprocess.run([TIME, "-v", "-o", report.name, *command], stdout=subprocess.DEVNULL,
@@ -309,8 +304,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     cache = args.out / "volatility-cache"
     cache.mkdir(parents=True, exist_ok=True)
-    global BYTECODE_CACHE
-    BYTECODE_CACHE = args.out / "bytecode"
+    keep_bytecode(args.out / "bytecode")
     conditions = machine()  # before the runs load the machine themselves
     out = args.out / f"{SCENARIO}-{args.profile}-{args.memory_size}-{args.seed}"
     truth = forge(out, args.profile, args.memory_size, args.seed)
