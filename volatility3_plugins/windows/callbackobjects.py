@@ -77,7 +77,8 @@ class CallbackObjects(interfaces.plugins.PluginInterface):
     #        in its warnings; the run context says what the image file lacks (image_shortfalls)
     # 3.2.0: scan_pool also finds driver objects (ScanResult.driver_objects, image_traces());
     #        rows carry Landing and LandingOwner
-    _version = (3, 2, 0)
+    # 3.2.1: the verdict line's route "image headers" (images whose PE headers could not be read)
+    _version = (3, 2, 1)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
