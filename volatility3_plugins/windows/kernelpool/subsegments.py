@@ -219,12 +219,13 @@ class SubsegmentDecoder:
         return chunks
 
     def pool_header_of(self, chunk_start: int, chunk_end: int, data: bytes, base: int) -> int:
-        """Where an allocated chunk's pool header is: after its chunk header, or at the next
-        page when the block would cross a page there and the header at the next page spans the
-        rest of the chunk (``data`` holds the subsegment, which starts at ``base``)."""
+        """Where the pool header is of an allocated chunk whose block would cross a page right
+        after its chunk header (:meth:`vs_batch` asks only for those, the test being its hot
+        loop's): there, or at the next page when the header there spans the rest of the chunk
+        (``data`` holds the subsegment, which starts at ``base``)."""
         header = chunk_start + self.chunk_header
         next_page = (header + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        if header % PAGE_SIZE + (chunk_end - header) <= PAGE_SIZE or next_page >= chunk_end:
+        if next_page >= chunk_end:
             return header
         here = self._block_size.unpack(data, header - base) * self.granularity
         there = self._block_size.unpack(data, next_page - base) * self.granularity
@@ -250,8 +251,8 @@ class SubsegmentDecoder:
             header = chunk_start + chunk_header
             if allocated:
                 if header % PAGE_SIZE + (chunk_end - header) > PAGE_SIZE:
-                    # The block would cross a page after the chunk header: its pool header may
-                    # be at the next page.
+                    # The block would cross a page after the chunk header (the one place this is
+                    # tested): its pool header may be at the next page.
                     header = self.pool_header_of(chunk_start, chunk_end, data, start)
                 tag: Optional[int] = from_bytes(data[header + tag_at : header + tag_at + 4], "little")
                 state = allocated_state
